@@ -1,0 +1,106 @@
+//! Connection errors: bytes that break the framing, after which the next
+//! frame's start is unknown and the connection must close.
+
+use std::fmt;
+
+use super::header::FrameType;
+
+/// A connection-level protocol violation (spec section 4). The server
+/// answers it with GOAWAY INTERNAL carrying this error's text, then closes.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::ProtocolError;
+///
+/// let e = ProtocolError::MetaTooLarge { len: 20000, limit: 16384 };
+/// assert_eq!(e.to_string(), "meta too large: 20000 > 16384 bytes");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// The first two bytes of a frame are not `"SR"`.
+    BadMagic([u8; 2]),
+    /// The version byte is not 1.
+    BadVersion(u8),
+    /// Frame type 0 or above 7.
+    BadFrameType(u8),
+    /// One of the reserved flag bits 4-7 is set.
+    ReservedFlags(u8),
+    /// The reserved header byte is not 0.
+    ReservedByte(u8),
+    /// The meta section is longer than the configured limit.
+    MetaTooLarge {
+        /// Declared length.
+        len: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+    /// A frame type arrived that this side never receives (a RESPONSE sent
+    /// to a server, a REQUEST sent to a client, ...).
+    WrongDirection(FrameType),
+    /// A CANCEL, PING or PONG frame with a non-empty meta or body.
+    NotEmpty {
+        /// The frame's type.
+        frame_type: FrameType,
+        /// Its declared meta length.
+        meta_len: u16,
+        /// Its declared body length.
+        body_len: u32,
+    },
+    /// The meta of a frame that needs it (RESPONSE, GOAWAY on the client
+    /// side) could not be decoded.
+    BadMeta(String),
+    /// The connection ended in the middle of a frame.
+    Truncated {
+        /// Bytes of the partial frame received.
+        have: usize,
+    },
+}
+
+impl fmt::Display for ProtocolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ProtocolError::BadMagic(m) => {
+                write!(
+                    f,
+                    "bad magic 0x{:02x}{:02x}, expected 0x5352 (\"SR\")",
+                    m[0], m[1]
+                )
+            }
+            ProtocolError::BadVersion(v) => write!(f, "unsupported version {v}, expected 1"),
+            ProtocolError::BadFrameType(t) => {
+                write!(f, "invalid frame type {t}, expected 1 to 7")
+            }
+            ProtocolError::ReservedFlags(b) => {
+                write!(f, "reserved flag bits set: flags 0x{b:02x}")
+            }
+            ProtocolError::ReservedByte(b) => {
+                write!(f, "reserved header byte is 0x{b:02x}, expected 0")
+            }
+            ProtocolError::MetaTooLarge { len, limit } => {
+                write!(f, "meta too large: {len} > {limit} bytes")
+            }
+            ProtocolError::WrongDirection(t) => {
+                write!(f, "{t} frame sent in the wrong direction")
+            }
+            ProtocolError::NotEmpty {
+                frame_type,
+                meta_len,
+                body_len,
+            } => write!(
+                f,
+                "{frame_type} frame must be empty, has meta_len {meta_len} and body_len {body_len}"
+            ),
+            ProtocolError::BadMeta(m) => write!(f, "bad meta: {m}"),
+            ProtocolError::Truncated { have } => {
+                write!(
+                    f,
+                    "connection closed in the middle of a frame ({have} bytes received)"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ProtocolError {}

@@ -1,0 +1,242 @@
+//! The meta section: one MessagePack map with string keys.
+//!
+//! Request, response and GOAWAY metas are plain serde structs written by
+//! `rmp-serde` as maps keyed by field name. Decoding first runs the
+//! structural check of [`super::msgpack`] (depth, declared lengths, trailing
+//! bytes, duplicate keys), then lets `rmp-serde` fill the struct, borrowing
+//! strings from the frame instead of copying them. Unknown keys are ignored.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use super::msgpack;
+use crate::metadata::Metadata;
+use crate::status::{Code, Status};
+
+/// The deepest nesting a meta map may have (spec 1.3).
+pub const MAX_META_DEPTH: usize = 32;
+/// The longest `trace_id`, in bytes (spec 1.3).
+pub const MAX_TRACE_ID_LEN: usize = 64;
+
+/// Why a meta section was rejected. The request is answered
+/// `INVALID_ARGUMENT` and the connection stays open: the framing is intact.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetaError(String);
+
+impl MetaError {
+    fn new(msg: impl fmt::Display) -> MetaError {
+        MetaError(format!("invalid meta: {msg}"))
+    }
+
+    /// The `INVALID_ARGUMENT` status that answers the request.
+    pub fn to_status(&self) -> Status {
+        Status::invalid_argument(self.0.clone())
+    }
+}
+
+impl fmt::Display for MetaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MetaError {}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Meta of a REQUEST or ONEWAY frame.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::RequestMeta;
+///
+/// let meta = RequestMeta { timeout_ms: 250, ..RequestMeta::new("/echo.Echo/Say") };
+/// let bytes = meta.to_vec();
+/// let back = RequestMeta::decode(&bytes).unwrap();
+/// assert_eq!(back, meta);
+/// assert_eq!(back.timeout_ms, 250);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta<'a> {
+    /// Full method name, `/{service}/{method}`.
+    #[serde(borrow)]
+    pub method: &'a str,
+    /// The caller's remaining budget in milliseconds; 0 means none.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_ms: u32,
+    /// The trace id, at most 64 bytes.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// Name of the calling service, for logs.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<&'a str>,
+    /// Application metadata.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub md: Metadata,
+}
+
+impl<'a> RequestMeta<'a> {
+    /// A meta naming `method`, with nothing else set.
+    pub fn new(method: &'a str) -> RequestMeta<'a> {
+        RequestMeta {
+            method,
+            timeout_ms: 0,
+            trace_id: None,
+            caller: None,
+            md: Metadata::new(),
+        }
+    }
+
+    /// Decodes and validates a request meta section.
+    pub fn decode(bytes: &'a [u8]) -> Result<RequestMeta<'a>, MetaError> {
+        let meta: RequestMeta<'a> = decode_map(bytes)?;
+        check_trace_id(meta.trace_id)?;
+        Ok(meta)
+    }
+
+    /// Encodes the meta as a MessagePack map.
+    pub fn to_vec(&self) -> Vec<u8> {
+        to_vec(self)
+    }
+}
+
+/// Meta of a RESPONSE frame.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::ResponseMeta;
+/// use syncrpc::Code;
+///
+/// let meta = ResponseMeta { message: Some("unknown method"), ..ResponseMeta::new(Code::UNIMPLEMENTED) };
+/// let back = ResponseMeta::decode(&meta.to_vec()).unwrap();
+/// assert_eq!(back.code(), Code::UNIMPLEMENTED);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResponseMeta<'a> {
+    /// Status code number, see [`Code`].
+    pub code: u32,
+    /// Human-readable error text.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub message: Option<&'a str>,
+    /// The trace id the request ran under.
+    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<&'a str>,
+    /// Application metadata from the handler.
+    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    pub md: Metadata,
+}
+
+impl<'a> ResponseMeta<'a> {
+    /// A meta with `code` and nothing else.
+    pub fn new(code: Code) -> ResponseMeta<'a> {
+        ResponseMeta {
+            code: code.as_u32(),
+            message: None,
+            trace_id: None,
+            md: Metadata::new(),
+        }
+    }
+
+    /// The status code.
+    pub fn code(&self) -> Code {
+        Code::from(self.code)
+    }
+
+    /// Decodes and validates a response meta section.
+    pub fn decode(bytes: &'a [u8]) -> Result<ResponseMeta<'a>, MetaError> {
+        let meta: ResponseMeta<'a> = decode_map(bytes)?;
+        check_trace_id(meta.trace_id)?;
+        Ok(meta)
+    }
+
+    /// Encodes the meta as a MessagePack map.
+    pub fn to_vec(&self) -> Vec<u8> {
+        to_vec(self)
+    }
+
+    /// The [`Status`] this meta describes (code, message, metadata).
+    pub fn to_status(&self) -> Status {
+        Status::new(self.code(), self.message.unwrap_or_default()).with_metadata(self.md.clone())
+    }
+}
+
+/// Meta of a GOAWAY frame.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::GoawayMeta;
+/// use syncrpc::Code;
+///
+/// let meta = GoawayMeta::new(Code::UNAVAILABLE, "server shutting down");
+/// assert_eq!(GoawayMeta::decode(&meta.to_vec()).unwrap(), meta);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GoawayMeta<'a> {
+    /// Status code number, see [`Code`].
+    pub code: u32,
+    /// Why the server is going away.
+    #[serde(default, borrow)]
+    pub message: &'a str,
+}
+
+impl<'a> GoawayMeta<'a> {
+    /// A GOAWAY meta with `code` and `message`.
+    pub fn new(code: Code, message: &'a str) -> GoawayMeta<'a> {
+        GoawayMeta {
+            code: code.as_u32(),
+            message,
+        }
+    }
+
+    /// The status code.
+    pub fn code(&self) -> Code {
+        Code::from(self.code)
+    }
+
+    /// Decodes and validates a GOAWAY meta section.
+    pub fn decode(bytes: &'a [u8]) -> Result<GoawayMeta<'a>, MetaError> {
+        decode_map(bytes)
+    }
+
+    /// Encodes the meta as a MessagePack map.
+    pub fn to_vec(&self) -> Vec<u8> {
+        to_vec(self)
+    }
+}
+
+fn check_trace_id(id: Option<&str>) -> Result<(), MetaError> {
+    match id {
+        Some(id) if id.len() > MAX_TRACE_ID_LEN => Err(MetaError::new(format_args!(
+            "trace_id too long: {} > {MAX_TRACE_ID_LEN} bytes",
+            id.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// Structural check first, then serde: serde never sees a value that could
+/// recurse deeply or declare more than the section holds.
+fn decode_map<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, MetaError> {
+    msgpack::check(bytes, MAX_META_DEPTH).map_err(MetaError::new)?;
+    msgpack::check_str_keys_unique(bytes).map_err(MetaError::new)?;
+    rmp_serde::from_slice(bytes).map_err(MetaError::new)
+}
+
+pub(crate) fn to_vec<T: Serialize>(meta: &T) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64);
+    write_to(&mut out, meta);
+    out
+}
+
+/// Appends `meta` as a MessagePack map to `out`.
+pub(crate) fn write_to<W: std::io::Write, T: Serialize>(out: &mut W, meta: &T) {
+    // Serializing these structs cannot fail: every field is a string,
+    // integer or string-keyed map, and the writers here are in memory.
+    rmp_serde::encode::write_named(out, meta).expect("meta serialization is infallible");
+}
