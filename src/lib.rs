@@ -3,10 +3,17 @@
 #![deny(missing_docs)]
 
 pub mod codec;
+mod context;
 mod error;
+mod latch;
 mod metadata;
+pub mod pool;
 mod status;
+mod trace;
 
+pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
 pub use error::{Error, ErrorKind, Execution};
+pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
 pub use status::{Code, Status};
+pub use trace::TraceId;

@@ -1,0 +1,200 @@
+//! A WaitGroup-style latch: count work up and down, wait for zero.
+
+use std::fmt;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+struct Inner {
+    count: Mutex<usize>,
+    zero: Condvar,
+}
+
+/// Counts outstanding work and lets threads wait until it is all done, like
+/// Go's `sync.WaitGroup`.
+///
+/// Clones share one counter. The server uses latches to join connection
+/// threads, event loops and workers, and to drain requests in flight (one
+/// count per request).
+///
+/// # Examples
+///
+/// ```
+/// use std::thread;
+/// use syncrpc::Latch;
+///
+/// let latch = Latch::new();
+/// for _ in 0..4 {
+///     let guard = latch.guard(); // add(1) now, done() when dropped
+///     thread::spawn(move || {
+///         let _guard = guard;
+///         // ... work ...
+///     });
+/// }
+/// latch.wait();
+/// assert_eq!(latch.count(), 0);
+/// ```
+#[derive(Clone)]
+pub struct Latch {
+    inner: Arc<Inner>,
+}
+
+impl Default for Latch {
+    fn default() -> Self {
+        Latch::new()
+    }
+}
+
+impl Latch {
+    /// A latch at zero.
+    pub fn new() -> Latch {
+        Latch {
+            inner: Arc::new(Inner {
+                count: Mutex::new(0),
+                zero: Condvar::new(),
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.inner.count.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Adds `n` to the count.
+    pub fn add(&self, n: usize) {
+        *self.lock() += n;
+    }
+
+    /// Takes one off the count, waking waiters when it reaches zero.
+    ///
+    /// # Panics
+    ///
+    /// If the count is already zero: a `done` without its `add` is a bug.
+    pub fn done(&self) {
+        let mut c = self.lock();
+        assert!(*c > 0, "Latch::done called more times than add");
+        *c -= 1;
+        if *c == 0 {
+            self.inner.zero.notify_all();
+        }
+    }
+
+    /// Adds one now and takes it off when the guard drops, even if the
+    /// thread holding it panics.
+    pub fn guard(&self) -> LatchGuard {
+        self.add(1);
+        LatchGuard {
+            latch: self.clone(),
+        }
+    }
+
+    /// The current count.
+    pub fn count(&self) -> usize {
+        *self.lock()
+    }
+
+    /// Blocks until the count is zero.
+    pub fn wait(&self) {
+        let mut c = self.lock();
+        while *c > 0 {
+            c = self.inner.zero.wait(c).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Blocks until the count is zero or `timeout` passes; true if it
+    /// reached zero.
+    pub fn wait_timeout(&self, timeout: Duration) -> bool {
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.wait_deadline(deadline),
+            None => {
+                self.wait();
+                true
+            }
+        }
+    }
+
+    /// Blocks until the count is zero or `deadline` passes; true if it
+    /// reached zero.
+    pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        let mut c = self.lock();
+        while *c > 0 {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            c = self
+                .inner
+                .zero
+                .wait_timeout(c, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+}
+
+impl fmt::Debug for Latch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Latch")
+            .field("count", &self.count())
+            .finish()
+    }
+}
+
+/// One count on a [`Latch`], taken off when dropped.
+#[must_use = "the count is taken off as soon as the guard is dropped"]
+pub struct LatchGuard {
+    latch: Latch,
+}
+
+impl Drop for LatchGuard {
+    fn drop(&mut self) {
+        self.latch.done();
+    }
+}
+
+impl fmt::Debug for LatchGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LatchGuard").finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+    use std::thread;
+
+    #[test]
+    fn wait_returns_when_the_last_guard_drops() {
+        let latch = Latch::new();
+        let (go_tx, go_rx) = mpsc::channel::<()>();
+        let guard = latch.guard();
+        let t = thread::spawn(move || {
+            go_rx.recv().unwrap();
+            drop(guard);
+        });
+        assert!(!latch.wait_timeout(Duration::from_millis(10)));
+        go_tx.send(()).unwrap();
+        // Would hang forever without the notify in done().
+        assert!(latch.wait_timeout(Duration::from_secs(10)));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn a_panicking_holder_still_counts_down() {
+        let latch = Latch::new();
+        let guard = latch.guard();
+        let t = thread::spawn(move || {
+            let _g = guard;
+            panic!("worker died");
+        });
+        assert!(t.join().is_err());
+        assert_eq!(latch.count(), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "more times than add")]
+    fn done_without_add_is_a_bug() {
+        Latch::new().done();
+    }
+}

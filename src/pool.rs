@@ -1,0 +1,521 @@
+//! A fixed pool of named worker threads fed by a bounded channel.
+//!
+//! The pool never grows: when its queue is full, [`WorkerPool::try_submit`]
+//! hands the task back at once, so an event loop never blocks on it and a
+//! flood of requests is answered `RESOURCE_EXHAUSTED` rather than queued
+//! without bound. Every task may carry a deadline; one whose deadline passed
+//! while it waited in the queue is expired instead of run. A panicking task
+//! is caught and logged, and its worker goes on.
+
+use std::any::Any;
+use std::fmt;
+use std::io;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+
+use crate::latch::Latch;
+
+/// Work a [`WorkerPool`] runs.
+///
+/// Closures (`FnOnce() + Send + 'static`) are tasks. A server's request is a
+/// task with a deadline, which it answers `DEADLINE_EXCEEDED` from
+/// [`Task::expire`] and `UNAVAILABLE` from [`Task::abandon`].
+pub trait Task: Send + 'static {
+    /// Does the work, on a worker thread.
+    fn run(self);
+
+    /// When the task stops being worth running. Default: never.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called instead of [`Task::run`] when the deadline passed while the
+    /// task was queued; `queued_for` is how long it waited.
+    fn expire(self, queued_for: Duration)
+    where
+        Self: Sized,
+    {
+        let _ = queued_for;
+    }
+
+    /// Called instead of [`Task::run`] when the pool shut down with the task
+    /// still queued.
+    fn abandon(self)
+    where
+        Self: Sized,
+    {
+    }
+}
+
+impl<F: FnOnce() + Send + 'static> Task for F {
+    fn run(self) {
+        self()
+    }
+}
+
+/// A boxed closure: the task type of a general-purpose pool.
+pub type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// How a pool is built.
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Number of worker threads. Default: the number of CPUs.
+    pub workers: usize,
+    /// Tasks that may wait in the queue. Default 4096: with the default
+    /// 1024 requests in flight per connection, a few busy connections fit,
+    /// and a flood is refused quickly rather than queued for seconds.
+    pub queue_capacity: usize,
+    /// Prefix of the worker threads' names (`"{prefix}-{n}"`). Default
+    /// `"syncrpc-worker"`.
+    pub thread_name: String,
+    /// Stack size of each worker, or the platform default.
+    pub stack_size: Option<usize>,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            workers: thread::available_parallelism().map_or(4, |n| n.get()),
+            queue_capacity: 4096,
+            thread_name: "syncrpc-worker".to_owned(),
+            stack_size: None,
+        }
+    }
+}
+
+/// Why a task was not queued; the task is handed back.
+pub enum SubmitError<T> {
+    /// The queue is full.
+    Full(T),
+    /// The pool is shutting down.
+    Closed(T),
+}
+
+impl<T> SubmitError<T> {
+    /// The task that was not queued.
+    pub fn into_inner(self) -> T {
+        match self {
+            SubmitError::Full(t) | SubmitError::Closed(t) => t,
+        }
+    }
+
+    /// True if the queue was full.
+    pub fn is_full(&self) -> bool {
+        matches!(self, SubmitError::Full(_))
+    }
+}
+
+impl<T> fmt::Debug for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Full(_) => f.write_str("Full(..)"),
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+        }
+    }
+}
+
+impl<T> fmt::Display for SubmitError<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SubmitError::Full(_) => f.write_str("work queue full"),
+            SubmitError::Closed(_) => f.write_str("worker pool shut down"),
+        }
+    }
+}
+
+impl<T> std::error::Error for SubmitError<T> {}
+
+/// Counts a pool reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Worker threads.
+    pub workers: usize,
+    /// Workers running a task now.
+    pub busy: usize,
+    /// Tasks waiting in the queue.
+    pub queued: usize,
+    /// Tasks run to the end (or to a panic).
+    pub completed: u64,
+    /// Tasks expired in the queue.
+    pub expired: u64,
+    /// Tasks that panicked.
+    pub panicked: u64,
+}
+
+/// What [`WorkerPool::shutdown`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PoolReport {
+    /// Tasks still queued at the deadline, handed to [`Task::abandon`].
+    pub abandoned: usize,
+    /// Names of worker threads still running a task when the time ran out;
+    /// they are detached, not joined.
+    pub stuck: Vec<String>,
+}
+
+struct Queued<T> {
+    task: T,
+    at: Instant,
+}
+
+struct Shared<T> {
+    sender: RwLock<Option<Sender<Queued<T>>>>,
+    receiver: Receiver<Queued<T>>,
+    busy: AtomicUsize,
+    completed: AtomicU64,
+    expired: AtomicU64,
+    panicked: AtomicU64,
+    workers: usize,
+    alive: Latch,
+    threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+}
+
+/// A fixed set of worker threads running [`Task`]s from a bounded queue.
+///
+/// Clones share the pool. Dropping the last clone does not stop the
+/// workers; call [`WorkerPool::shutdown`].
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::mpsc;
+/// use std::time::Duration;
+/// use syncrpc::pool::{Job, PoolConfig, WorkerPool};
+///
+/// let pool: WorkerPool<Job> = WorkerPool::new(PoolConfig { workers: 2, ..PoolConfig::default() }).unwrap();
+/// let (tx, rx) = mpsc::channel();
+/// for i in 0..10 {
+///     let tx = tx.clone();
+///     pool.try_submit(Box::new(move || tx.send(i * i).unwrap())).unwrap();
+/// }
+/// let mut squares: Vec<i32> = rx.iter().take(10).collect();
+/// squares.sort();
+/// assert_eq!(squares[9], 81);
+/// let report = pool.shutdown(Duration::from_secs(5));
+/// assert!(report.stuck.is_empty());
+/// ```
+pub struct WorkerPool<T: Task = Job> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Task> Clone for WorkerPool<T> {
+    fn clone(&self) -> Self {
+        WorkerPool {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Task> WorkerPool<T> {
+    /// Starts the workers. Fails if a thread cannot be spawned; the workers
+    /// already started are stopped.
+    pub fn new(config: PoolConfig) -> io::Result<WorkerPool<T>> {
+        let workers = config.workers.max(1);
+        let (tx, rx) = bounded(config.queue_capacity.max(1));
+        let pool = WorkerPool {
+            shared: Arc::new(Shared {
+                sender: RwLock::new(Some(tx)),
+                receiver: rx,
+                busy: AtomicUsize::new(0),
+                completed: AtomicU64::new(0),
+                expired: AtomicU64::new(0),
+                panicked: AtomicU64::new(0),
+                workers,
+                alive: Latch::new(),
+                threads: Mutex::new(Vec::with_capacity(workers)),
+            }),
+        };
+        for i in 0..workers {
+            let name = format!("{}-{i}", config.thread_name);
+            let mut builder = thread::Builder::new().name(name.clone());
+            if let Some(size) = config.stack_size {
+                builder = builder.stack_size(size);
+            }
+            let shared = pool.shared.clone();
+            let guard = shared.alive.guard();
+            match builder.spawn(move || worker_loop(&shared, guard)) {
+                Ok(handle) => pool.lock_threads().push((name, handle)),
+                Err(e) => {
+                    pool.shutdown(Duration::from_secs(5));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(pool)
+    }
+
+    fn lock_threads(&self) -> std::sync::MutexGuard<'_, Vec<(String, JoinHandle<()>)>> {
+        self.shared
+            .threads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `task` if there is room, without blocking; otherwise hands it
+    /// back.
+    pub fn try_submit(&self, task: T) -> Result<(), SubmitError<T>> {
+        let sender = self.shared.sender.read().unwrap_or_else(|e| e.into_inner());
+        let Some(tx) = sender.as_ref() else {
+            return Err(SubmitError::Closed(task));
+        };
+        match tx.try_send(Queued {
+            task,
+            at: Instant::now(),
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(q)) => Err(SubmitError::Full(q.task)),
+            Err(TrySendError::Disconnected(q)) => Err(SubmitError::Closed(q.task)),
+        }
+    }
+
+    /// Queues `task`, blocking while the queue is full.
+    pub fn submit(&self, task: T) -> Result<(), SubmitError<T>> {
+        // Clone the sender so a blocked submit does not hold the lock that
+        // shutdown needs.
+        let tx = {
+            let sender = self.shared.sender.read().unwrap_or_else(|e| e.into_inner());
+            match sender.as_ref() {
+                Some(tx) => tx.clone(),
+                None => return Err(SubmitError::Closed(task)),
+            }
+        };
+        tx.send(Queued {
+            task,
+            at: Instant::now(),
+        })
+        .map_err(|e| SubmitError::Closed(e.into_inner().task))
+    }
+
+    /// The pool's counts.
+    pub fn stats(&self) -> PoolStats {
+        let s = &self.shared;
+        PoolStats {
+            workers: s.workers,
+            busy: s.busy.load(Ordering::Relaxed),
+            queued: s.receiver.len(),
+            completed: s.completed.load(Ordering::Relaxed),
+            expired: s.expired.load(Ordering::Relaxed),
+            panicked: s.panicked.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the pool: refuses new tasks, lets queued and running ones
+    /// finish until `timeout`, abandons what is still queued then, and joins
+    /// the workers. Workers still busy when the time is up are reported by
+    /// name and left to finish on their own. Calling it again does nothing
+    /// more and reports nothing.
+    pub fn shutdown(&self, timeout: Duration) -> PoolReport {
+        let deadline = Instant::now() + timeout;
+        let Some(tx) = self
+            .shared
+            .sender
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return PoolReport::default();
+        };
+        // Dropping the only sender lets the workers run the queue dry and
+        // then see the channel disconnected.
+        drop(tx);
+        let mut report = PoolReport::default();
+        if !self.shared.alive.wait_deadline(deadline) {
+            // Out of time: whatever is still queued will not run.
+            while let Ok(q) = self.shared.receiver.try_recv() {
+                report.abandoned += 1;
+                q.task.abandon();
+            }
+        }
+        // Idle workers exit promptly now that the queue is empty.
+        self.shared.alive.wait_timeout(Duration::from_millis(100));
+        for (name, handle) in self.lock_threads().drain(..) {
+            if handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                report.stuck.push(name);
+            }
+        }
+        report
+    }
+}
+
+impl<T: Task> fmt::Debug for WorkerPool<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerPool")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
+    while let Ok(q) = shared.receiver.recv() {
+        if let Some(deadline) = q.task.deadline() {
+            let now = Instant::now();
+            if now >= deadline {
+                shared.expired.fetch_add(1, Ordering::Relaxed);
+                q.task.expire(now - q.at);
+                continue;
+            }
+        }
+        shared.busy.fetch_add(1, Ordering::Relaxed);
+        let result = panic::catch_unwind(AssertUnwindSafe(|| q.task.run()));
+        shared.busy.fetch_sub(1, Ordering::Relaxed);
+        shared.completed.fetch_add(1, Ordering::Relaxed);
+        if let Err(payload) = result {
+            shared.panicked.fetch_add(1, Ordering::Relaxed);
+            log::error!(
+                "task panicked on {}: {}",
+                thread::current().name().unwrap_or("worker"),
+                panic_message(&*payload)
+            );
+        }
+    }
+}
+
+/// The text of a panic payload, for logs and INTERNAL statuses.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        s
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s
+    } else {
+        "non-string panic payload"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crossbeam_channel::unbounded;
+
+    fn pool<T: Task>(workers: usize, queue: usize) -> WorkerPool<T> {
+        WorkerPool::new(PoolConfig {
+            workers,
+            queue_capacity: queue,
+            thread_name: "test-worker".into(),
+            stack_size: None,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn full_queue_hands_the_task_back_at_once() {
+        let p: WorkerPool<Job> = pool(1, 1);
+        let (block_tx, block_rx) = unbounded::<()>();
+        let (started_tx, started_rx) = unbounded::<()>();
+        p.try_submit(Box::new(move || {
+            started_tx.send(()).unwrap();
+            block_rx.recv().unwrap();
+        }))
+        .unwrap();
+        started_rx.recv().unwrap();
+        p.try_submit(Box::new(|| {})).unwrap(); // fills the queue
+        let err = p.try_submit(Box::new(|| {})).unwrap_err();
+        assert!(err.is_full());
+        assert_eq!(p.stats().busy, 1);
+        assert_eq!(p.stats().queued, 1);
+        block_tx.send(()).unwrap();
+        assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
+        assert_eq!(p.stats().completed, 2);
+    }
+
+    struct Timed {
+        deadline: Instant,
+        out: crossbeam_channel::Sender<Result<(), Duration>>,
+    }
+
+    impl Task for Timed {
+        fn run(self) {
+            self.out.send(Ok(())).unwrap();
+        }
+        fn deadline(&self) -> Option<Instant> {
+            Some(self.deadline)
+        }
+        fn expire(self, waited: Duration) {
+            self.out.send(Err(waited)).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_task_expired_in_the_queue_is_not_run() {
+        let p: WorkerPool<Timed> = pool(1, 8);
+        let (tx, rx) = unbounded();
+        p.try_submit(Timed {
+            deadline: Instant::now() - Duration::from_millis(1),
+            out: tx.clone(),
+        })
+        .unwrap();
+        p.try_submit(Timed {
+            deadline: Instant::now() + Duration::from_secs(60),
+            out: tx,
+        })
+        .unwrap();
+        assert!(rx.recv().unwrap().is_err());
+        assert!(rx.recv().unwrap().is_ok());
+        p.shutdown(Duration::from_secs(10));
+        assert_eq!(p.stats().expired, 1);
+    }
+
+    #[test]
+    fn a_panic_is_caught_and_the_worker_goes_on() {
+        let p: WorkerPool<Job> = pool(1, 8);
+        let (tx, rx) = unbounded();
+        p.try_submit(Box::new(|| panic!("boom"))).unwrap();
+        p.try_submit(Box::new(move || tx.send(()).unwrap()))
+            .unwrap();
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        p.shutdown(Duration::from_secs(10));
+        assert_eq!(p.stats().panicked, 1);
+    }
+
+    struct Counted {
+        started: crossbeam_channel::Sender<()>,
+        abandoned: crossbeam_channel::Sender<()>,
+        gate: Receiver<()>,
+    }
+
+    impl Task for Counted {
+        fn run(self) {
+            self.started.send(()).unwrap();
+            let _ = self.gate.recv();
+        }
+        fn abandon(self) {
+            self.abandoned.send(()).unwrap();
+        }
+    }
+
+    #[test]
+    fn shutdown_abandons_the_queue_and_names_stuck_workers() {
+        let p: WorkerPool<Counted> = pool(1, 8);
+        let (ab_tx, ab_rx) = unbounded();
+        let (gate_tx, gate_rx) = unbounded();
+        let (started_tx, started_rx) = unbounded();
+        for _ in 0..3 {
+            p.try_submit(Counted {
+                started: started_tx.clone(),
+                abandoned: ab_tx.clone(),
+                gate: gate_rx.clone(),
+            })
+            .unwrap();
+        }
+        started_rx.recv().unwrap(); // one running, two queued
+        let report = p.shutdown(Duration::from_millis(50));
+        assert_eq!(report.abandoned, 2);
+        assert_eq!(report.stuck, vec!["test-worker-0".to_string()]);
+        assert_eq!(ab_rx.try_iter().count(), 2);
+        drop(gate_tx); // lets the stuck worker finish
+        assert!(p.shared.alive.wait_timeout(Duration::from_secs(10)));
+        assert!(matches!(
+            p.try_submit(Counted {
+                started: started_tx,
+                abandoned: ab_tx,
+                gate: gate_rx
+            }),
+            Err(SubmitError::Closed(_))
+        ));
+    }
+}
