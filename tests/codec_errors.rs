@@ -5,22 +5,15 @@
 //! Headers are written field by field:
 //! `magic version type flags reserved meta_len request_id body_len`.
 
+mod codec;
+
 use bytes::BytesMut;
 use syncrpc::codec::{
     Compression, Decoded, Decoder, Encoding, FrameLimits, FrameType, ProtocolError, RequestId,
     RequestMeta, Side,
 };
 
-/// Bytes from hex, ignoring spaces.
-#[track_caller]
-fn hex(s: &str) -> Vec<u8> {
-    let s: String = s.split_whitespace().collect();
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
-}
+use codec::hex;
 
 /// Feeds `wire` to a fresh decoder for `side` and returns the error it must
 /// raise, with the error's text.

@@ -3,6 +3,8 @@
 //! gives the same bytes back. A client in another language can be checked
 //! against the same hex.
 
+mod codec;
+
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use syncrpc::codec::{
@@ -10,6 +12,8 @@ use syncrpc::codec::{
     GoawayMeta, RequestId, RequestMeta, ResponseMeta, Side, DEFAULT_MAX_BODY_DEPTH,
 };
 use syncrpc::Code;
+
+use codec::hex;
 
 /// REQUEST id 7, `/echo.Echo/Say`, timeout 250 ms, body `{"text": "hi"}`.
 const REQUEST: &str = "5352010100000024000000070000000982a66d6574686f64ae2f6563686f2e4563686f2f536179aa74696d656f75745f6d73ccfa81a474657874a26869";
@@ -26,15 +30,6 @@ const GOAWAY: &str = "5352010700000024000000000000000082a4636f64650ea76d65737361
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 struct Say {
     text: String,
-}
-
-#[track_caller]
-fn hex(s: &str) -> Vec<u8> {
-    assert!(s.len() % 2 == 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex digit"))
-        .collect()
 }
 
 /// Decodes `bytes` as exactly one whole frame.
