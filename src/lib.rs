@@ -4,6 +4,8 @@
 
 pub mod codec;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod metadata;
 mod status;
 
