@@ -16,9 +16,9 @@ use super::msgpack;
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 
-/// The deepest nesting a meta map may have (spec 1.3).
+/// The deepest nesting a meta map may have (`docs/protocol.md`, "Meta").
 pub const MAX_META_DEPTH: usize = 32;
-/// The longest `trace_id`, in bytes (spec 1.3).
+/// The longest `trace_id`, in bytes (`docs/protocol.md`, "Meta").
 pub const MAX_TRACE_ID_LEN: usize = 64;
 
 /// Why a meta section was rejected. The request is answered
