@@ -5,6 +5,8 @@
 pub mod codec;
 mod context;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod latch;
 mod metadata;
 pub mod pool;
