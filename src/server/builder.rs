@@ -24,7 +24,6 @@ use crate::server::service::Service;
 /// assert_eq!(limits.max_body, 10 * 1024 * 1024);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Largest request body, as sent and after decompression. Default
     /// 10 MiB (spec). A larger one is answered `RESOURCE_EXHAUSTED`; on the
@@ -82,7 +81,6 @@ impl Default for Limits {
 /// assert_eq!(t.frame, Duration::from_secs(30));
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Timeouts {
     /// A connection with nothing in flight that receives nothing for this
     /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (spec).
@@ -122,7 +120,6 @@ impl Default for Timeouts {
 /// assert_eq!(cfg.event_loops, 1);
 /// ```
 #[derive(Clone, Debug)]
-#[non_exhaustive]
 pub struct ServerConfig {
     /// Worker threads running handlers. Default: the number of CPUs, at
     /// least 4, since handlers may block on I/O.
