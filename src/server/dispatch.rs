@@ -546,12 +546,33 @@ impl RequestTask {
             return;
         }
         let entry = st.in_flight.remove(&self.id);
-        match &reply {
-            Ok(resp) => {
+        // A result that comes at or after the deadline is dropped even if
+        // the timer has not fired yet: the answer is DEADLINE_EXCEEDED.
+        let now = Instant::now();
+        let late = match (&entry, self.ctx.deadline()) {
+            (Some(e), Some(d)) if now >= d => Some(deadline_status(e, now)),
+            _ => None,
+        };
+        if late.is_some() {
+            self.held
+                .server
+                .dropped_responses
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        match (&reply, &late) {
+            (_, Some(status)) => write_status(
+                &mut st.out,
+                self.id,
+                self.flags,
+                status,
+                trace.as_ref(),
+                Metadata::new(),
+            ),
+            (Ok(resp), None) => {
                 let body = packed.as_deref().unwrap_or(resp.body());
                 write_ok(&mut st.out, self.id, self.flags, body, trace.as_ref(), md);
             }
-            Err(status) => {
+            (Err(status), None) => {
                 write_status(&mut st.out, self.id, self.flags, status, trace.as_ref(), md)
             }
         }

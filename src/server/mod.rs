@@ -44,6 +44,9 @@ use crate::filter::Filter;
 use crate::latch::Latch;
 use crate::pool::{PoolConfig, PoolStats, WorkerPool};
 
+/// How long handlers get to return after the shutdown cancelled them.
+const CANCEL_GRACE: Duration = Duration::from_secs(1);
+
 /// A running server. Dropping it shuts it down (see
 /// [`ServerHandle::shutdown`]).
 ///
@@ -80,6 +83,8 @@ struct Inner {
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
     listeners: Vec<(SocketAddr, Vec<String>)>,
     conns: Latch,
+    /// One count per event-loop thread, dropped when it exits.
+    loops_alive: Latch,
     report: Mutex<Option<ShutdownReport>>,
     done: std::sync::Condvar,
 }
@@ -155,6 +160,7 @@ impl Server {
         let thread_name = config.thread_name.clone();
         let shared = Arc::new(ServerShared::new(config, pool));
         let conns = Latch::new();
+        let loops_alive = Latch::new();
         let mut loops = Vec::with_capacity(loops_n);
         let mut threads = Vec::with_capacity(loops_n);
         let result = (|| -> Result<(), Error> {
@@ -175,9 +181,13 @@ impl Server {
                 let name = format!("{thread_name}-loop-{i}");
                 let (lp, ls) = EventLoop::new(name.clone(), shared.clone(), entries, conns.clone())
                     .map_err(|e| Error::io("cannot start an event loop", e))?;
+                let alive = loops_alive.guard();
                 let handle = thread::Builder::new()
                     .name(name.clone())
-                    .spawn(move || lp.run())
+                    .spawn(move || {
+                        let _alive = alive;
+                        lp.run()
+                    })
                     .map_err(|e| Error::io("cannot start an event loop", e))?;
                 loops.push(ls);
                 threads.push((name, handle));
@@ -197,6 +207,7 @@ impl Server {
                 threads: Mutex::new(threads),
                 listeners,
                 conns,
+                loops_alive,
                 report: Mutex::new(None),
                 done: std::sync::Condvar::new(),
             }),
@@ -352,21 +363,20 @@ impl ServerHandle {
         }
         let mut stuck = Vec::new();
         let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        // A loop stops within its final flush; give it that and a margin.
+        let loops_done = inner.loops_alive.wait_timeout(Duration::from_secs(3));
         for (name, t) in threads {
-            // A loop stops within its final flush; give it that and a margin.
-            let until = Instant::now() + Duration::from_secs(2);
-            while !t.is_finished() && Instant::now() < until {
-                thread::sleep(Duration::from_millis(1));
-            }
-            if t.is_finished() {
+            if loops_done || t.is_finished() {
                 let _ = t.join();
             } else {
                 stuck.push(name);
             }
         }
+        // Running handlers have just been cancelled: give them a moment to
+        // notice even when the shutdown timeout is spent.
         let remaining = deadline
             .saturating_duration_since(Instant::now())
-            .max(Duration::from_millis(100));
+            .max(CANCEL_GRACE);
         let pool_report = inner.shared.pool.shutdown(remaining);
         stuck.extend(pool_report.stuck);
         let s = &inner.shared;

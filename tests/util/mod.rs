@@ -337,3 +337,96 @@ pub fn say(text: &str) -> Say {
         text: text.to_owned(),
     }
 }
+
+/// A service whose handlers block, count, panic or wait for cancellation,
+/// under test control.
+pub struct Gate {
+    /// Receives one message per `Block`/`Wait` handler that started.
+    pub started: crossbeam_channel::Receiver<()>,
+    release: crossbeam_channel::Sender<()>,
+    /// Receives the cancel reason each `Wait` handler saw.
+    pub cancelled: crossbeam_channel::Receiver<Option<syncrpc::CancelReason>>,
+    /// Calls of `Count`.
+    pub calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Gate {
+    /// Lets `n` blocked handlers return.
+    pub fn release(&self, n: usize) {
+        for _ in 0..n {
+            self.release.send(()).unwrap();
+        }
+    }
+
+    #[track_caller]
+    pub fn wait_started(&self, n: usize) {
+        for _ in 0..n {
+            self.started
+                .recv_timeout(WAIT)
+                .expect("a handler should have started");
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// `gate.Gate`: `Block` (typed; waits for a release), `BlockRaw` (the
+/// same, raw), `Wait` (waits until its context is cancelled), `Count`,
+/// `Panic`, and `Big` (raw; answers that many bytes).
+pub fn gate_service() -> (syncrpc::Service, Gate) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use syncrpc::{Context, Status};
+    let (started_tx, started) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let (cancel_tx, cancelled) = crossbeam_channel::unbounded();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (s1, r1) = (started_tx.clone(), release_rx.clone());
+    let (s2, r2) = (started_tx.clone(), release_rx);
+    let c = calls.clone();
+    let svc = syncrpc::Service::new("gate.Gate")
+        .method("Block", move |_: &Context, _: ()| {
+            s1.send(()).unwrap();
+            r1.recv_timeout(WAIT)
+                .map_err(|_| Status::aborted("never released"))?;
+            Ok::<_, Status>("done")
+        })
+        .raw_method("BlockRaw", move |_: &Context, body: Bytes| {
+            s2.send(()).unwrap();
+            r2.recv_timeout(WAIT)
+                .map_err(|_| Status::aborted("never released"))?;
+            Ok::<_, Status>(body)
+        })
+        .method("Wait", move |ctx: &Context, _: ()| {
+            started_tx.send(()).unwrap();
+            ctx.wait_cancelled(WAIT);
+            cancel_tx.send(ctx.cancel_reason()).unwrap();
+            Ok::<_, Status>("late")
+        })
+        .method("Count", move |_: &Context, _: ()| {
+            c.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Status>(())
+        })
+        .method("Panic", |_: &Context, _: ()| -> Result<(), Status> {
+            panic!("handler blew up")
+        })
+        .raw_method("Big", |_: &Context, body: Bytes| {
+            let n = u32::from_be_bytes(
+                body[..4]
+                    .try_into()
+                    .map_err(|_| Status::invalid_argument("4 bytes"))?,
+            );
+            Ok::<_, Status>(Bytes::from(vec![7u8; n as usize]))
+        });
+    (
+        svc,
+        Gate {
+            started,
+            release,
+            cancelled,
+            calls,
+        },
+    )
+}
