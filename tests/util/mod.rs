@@ -430,3 +430,15 @@ pub fn gate_service() -> (syncrpc::Service, Gate) {
         },
     )
 }
+
+impl RawClient {
+    /// Closes the connection with a reset (SO_LINGER 0), as a crashed or
+    /// impatient client does: the server sees the connection fail rather
+    /// than a half-close it must still answer.
+    pub fn abort(self) {
+        socket2::SockRef::from(&self.stream)
+            .set_linger(Some(Duration::ZERO))
+            .unwrap();
+        drop(self);
+    }
+}
