@@ -28,7 +28,9 @@ fn a_slow_handler_does_not_block_other_connections(mode: Mode) {
     let mut slow = RawClient::connect(server.local_addr());
     slow.call(1, "/gate.Gate/Block", &());
     g.wait_started(1);
-    let mut others: Vec<RawClient> = (0..5).map(|_| RawClient::connect(server.local_addr())).collect();
+    let mut others: Vec<RawClient> = (0..5)
+        .map(|_| RawClient::connect(server.local_addr()))
+        .collect();
     for (i, c) in others.iter_mut().enumerate() {
         c.call(i as u32, "/echo.Echo/Say", &say("quick"));
     }
@@ -41,15 +43,23 @@ fn a_slow_handler_does_not_block_other_connections(mode: Mode) {
 
 fn cancel_of_a_queued_request_means_it_never_runs(mode: Mode) {
     let (gate, g) = gate_service();
-    let server = util::builder(mode).workers(1).service(gate).bind("127.0.0.1:0").unwrap();
+    let server = util::builder(mode)
+        .workers(1)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let mut c = RawClient::connect(server.local_addr());
     c.call(1, "/gate.Gate/Block", &());
     g.wait_started(1);
     c.call(2, "/gate.Gate/Count", &());
-    util::eventually("the request to be queued", || server.stats().pool.queued == 1);
+    util::eventually("the request to be queued", || {
+        server.stats().pool.queued == 1
+    });
     c.cancel(2);
     // The cancelled request leaves the in-flight table at once.
-    util::eventually("the cancel to land", || server.stats().requests_in_flight == 1);
+    util::eventually("the cancel to land", || {
+        server.stats().requests_in_flight == 1
+    });
     g.release(1);
     assert_eq!(c.response().id, 1);
     c.call(3, "/gate.Gate/Count", &());
@@ -60,7 +70,10 @@ fn cancel_of_a_queued_request_means_it_never_runs(mode: Mode) {
 
 fn cancel_of_a_running_request_cancels_its_context(mode: Mode) {
     let (gate, g) = gate_service();
-    let server = util::builder(mode).service(gate).bind("127.0.0.1:0").unwrap();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let mut c = RawClient::connect(server.local_addr());
     c.call(1, "/gate.Gate/Wait", &());
     g.wait_started(1);
@@ -84,7 +97,9 @@ fn a_closed_connection_never_leaks_its_response_to_a_newcomer(mode: Mode) {
     old.call_raw(7, "/gate.Gate/BlockRaw", b"old response");
     g.wait_started(1);
     old.abort();
-    util::eventually("the old connection to close", || server.stats().connections == 0);
+    util::eventually("the old connection to close", || {
+        server.stats().connections == 0
+    });
     // The newcomer takes the freed slot, and uses the same request id.
     let mut new = RawClient::connect(server.local_addr());
     new.call(1, "/echo.Echo/Say", &say("hello"));
@@ -101,7 +116,10 @@ fn a_closed_connection_never_leaks_its_response_to_a_newcomer(mode: Mode) {
 
 fn closing_a_connection_cancels_what_it_had_in_flight(mode: Mode) {
     let (gate, g) = gate_service();
-    let server = util::builder(mode).service(gate).bind("127.0.0.1:0").unwrap();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let mut c = RawClient::connect(server.local_addr());
     let meta = RequestMeta::new("/gate.Gate/Wait");
     c.call_meta(1, &meta, Flags::default(), &encode(&()));
@@ -111,12 +129,17 @@ fn closing_a_connection_cancels_what_it_had_in_flight(mode: Mode) {
         g.cancelled.recv_timeout(util::WAIT).unwrap(),
         Some(CancelReason::Cancelled)
     );
-    util::eventually("nothing in flight", || server.stats().requests_in_flight == 0);
+    util::eventually("nothing in flight", || {
+        server.stats().requests_in_flight == 0
+    });
 }
 
 fn a_half_closed_connection_is_answered_before_it_closes(mode: Mode) {
     let (gate, g) = gate_service();
-    let server = util::builder(mode).service(gate).bind("127.0.0.1:0").unwrap();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
     let mut c = RawClient::connect(server.local_addr());
     c.call(1, "/gate.Gate/Block", &());
     g.wait_started(1);
