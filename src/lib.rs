@@ -1,21 +1,54 @@
 //! syncrpc: a synchronous, thread-based RPC runtime.
+//!
+//! No async, no futures: handlers are plain functions run by a fixed pool
+//! of worker threads, and the sockets are driven by a few mio event loops
+//! (see [`server`]). Requests and responses are framed as described in
+//! [`codec`].
+//!
+//! ```
+//! use syncrpc::{Context, Server, Service, Status};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Say { text: String }
+//!
+//! fn say(ctx: &Context, req: Say) -> Result<Say, Status> {
+//!     ctx.check()?; // stop early if the caller gave up
+//!     Ok(Say { text: req.text.to_uppercase() })
+//! }
+//!
+//! let server = Server::builder()
+//!     .service(Service::new("echo.Echo").method("Say", say))
+//!     .filter(syncrpc::filters::AccessLog::new())
+//!     .bind("127.0.0.1:0")?;
+//! println!("serving on {}", server.local_addr());
+//! server.shutdown();
+//! # Ok::<(), syncrpc::Error>(())
+//! ```
+//!
+//! Non-goals: async integration, streaming calls, TLS (terminate it in
+//! front), and service discovery.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
 pub mod codec;
 mod context;
 mod error;
+mod filter;
+pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
 mod latch;
 mod metadata;
 pub mod pool;
+pub mod server;
 mod status;
 mod trace;
 
 pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
 pub use error::{Error, ErrorKind, Execution};
+pub use filter::{Filter, Next, Reply, Request, Response};
 pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
+pub use server::{Server, ServerBuilder, ServerHandle, Service};
 pub use status::{Code, Status};
 pub use trace::TraceId;
