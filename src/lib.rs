@@ -41,6 +41,7 @@ mod latch;
 mod metadata;
 pub mod pool;
 pub mod server;
+pub mod shutdown;
 mod status;
 mod trace;
 
@@ -50,5 +51,6 @@ pub use filter::{Filter, Next, Reply, Request, Response};
 pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
 pub use server::{Server, ServerBuilder, ServerHandle, Service};
+pub use shutdown::{ShutdownHandle, ShutdownReport};
 pub use status::{Code, Status};
 pub use trace::TraceId;

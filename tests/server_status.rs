@@ -7,8 +7,8 @@ use std::thread;
 use std::time::Duration;
 
 use syncrpc::codec::{compress, Compression, Encoding, Flags, RequestMeta};
-use syncrpc::server::{Limits, ServerConfig, Timeouts};
-use syncrpc::{CancelReason, Code, Server, ServerBuilder};
+use syncrpc::server::{Limits, Timeouts};
+use syncrpc::{CancelReason, Code, ServerBuilder};
 use util::{echo_service, encode, gate_service, say, Mode, RawClient};
 
 per_mode!(
@@ -288,22 +288,18 @@ fn unavailable_after_goaway_on_shutdown(mode: Mode) {
     assert_eq!((r.id, r.code), (1, Code::OK));
     drop(c);
     let report = stopper.join().unwrap();
-    assert_eq!(report.drained, 1);
-    assert!(report.stuck_threads.is_empty(), "{report:?}");
+    assert_eq!((report.drained, report.refused), (1, 1), "{report:?}");
+    assert!(report.is_clean(), "{report:?}");
     drop(server);
 }
 
 fn cancelled_when_the_shutdown_timeout_runs_out(mode: Mode) {
     let (gate, g) = gate_service();
-    let server = Server::builder()
-        .config(ServerConfig {
-            workers: 1,
-            ..ServerConfig::default()
-        })
+    let server = util::builder(mode)
+        .workers(1)
         .service(gate)
         .bind("127.0.0.1:0")
         .unwrap();
-    let _ = mode;
     let mut c = RawClient::connect(server.local_addr());
     c.call(1, "/gate.Gate/Wait", &());
     g.wait_started(1);
@@ -327,7 +323,8 @@ fn cancelled_when_the_shutdown_timeout_runs_out(mode: Mode) {
         Some(CancelReason::Shutdown)
     );
     let report = stopper.join().unwrap();
-    assert_eq!((report.cancelled, report.unavailable), (1, 1), "{report:?}");
+    assert_eq!((report.cancelled, report.abandoned), (1, 1), "{report:?}");
+    assert_eq!(report.exit_code(), 1, "work was cut short: {report:?}");
     assert!(report.stuck_threads.is_empty(), "{report:?}");
     assert_eq!(g.calls(), 0);
 }

@@ -10,6 +10,7 @@ use super::Server;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::server::service::Service;
+use crate::shutdown::Hook;
 
 /// Size and count limits (spec section 4). Every limit is enforced without
 /// allocating first: a declared length is checked before any buffer is
@@ -91,10 +92,22 @@ pub struct Timeouts {
     /// Responses are waiting and the socket has accepted no byte for this
     /// long: the connection is closed. Default 30 s (spec).
     pub write_stall: Duration,
+    /// How long a shutdown goes on serving normally, with the health
+    /// service already reporting `NOT_SERVING`, before it closes the
+    /// listeners and sends GOAWAY: time for load balancers and Kubernetes
+    /// endpoints to stop sending traffic. Default 0 (spec): set it to a
+    /// few readiness-probe periods when something routes by health.
+    pub drain_delay: Duration,
     /// How long shutdown waits for requests already read to finish before
     /// answering the queued ones `UNAVAILABLE` and cancelling the running
-    /// ones. Default 10 s (spec).
+    /// ones. Counted from the GOAWAY, after the drain delay. Default 10 s
+    /// (spec).
     pub shutdown: Duration,
+    /// How long the shutdown hooks get, all together, once the workers
+    /// have stopped; each hook is told what is left. Default 5 s: enough
+    /// to flush a log or close a pool, short enough to fit Kubernetes'
+    /// default 30 s grace period with the defaults above.
+    pub hooks: Duration,
 }
 
 impl Default for Timeouts {
@@ -103,9 +116,41 @@ impl Default for Timeouts {
             idle: Duration::from_secs(60),
             frame: Duration::from_secs(30),
             write_stall: Duration::from_secs(30),
+            drain_delay: Duration::ZERO,
             shutdown: Duration::from_secs(10),
+            hooks: Duration::from_secs(5),
         }
     }
+}
+
+/// How a server moves bytes between sockets and handlers. Everything else
+/// (codec, filters, handlers, limits, status codes, shutdown) is the same
+/// in both modes.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::server::Mode;
+/// use syncrpc::Server;
+///
+/// let server = Server::builder().mode(Mode::Thread).bind("127.0.0.1:0")?;
+/// server.shutdown();
+/// # Ok::<(), syncrpc::Error>(())
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// A few mio event loops ([`ServerConfig::event_loops`]) do all the
+    /// socket I/O without blocking; handlers run on the worker pool. The
+    /// default: connections cost no thread of their own, so tens of
+    /// thousands of idle ones are cheap.
+    #[default]
+    Event,
+    /// An acceptor thread, and per connection a thread that reads with
+    /// blocking calls and one that writes. Handlers run on the worker pool
+    /// or, with [`ServerConfig::inline_handlers`], on the connection's
+    /// thread. Plain blocking I/O that profilers and debuggers show as it
+    /// is; it costs two threads per connection.
+    Thread,
 }
 
 /// Everything a server is configured with.
@@ -138,12 +183,26 @@ pub struct ServerConfig {
     /// already batched per write, Nagle's delay only adds latency.
     pub nodelay: bool,
     /// Prefix of the threads' names. Default `"syncrpc"`: workers are
-    /// `syncrpc-worker-N`, loops `syncrpc-loop-N`.
+    /// `syncrpc-worker-N`, event loops `syncrpc-loop-N`; in thread mode the
+    /// acceptor is `syncrpc-accept` and connection `N`'s threads are
+    /// `syncrpc-conn-N` (reading) and `syncrpc-conn-N-w` (writing); the
+    /// shutdown coordinator is `syncrpc-shutdown`.
     pub thread_name: String,
     /// Size and count limits.
     pub limits: Limits,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// The I/O mode. Default [`Mode::Event`].
+    pub mode: Mode,
+    /// In [`Mode::Thread`], runs each handler on its connection's reading
+    /// thread instead of the worker pool: no queue and no hand-off, but a
+    /// connection's requests then run one at a time, and CANCEL frames
+    /// are read only between them. No workers are started. Default false.
+    pub inline_handlers: bool,
+    /// Stack size of the connection threads of [`Mode::Thread`], or the
+    /// platform's default (`None`, the default). With inline handlers,
+    /// leave room for them.
+    pub connection_stack_size: Option<usize>,
 }
 
 impl Default for ServerConfig {
@@ -157,6 +216,9 @@ impl Default for ServerConfig {
             thread_name: "syncrpc".to_owned(),
             limits: Limits::default(),
             timeouts: Timeouts::default(),
+            mode: Mode::Event,
+            inline_handlers: false,
+            connection_stack_size: None,
         }
     }
 }
@@ -194,6 +256,14 @@ pub struct ServerBuilder {
     own: Vec<(Vec<SocketAddr>, Service)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
+    lifecycle: LifecycleSetup,
+}
+
+/// What a server does around its shutdown.
+pub(crate) struct LifecycleSetup {
+    pub hooks: Vec<Hook>,
+    pub handle_signals: bool,
+    pub health: bool,
 }
 
 impl Default for ServerBuilder {
@@ -211,6 +281,11 @@ impl ServerBuilder {
             own: Vec::new(),
             filters: Vec::new(),
             errors: Vec::new(),
+            lifecycle: LifecycleSetup {
+                hooks: Vec::new(),
+                handle_signals: false,
+                health: true,
+            },
         }
     }
 
@@ -277,6 +352,68 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets the I/O mode; see [`Mode`]. Default [`Mode::Event`].
+    pub fn mode(mut self, mode: Mode) -> ServerBuilder {
+        self.config.mode = mode;
+        self
+    }
+
+    /// In thread mode, runs handlers on the connection threads rather than
+    /// the worker pool; see [`ServerConfig::inline_handlers`]. Binding
+    /// fails if it is set in event mode.
+    pub fn inline_handlers(mut self, inline: bool) -> ServerBuilder {
+        self.config.inline_handlers = inline;
+        self
+    }
+
+    /// Shuts the server down gracefully on SIGTERM or SIGINT (and SIGHUP),
+    /// and forces an immediate stop on a second one. Default false: the
+    /// application decides.
+    ///
+    /// The handler is process-wide and installed once, on the first bind
+    /// that asks for it; every server that asked then gets each signal.
+    /// Binding fails with a usage error if the application already
+    /// installed a handler of its own for these signals.
+    pub fn handle_signals(mut self, handle: bool) -> ServerBuilder {
+        self.lifecycle.handle_signals = handle;
+        self
+    }
+
+    /// Registers a shutdown hook. Hooks run once, in reverse order of
+    /// registration (the last registered runs first), after every handler
+    /// has finished and the workers have stopped, each on a thread of the
+    /// shutdown's, given the time left of [`Timeouts::hooks`]. A hook that
+    /// panics is logged and skipped; hooks still running when the time is
+    /// up are left behind and reported.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use syncrpc::Server;
+    ///
+    /// let server = Server::builder()
+    ///     .on_shutdown(|left: Duration| println!("closing the database pool within {left:?}"))
+    ///     .on_shutdown(|_| println!("runs first"))
+    ///     .bind("127.0.0.1:0")?;
+    /// let report = server.shutdown();
+    /// assert_eq!(report.hooks_run, 2);
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn on_shutdown(mut self, hook: impl FnOnce(Duration) + Send + 'static) -> ServerBuilder {
+        self.lifecycle.hooks.push(Box::new(hook));
+        self
+    }
+
+    /// Serves the built-in health service (`/syncrpc.Health/Check`, see
+    /// [`Health`](super::Health)) on every listener. Default true. A
+    /// listener where the application registers a service named
+    /// `syncrpc.Health` itself serves that one instead.
+    pub fn health_service(mut self, serve: bool) -> ServerBuilder {
+        self.lifecycle.health = serve;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: ServerConfig) -> ServerBuilder {
         self.config = config;
@@ -313,7 +450,7 @@ impl ServerBuilder {
             }
         }
         check(&self.config, &specs)?;
-        Server::start(self.config, specs, self.filters)
+        Server::start(self.config, specs, self.filters, self.lifecycle)
     }
 }
 
@@ -349,6 +486,11 @@ fn check(config: &ServerConfig, specs: &[ListenerSpec]) -> Result<(), Error> {
             return Err(Error::usage(format!("{name} must be at least 1")));
         }
     }
+    if config.inline_handlers && config.mode != Mode::Thread {
+        return Err(Error::usage(
+            "inline handlers need thread mode: set .mode(Mode::Thread)",
+        ));
+    }
     if l.max_body > u32::MAX as usize {
         return Err(Error::usage(format!(
             "max_body {} is more than a frame can carry (4294967295)",
@@ -375,6 +517,9 @@ impl fmt::Debug for ServerBuilder {
             .field("services", &self.services)
             .field("own", &self.own.len())
             .field("filters", &self.filters.len())
+            .field("hooks", &self.lifecycle.hooks.len())
+            .field("handle_signals", &self.lifecycle.handle_signals)
+            .field("health", &self.lifecycle.health)
             .finish()
     }
 }

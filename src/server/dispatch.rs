@@ -1,10 +1,11 @@
 //! Per-request dispatch, independent of how the bytes are read and written.
 //!
-//! A driver (the mio event loop, or any other I/O mode) decodes frames and
-//! hands each to [`Dispatcher::on_frame`], which decodes the meta, routes
-//! the method, computes the deadline, refuses duplicate ids, records the
-//! request in the connection's in-flight table and queues a
-//! [`RequestTask`] on the worker pool. Everything that answers a request,
+//! A driver (the mio event loop, or thread mode's connection threads)
+//! decodes frames and hands each to [`Dispatcher::on_frame`], which decodes
+//! the meta, routes the method, computes the deadline, refuses duplicate
+//! ids, records the request in the connection's in-flight table and queues
+//! a [`RequestTask`] on the worker pool (or, when handlers run inline,
+//! hands it back to the driver's thread to run). Everything that answers a request,
 //! the worker's result, the deadline timer ([`DeadlineQueue`]), a full
 //! queue, a bad meta, appends its RESPONSE to the connection's output
 //! buffer here; the driver only moves bytes.
@@ -37,38 +38,48 @@ use crate::trace::TraceId;
 /// State every connection and worker of one server shares.
 pub(crate) struct ServerShared {
     pub config: ServerConfig,
-    pub pool: WorkerPool<RequestTask>,
+    /// The workers; none when handlers run inline on connection threads.
+    pub pool: Option<WorkerPool<RequestTask>>,
     /// Request bytes held: partial frames in read buffers, and requests
     /// queued or running.
     pub buffered: AtomicUsize,
     pub connections: AtomicUsize,
     /// One count per request read and not yet answered; shutdown drains it.
     pub requests: Latch,
-    pub shutting_down: AtomicBool,
+    /// Set when the shutdown sends its GOAWAYs: handlers finishing from
+    /// then on count as drained.
+    pub going_away: AtomicBool,
     next_conn_id: AtomicU64,
     /// Responses dropped because their request had already been answered
     /// (deadline) or cancelled, or the connection had closed.
     pub dropped_responses: AtomicU64,
+    /// Requests in flight at the GOAWAY that their handlers finished.
+    pub shutdown_drained: AtomicU64,
+    /// Requests read after the GOAWAY, answered UNAVAILABLE unrun.
+    pub shutdown_refused: AtomicU64,
+    /// Requests still queued when the shutdown timeout ran out, answered
+    /// UNAVAILABLE unrun.
+    pub shutdown_abandoned: AtomicU64,
     /// Requests answered CANCELLED because the shutdown timeout ran out
     /// while they ran.
     pub shutdown_cancelled: AtomicU64,
-    /// Requests answered UNAVAILABLE by the shutdown without running.
-    pub shutdown_unavailable: AtomicU64,
 }
 
 impl ServerShared {
-    pub fn new(config: ServerConfig, pool: WorkerPool<RequestTask>) -> ServerShared {
+    pub fn new(config: ServerConfig, pool: Option<WorkerPool<RequestTask>>) -> ServerShared {
         ServerShared {
             config,
             pool,
             buffered: AtomicUsize::new(0),
             connections: AtomicUsize::new(0),
             requests: Latch::new(),
-            shutting_down: AtomicBool::new(false),
+            going_away: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             dropped_responses: AtomicU64::new(0),
+            shutdown_drained: AtomicU64::new(0),
+            shutdown_refused: AtomicU64::new(0),
+            shutdown_abandoned: AtomicU64::new(0),
             shutdown_cancelled: AtomicU64::new(0),
-            shutdown_unavailable: AtomicU64::new(0),
         }
     }
 
@@ -174,7 +185,8 @@ pub(crate) struct Dispatcher {
 impl Dispatcher {
     /// Handles one decoded frame of `conn`, read at `read_at`. Answers that
     /// need no handler (errors, PONG) are appended to the connection's
-    /// output; the driver writes it after the batch.
+    /// output; the driver writes it after the batch. A server without
+    /// workers runs the handler here, on the caller's thread.
     pub fn on_frame(
         &self,
         conn: &Arc<ConnShared>,
@@ -182,10 +194,32 @@ impl Dispatcher {
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) {
+        if let Some(task) = self.on_frame_deferred(conn, decoded, read_at, timers) {
+            task.run_inline();
+        }
+    }
+
+    /// As [`Dispatcher::on_frame`], but a request that a server without
+    /// workers runs inline is handed back, for the driver to run once it
+    /// has let go of `timers`.
+    pub fn on_frame_deferred(
+        &self,
+        conn: &Arc<ConnShared>,
+        decoded: Decoded,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) -> Option<RequestTask> {
         match decoded {
             Decoded::Frame(frame) => match frame.header.frame_type {
                 FrameType::Request | FrameType::Oneway => {
-                    self.request(conn, frame.header, &frame.meta, frame.body, read_at, timers)
+                    return self.request(
+                        conn,
+                        frame.header,
+                        &frame.meta,
+                        frame.body,
+                        read_at,
+                        timers,
+                    )
                 }
                 FrameType::Cancel => cancel(conn, frame.header.request_id),
                 FrameType::Ping => {
@@ -229,6 +263,7 @@ impl Dispatcher {
                 }
             }
         }
+        None
     }
 
     fn request(
@@ -239,7 +274,7 @@ impl Dispatcher {
         body: Bytes,
         read_at: Instant,
         timers: &mut DeadlineQueue,
-    ) {
+    ) -> Option<RequestTask> {
         let id = header.request_id;
         let flags = header.flags;
         let oneway = header.frame_type == FrameType::Oneway;
@@ -256,7 +291,10 @@ impl Dispatcher {
         };
         let meta = match RequestMeta::decode(meta_bytes) {
             Ok(m) => m,
-            Err(e) => return refuse(e.to_status(), None),
+            Err(e) => {
+                refuse(e.to_status(), None);
+                return None;
+            }
         };
         // check_trace_id in decode() bounds the length, so this is Some.
         let trace_id = meta
@@ -264,20 +302,25 @@ impl Dispatcher {
             .and_then(TraceId::new)
             .unwrap_or_else(TraceId::generate);
         if let Err(v) = flags.compression() {
-            return refuse(
+            refuse(
                 Status::unimplemented(format!("compression {v} is reserved")),
                 Some(&trace_id),
             );
+            return None;
         }
         if let Err(v) = flags.encoding() {
-            return refuse(
+            refuse(
                 Status::unimplemented(format!("body encoding {v} is reserved")),
                 Some(&trace_id),
             );
+            return None;
         }
         let method = match self.registry.lookup(meta.method) {
             Ok(m) => m.clone(),
-            Err(status) => return refuse(status, Some(&trace_id)),
+            Err(status) => {
+                refuse(status, Some(&trace_id));
+                return None;
+            }
         };
         let timeout = [
             (meta.timeout_ms > 0).then(|| Duration::from_millis(u64::from(meta.timeout_ms))),
@@ -300,24 +343,29 @@ impl Dispatcher {
         let seq = {
             let mut st = conn.lock();
             if st.closed {
-                return;
+                return None;
             }
             if st.draining {
                 drop(st);
-                return refuse(
+                if !oneway {
+                    self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                refuse(
                     Status::unavailable("the server is shutting down; the request was not run"),
                     Some(&trace_id),
                 );
+                return None;
             }
             if oneway {
                 st.oneway_running += 1;
                 0
             } else if st.in_flight.contains_key(&id) {
                 drop(st);
-                return refuse(
+                refuse(
                     Status::invalid_argument(format!("request id {id} is already in flight")),
                     Some(&trace_id),
                 );
+                return None;
             } else {
                 let seq = st.next_seq();
                 st.in_flight.insert(
@@ -346,7 +394,14 @@ impl Dispatcher {
             held,
             oneway_count: oneway.then(|| self.server.requests.guard()),
         };
-        match self.server.pool.try_submit(task) {
+        let Some(pool) = &self.server.pool else {
+            // Inline: the driver runs it, and the timer can end it meanwhile.
+            if let (Some(at), false) = (deadline, oneway) {
+                timers.push(at, conn, id, seq);
+            }
+            return Some(task);
+        };
+        match pool.try_submit(task) {
             Ok(()) => {
                 if let (Some(at), false) = (deadline, oneway) {
                     timers.push(at, conn, id, seq);
@@ -359,6 +414,9 @@ impl Dispatcher {
                         self.server.config.queue_capacity
                     )),
                     SubmitError::Closed(_) => {
+                        if !oneway {
+                            self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
+                        }
                         Status::unavailable("the server is shutting down; the request was not run")
                     }
                 };
@@ -366,6 +424,7 @@ impl Dispatcher {
                 e.into_inner().finish(Err(status));
             }
         }
+        None
     }
 }
 
@@ -447,7 +506,7 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
                 server.shutdown_cancelled.fetch_add(1, Ordering::Relaxed);
                 CancelReason::Shutdown.to_status()
             } else {
-                server.shutdown_unavailable.fetch_add(1, Ordering::Relaxed);
+                server.shutdown_abandoned.fetch_add(1, Ordering::Relaxed);
                 Status::unavailable("the server is shutting down; the request was not run")
             };
             let trace = e.ctx.trace_id();
@@ -553,11 +612,11 @@ impl RequestTask {
             (Some(e), Some(d)) if now >= d => Some(deadline_status(e, now)),
             _ => None,
         };
+        let server = &self.held.server;
         if late.is_some() {
-            self.held
-                .server
-                .dropped_responses
-                .fetch_add(1, Ordering::Relaxed);
+            server.dropped_responses.fetch_add(1, Ordering::Relaxed);
+        } else if server.going_away.load(Ordering::Relaxed) {
+            server.shutdown_drained.fetch_add(1, Ordering::Relaxed);
         }
         match (&reply, &late) {
             (_, Some(status)) => write_status(
@@ -617,6 +676,26 @@ impl RequestTask {
                 );
                 Err(Status::internal(format!("the handler panicked: {msg}")))
             }
+        }
+    }
+}
+
+impl RequestTask {
+    /// Runs the request on this thread (handlers inline on a connection
+    /// thread), with the checks the pool makes: a request whose deadline
+    /// has passed is expired instead, and a panic is contained.
+    pub fn run_inline(self) {
+        let now = Instant::now();
+        if self.ctx.deadline().is_some_and(|d| now >= d) {
+            self.expire(Duration::ZERO);
+            return;
+        }
+        if let Err(payload) = panic::catch_unwind(AssertUnwindSafe(|| self.run())) {
+            log::error!(
+                "request task panicked on {}: {}",
+                std::thread::current().name().unwrap_or("connection thread"),
+                panic_message(&*payload)
+            );
         }
     }
 }

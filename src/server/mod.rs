@@ -1,5 +1,7 @@
-//! The server: services and handlers, filters, a worker pool, and the mio
-//! event loops that move the bytes.
+//! The server: services and handlers, filters, a worker pool, and the
+//! threads that move the bytes, in one of two modes ([`Mode`]).
+//!
+//! Event mode (the default):
 //!
 //! ```text
 //!            accept/read/decode                 try_submit (never blocks)
@@ -9,9 +11,17 @@
 //!    └───────────────────────────────┘  └──────── connection output buffer ◀─┘
 //! ```
 //!
+//! Thread mode: an acceptor thread, and per connection a reading thread and
+//! a writing thread with blocking I/O; handlers run on the same worker pool
+//! or inline on the reading thread.
+//!
 //! Per-request work that does not depend on the I/O mode (meta decoding,
 //! routing, deadlines, the in-flight table, the pool task, response
-//! encoding) lives in `dispatch`; `event_loop` is one driver of it.
+//! encoding) lives in `dispatch`; `event_loop` and `threaded` drive it.
+//! The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! server carries them out.
+//!
+//! Every listener also serves the built-in health service, [`Health`].
 
 mod buffer_pool;
 mod builder;
@@ -19,7 +29,9 @@ mod connection;
 mod dispatch;
 mod event_loop;
 mod handler;
+mod health;
 mod service;
+mod threaded;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -30,24 +42,34 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use builder::{Limits, ServerBuilder, ServerConfig, Timeouts};
+pub use builder::{Limits, Mode, ServerBuilder, ServerConfig, Timeouts};
 pub use handler::{RawHandler, UnaryHandler};
+pub use health::{
+    Health, HealthCheckRequest, HealthCheckResponse, ServingStatus, HEALTH_CHECK_METHOD,
+    HEALTH_SERVICE,
+};
 pub use service::Service;
 
-use self::builder::ListenerSpec;
+pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
+
+use self::builder::{LifecycleSetup, ListenerSpec};
 use self::dispatch::{Dispatcher, ServerShared};
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
 use self::service::Registry;
+use self::threaded::Threaded;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::latch::Latch;
 use crate::pool::{PoolConfig, PoolStats, WorkerPool};
+use crate::shutdown::{Lifecycle, Plan, Tally, Target, Trigger};
 
-/// How long handlers get to return after the shutdown cancelled them.
-const CANCEL_GRACE: Duration = Duration::from_secs(1);
+/// How long event loops get to flush and exit once told to stop.
+const LOOP_STOP: Duration = Duration::from_secs(3);
+/// The shutdown timeout when starting fails half-way.
+const FAILED_START_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// A running server. Dropping it shuts it down (see
+/// A running server. Dropping it shuts it down gracefully and waits (see
 /// [`ServerHandle::shutdown`]).
 ///
 /// # Examples
@@ -60,18 +82,33 @@ const CANCEL_GRACE: Duration = Duration::from_secs(1);
 ///     .raw_method("Echo", |_ctx: &Context, body: Bytes| Ok::<_, Status>(body));
 /// let server = Server::builder().service(svc).bind("127.0.0.1:0")?;
 /// let addr = server.local_addr();
-/// let handle = server.handle(); // cloneable, e.g. for a signal handler
+/// let handle = server.handle(); // cloneable, e.g. for an admin thread
 /// assert_eq!(handle.local_addr(), addr);
 /// let report = server.shutdown();
 /// assert!(report.stuck_threads.is_empty());
 /// # Ok::<(), syncrpc::Error>(())
 /// ```
+///
+/// A service's `main`, stopped by SIGTERM or Ctrl-C:
+///
+/// ```no_run
+/// use syncrpc::Server;
+///
+/// let server = Server::builder()
+///     .handle_signals(true)
+///     .bind("0.0.0.0:7000")?;
+/// let report = server.run();
+/// std::process::exit(report.exit_code());
+/// # Ok::<(), syncrpc::Error>(())
+/// ```
 pub struct Server {
     handle: ServerHandle,
+    coordinator: Option<JoinHandle<()>>,
 }
 
 /// A cloneable remote control for a running [`Server`]: its addresses, its
-/// counts, and its shutdown. Clones share one server; it is `Send + Sync`.
+/// counts, its health and its shutdown. Clones share one server; it is
+/// `Send + Sync`.
 #[derive(Clone)]
 pub struct ServerHandle {
     inner: Arc<Inner>,
@@ -79,14 +116,23 @@ pub struct ServerHandle {
 
 struct Inner {
     shared: Arc<ServerShared>,
-    loops: Vec<Arc<LoopShared>>,
-    threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    driver: Driver,
     listeners: Vec<(SocketAddr, Vec<String>)>,
+    /// One count per open connection, in either mode.
     conns: Latch,
-    /// One count per event-loop thread, dropped when it exits.
-    loops_alive: Latch,
-    report: Mutex<Option<ShutdownReport>>,
-    done: std::sync::Condvar,
+    health: Health,
+    life: Arc<Lifecycle>,
+}
+
+/// The threads that move the bytes.
+enum Driver {
+    Event {
+        loops: Vec<Arc<LoopShared>>,
+        /// One count per event-loop thread, dropped when it exits.
+        alive: Latch,
+        threads: Mutex<Vec<(String, JoinHandle<()>)>>,
+    },
+    Thread(Arc<Threaded>),
 }
 
 /// Counts a running server reports.
@@ -103,24 +149,9 @@ pub struct ServerStats {
     /// Handler results dropped because the request had been answered by
     /// its deadline, cancelled, or its connection had closed.
     pub dropped_responses: u64,
-    /// The worker pool's counts: busy, queued, completed, expired.
+    /// The worker pool's counts: busy, queued, completed, expired (all
+    /// zero when handlers run inline).
     pub pool: PoolStats,
-}
-
-/// What a shutdown did.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ShutdownReport {
-    /// Requests in flight when the shutdown began that finished normally.
-    pub drained: usize,
-    /// Requests answered UNAVAILABLE without running (still queued when
-    /// the shutdown timeout ran out).
-    pub unavailable: u64,
-    /// Requests answered CANCELLED because they were still running when
-    /// the shutdown timeout ran out.
-    pub cancelled: u64,
-    /// Threads that did not stop in time, by name; they are detached.
-    pub stuck_threads: Vec<String>,
 }
 
 impl Server {
@@ -133,95 +164,140 @@ impl Server {
         config: ServerConfig,
         specs: Vec<ListenerSpec>,
         filters: Vec<Arc<dyn Filter>>,
+        setup: LifecycleSetup,
     ) -> Result<Server, Error> {
         let limits = BodyLimits {
             max_body: config.limits.max_body,
             max_depth: config.limits.max_body_depth,
         };
+        let health = {
+            let names = specs
+                .iter()
+                .flat_map(|s| s.services.iter().map(|s| s.name()));
+            Health::new(names.chain(setup.health.then_some(HEALTH_SERVICE)))
+        };
         let mut bound = Vec::with_capacity(specs.len());
-        for spec in specs {
+        for mut spec in specs {
             let listener = bind_listener(&spec.addrs, config.backlog)
                 .map_err(|e| Error::io(&format!("cannot listen on {:?}", spec.addrs), e))?;
             let addr = listener
                 .local_addr()
                 .map_err(|e| Error::io("cannot read the listen address", e))?;
+            if setup.health && spec.services.iter().all(|s| s.name() != HEALTH_SERVICE) {
+                spec.services.push(health.service());
+            }
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
             bound.push((listener, addr, names, registry));
         }
-        let pool = WorkerPool::new(PoolConfig {
-            workers: config.workers,
-            queue_capacity: config.queue_capacity,
-            thread_name: format!("{}-worker", config.thread_name),
-            stack_size: None,
-        })
-        .map_err(|e| Error::io("cannot start the workers", e))?;
-        let loops_n = config.event_loops;
-        let thread_name = config.thread_name.clone();
+        let pool = if config.inline_handlers {
+            None
+        } else {
+            let pool = WorkerPool::new(PoolConfig {
+                workers: config.workers,
+                queue_capacity: config.queue_capacity,
+                thread_name: format!("{}-worker", config.thread_name),
+                stack_size: None,
+            })
+            .map_err(|e| Error::io("cannot start the workers", e))?;
+            Some(pool)
+        };
+        let plan = Plan {
+            timeout: config.timeouts.shutdown,
+            drain_delay: config.timeouts.drain_delay,
+            hooks_budget: config.timeouts.hooks,
+            hooks: setup.hooks,
+            thread_name: config.thread_name.clone(),
+        };
+        let mode = config.mode;
         let shared = Arc::new(ServerShared::new(config, pool));
         let conns = Latch::new();
-        let loops_alive = Latch::new();
-        let mut loops = Vec::with_capacity(loops_n);
-        let mut threads = Vec::with_capacity(loops_n);
-        let result = (|| -> Result<(), Error> {
-            for i in 0..loops_n {
-                let mut entries = Vec::with_capacity(bound.len());
-                for (listener, _, _, registry) in &bound {
-                    let l = listener
-                        .try_clone()
-                        .map_err(|e| Error::io("cannot clone a listener", e))?;
-                    entries.push(ListenerEntry {
-                        listener: mio::net::TcpListener::from_std(l),
-                        dispatcher: Arc::new(Dispatcher {
-                            server: shared.clone(),
-                            registry: registry.clone(),
-                        }),
-                    });
-                }
-                let name = format!("{thread_name}-loop-{i}");
-                let (lp, ls) = EventLoop::new(name.clone(), shared.clone(), entries, conns.clone())
-                    .map_err(|e| Error::io("cannot start an event loop", e))?;
-                let alive = loops_alive.guard();
-                let handle = thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        let _alive = alive;
-                        lp.run()
-                    })
-                    .map_err(|e| Error::io("cannot start an event loop", e))?;
-                loops.push(ls);
-                threads.push((name, handle));
-            }
-            Ok(())
-        })();
         let listeners = bound
             .iter()
             .map(|(_, addr, names, _)| (*addr, names.clone()))
             .collect();
-        // The loops hold their own clones of the listening sockets.
-        drop(bound);
-        let handle = ServerHandle {
-            inner: Arc::new(Inner {
-                shared,
-                loops,
-                threads: Mutex::new(threads),
-                listeners,
-                conns,
-                loops_alive,
-                report: Mutex::new(None),
-                done: std::sync::Condvar::new(),
-            }),
+        let dispatchers = bound.into_iter().map(|(listener, _, _, registry)| {
+            let dispatcher = Arc::new(Dispatcher {
+                server: shared.clone(),
+                registry,
+            });
+            (listener, dispatcher)
+        });
+        let (driver, started) = match mode {
+            Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
+            Mode::Thread => {
+                match Threaded::start(shared.clone(), dispatchers.collect(), conns.clone()) {
+                    Ok(t) => (Driver::Thread(t), Ok(())),
+                    Err(e) => {
+                        if let Some(pool) = &shared.pool {
+                            pool.shutdown(FAILED_START_TIMEOUT);
+                        }
+                        return Err(Error::io("cannot start the acceptor", e));
+                    }
+                }
+            }
         };
-        if let Err(e) = result {
-            handle.shutdown_timeout(Duration::from_secs(1));
-            return Err(e);
+        let inner = Arc::new(Inner {
+            shared,
+            driver,
+            listeners,
+            conns,
+            health,
+            life: Lifecycle::new(),
+        });
+        let fail = |e: Error, plan: Plan| {
+            // Whatever started is stopped; the application's hooks are for
+            // a server that ran, and are dropped.
+            let plan = Plan {
+                timeout: FAILED_START_TIMEOUT,
+                drain_delay: Duration::ZERO,
+                hooks: Vec::new(),
+                ..plan
+            };
+            inner.life.execute_now(&*inner, plan);
+            Err(e)
+        };
+        if let Err(e) = started {
+            return fail(e, plan);
         }
-        Ok(Server { handle })
+        if setup.handle_signals {
+            if let Err(e) = inner.life.handle_signals() {
+                return fail(e, plan);
+            }
+        }
+        let name = format!("{}-shutdown", inner.shared.config.thread_name);
+        let (target, slot) = (inner.clone(), Arc::new(Mutex::new(Some(plan))));
+        let plan_slot = slot.clone();
+        let spawned = thread::Builder::new().name(name).spawn(move || {
+            let plan = plan_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(plan) = plan {
+                target.life.coordinate(&*target, plan);
+            }
+        });
+        match spawned {
+            Ok(coordinator) => Ok(Server {
+                handle: ServerHandle { inner },
+                coordinator: Some(coordinator),
+            }),
+            Err(e) => {
+                let plan = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+                let e = Error::io("cannot start the shutdown coordinator", e);
+                match plan {
+                    Some(plan) => fail(e, plan),
+                    None => Err(e),
+                }
+            }
+        }
     }
 
     /// A cloneable handle to the server.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
+    }
+
+    /// A cloneable handle that starts and waits for the shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.handle.shutdown_handle()
     }
 
     /// The address of the main listener (the one given to
@@ -240,22 +316,43 @@ impl Server {
         self.handle.stats()
     }
 
-    /// Shuts down with the configured shutdown timeout; see
-    /// [`ServerHandle::shutdown`].
-    pub fn shutdown(self) -> ShutdownReport {
-        self.handle.shutdown()
+    /// The statuses the health service reports.
+    pub fn health(&self) -> &Health {
+        self.handle.health()
     }
 
-    /// Blocks until the server has been shut down (from a handle or a
-    /// signal handler), and returns the shutdown's report.
-    pub fn wait(self) -> ShutdownReport {
-        self.handle.wait_report()
+    /// Shuts down gracefully with the configured shutdown timeout and
+    /// returns the report; see [`ServerHandle::shutdown`].
+    pub fn shutdown(mut self) -> ShutdownReport {
+        self.handle.inner.life.trigger(Trigger::Graceful(None));
+        self.finish()
+    }
+
+    /// Serves until the server is shut down (by SIGTERM or SIGINT with
+    /// [`ServerBuilder::handle_signals`], or a [`ShutdownHandle`] from any
+    /// thread), waits for the shutdown to finish, and returns its report.
+    /// Every thread the server started has stopped by then, except those
+    /// the report names as stuck.
+    pub fn run(mut self) -> ShutdownReport {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> ShutdownReport {
+        let report = self.handle.inner.life.wait();
+        if let Some(coordinator) = self.coordinator.take() {
+            // The report is the coordinator's last act.
+            let _ = coordinator.join();
+        }
+        report
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.handle.shutdown();
+        if self.coordinator.is_some() {
+            self.handle.inner.life.trigger(Trigger::Graceful(None));
+            self.finish();
+        }
     }
 }
 
@@ -263,6 +360,56 @@ impl fmt::Debug for Server {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Debug::fmt(&self.handle, f)
     }
+}
+
+/// Starts the event loops, each with its own clone of every listener.
+/// Returns what started, and the error if not everything did.
+fn start_loops(
+    shared: &Arc<ServerShared>,
+    listeners: Vec<(StdListener, Arc<Dispatcher>)>,
+    conns: &Latch,
+) -> (Driver, Result<(), Error>) {
+    let n = shared.config.event_loops;
+    let prefix = &shared.config.thread_name;
+    let alive = Latch::new();
+    let mut loops = Vec::with_capacity(n);
+    let mut threads = Vec::with_capacity(n);
+    let result = (|| -> Result<(), Error> {
+        for i in 0..n {
+            let mut entries = Vec::with_capacity(listeners.len());
+            for (listener, dispatcher) in &listeners {
+                let l = listener
+                    .try_clone()
+                    .map_err(|e| Error::io("cannot clone a listener", e))?;
+                entries.push(ListenerEntry {
+                    listener: mio::net::TcpListener::from_std(l),
+                    dispatcher: dispatcher.clone(),
+                });
+            }
+            let name = format!("{prefix}-loop-{i}");
+            let (lp, ls) = EventLoop::new(name.clone(), shared.clone(), entries, conns.clone())
+                .map_err(|e| Error::io("cannot start an event loop", e))?;
+            let guard = alive.guard();
+            let handle = thread::Builder::new()
+                .name(name.clone())
+                .spawn(move || {
+                    let _alive = guard;
+                    lp.run()
+                })
+                .map_err(|e| Error::io("cannot start an event loop", e))?;
+            loops.push(ls);
+            threads.push((name, handle));
+        }
+        Ok(())
+    })();
+    // The loops hold their own clones of the listening sockets.
+    drop(listeners);
+    let driver = Driver::Event {
+        loops,
+        alive,
+        threads: Mutex::new(threads),
+    };
+    (driver, result)
 }
 
 fn bind_listener(addrs: &[SocketAddr], backlog: i32) -> std::io::Result<StdListener> {
@@ -318,95 +465,121 @@ impl ServerHandle {
             requests_in_flight: s.requests.count(),
             buffered_request_bytes: s.buffered.load(Ordering::Relaxed),
             dropped_responses: s.dropped_responses.load(Ordering::Relaxed),
-            pool: s.pool.stats(),
+            pool: s.pool.as_ref().map(WorkerPool::stats).unwrap_or_default(),
         }
+    }
+
+    /// The statuses the health service reports; the application sets them
+    /// with [`Health::set_serving`].
+    pub fn health(&self) -> &Health {
+        &self.inner.health
+    }
+
+    /// A cloneable handle that starts and waits for the shutdown.
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        ShutdownHandle::new(self.inner.life.clone())
     }
 
     /// True once a shutdown has begun.
     pub fn is_shutting_down(&self) -> bool {
-        self.inner.shared.shutting_down.load(Ordering::SeqCst)
+        self.inner.life.is_started()
     }
 
-    /// Shuts the server down gracefully, within the configured
-    /// [`Timeouts::shutdown`].
+    /// Shuts the server down gracefully within the configured
+    /// [`Timeouts::shutdown`], blocking until it is done; see
+    /// [`ServerHandle::shutdown_timeout`].
     pub fn shutdown(&self) -> ShutdownReport {
-        self.shutdown_timeout(self.inner.shared.config.timeouts.shutdown)
+        self.shutdown_handle().shutdown()
     }
 
     /// Shuts the server down gracefully within `timeout`, blocking until it
-    /// is done:
+    /// is done. The steps are spec section 5's, run by the server's
+    /// coordinator thread (see [`crate::shutdown`]):
     ///
-    /// 1. closes the listeners and sends GOAWAY `UNAVAILABLE` on every
-    ///    connection; requests read after that are answered `UNAVAILABLE`;
-    /// 2. waits until every request already read is answered and the
-    ///    clients have closed their connections, or `timeout` runs out;
-    /// 3. then answers what is still queued `UNAVAILABLE`, cancels what is
-    ///    running (answered `CANCELLED`), flushes and closes the
-    ///    connections, and joins the loops and the workers.
+    /// 1. the health service says `NOT_SERVING`; after the drain delay,
+    ///    the listeners close and every connection gets GOAWAY
+    ///    `UNAVAILABLE`; requests read after that are answered
+    ///    `UNAVAILABLE`;
+    /// 2. requests already read finish, until they are all answered and
+    ///    the clients have closed their connections, or `timeout` runs out;
+    /// 3. what is still queued then is answered `UNAVAILABLE`, what is
+    ///    running `CANCELLED`; the connections are flushed and closed, the
+    ///    I/O threads and the workers joined, and the shutdown hooks run.
     ///
     /// A second call, or a call from another clone, waits for the first
     /// and returns the same report.
     pub fn shutdown_timeout(&self, timeout: Duration) -> ShutdownReport {
-        let inner = &self.inner;
-        let deadline = Instant::now() + timeout;
-        if inner.shared.shutting_down.swap(true, Ordering::SeqCst) {
-            return self.wait_report();
-        }
-        let in_flight = inner.shared.requests.count();
-        for l in &inner.loops {
-            l.set_phase(DRAINING);
-        }
-        inner.shared.requests.wait_deadline(deadline);
-        inner.conns.wait_deadline(deadline);
-        for l in &inner.loops {
-            l.set_phase(STOPPING);
-        }
-        let mut stuck = Vec::new();
-        let threads = std::mem::take(&mut *inner.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        // A loop stops within its final flush; give it that and a margin.
-        let loops_done = inner.loops_alive.wait_timeout(Duration::from_secs(3));
-        for (name, t) in threads {
-            if loops_done || t.is_finished() {
-                let _ = t.join();
-            } else {
-                stuck.push(name);
-            }
-        }
-        // Running handlers have just been cancelled: give them a moment to
-        // notice even when the shutdown timeout is spent.
-        let remaining = deadline
-            .saturating_duration_since(Instant::now())
-            .max(CANCEL_GRACE);
-        let pool_report = inner.shared.pool.shutdown(remaining);
-        stuck.extend(pool_report.stuck);
-        let s = &inner.shared;
-        let unavailable = s.shutdown_unavailable.load(Ordering::Relaxed);
-        let cancelled = s.shutdown_cancelled.load(Ordering::Relaxed);
-        let report = ShutdownReport {
-            drained: in_flight.saturating_sub((unavailable + cancelled) as usize),
-            unavailable,
-            cancelled,
-            stuck_threads: stuck,
-        };
-        if !report.stuck_threads.is_empty() {
-            log::error!(
-                "shutdown: threads did not stop in time: {:?}",
-                report.stuck_threads
-            );
-        }
-        *inner.report.lock().unwrap_or_else(|e| e.into_inner()) = Some(report.clone());
-        inner.done.notify_all();
-        report
+        self.shutdown_handle().shutdown_timeout(timeout)
+    }
+}
+
+impl Target for Inner {
+    fn stop_serving(&self) {
+        self.health.shut_down();
     }
 
-    fn wait_report(&self) -> ShutdownReport {
-        let inner = &self.inner;
-        let mut report = inner.report.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(r) = report.as_ref() {
-                return r.clone();
+    fn go_away(&self) {
+        self.shared.going_away.store(true, Ordering::SeqCst);
+        match &self.driver {
+            Driver::Event { loops, .. } => {
+                for l in loops {
+                    l.set_phase(DRAINING);
+                }
             }
-            report = inner.done.wait(report).unwrap_or_else(|e| e.into_inner());
+            Driver::Thread(t) => t.go_away(),
+        }
+    }
+
+    fn wait_drained(&self, until: Instant) -> bool {
+        self.shared.requests.wait_deadline(until) && self.conns.wait_deadline(until)
+    }
+
+    fn stop_io(&self, forced: bool) -> Vec<String> {
+        match &self.driver {
+            Driver::Event {
+                loops,
+                alive,
+                threads,
+            } => {
+                for l in loops {
+                    l.set_phase(STOPPING);
+                }
+                // A loop stops within its final flush; give it that and a
+                // margin.
+                let done = alive.wait_timeout(LOOP_STOP);
+                let threads =
+                    std::mem::take(&mut *threads.lock().unwrap_or_else(|e| e.into_inner()));
+                let mut stuck = Vec::new();
+                for (name, t) in threads {
+                    if done || t.is_finished() {
+                        let _ = t.join();
+                    } else {
+                        stuck.push(name);
+                    }
+                }
+                stuck
+            }
+            Driver::Thread(t) => t.stop(forced),
+        }
+    }
+
+    fn stop_workers(&self, until: Instant) -> Vec<String> {
+        match &self.shared.pool {
+            Some(pool) => {
+                pool.shutdown(until.saturating_duration_since(Instant::now()))
+                    .stuck
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn tally(&self) -> Tally {
+        let s = &self.shared;
+        Tally {
+            drained: s.shutdown_drained.load(Ordering::Relaxed),
+            refused: s.shutdown_refused.load(Ordering::Relaxed),
+            abandoned: s.shutdown_abandoned.load(Ordering::Relaxed),
+            cancelled: s.shutdown_cancelled.load(Ordering::Relaxed),
         }
     }
 }
@@ -415,6 +588,7 @@ impl fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerHandle")
             .field("listeners", &self.inner.listeners)
+            .field("mode", &self.inner.shared.config.mode)
             .field("stats", &self.stats())
             .finish()
     }

@@ -20,23 +20,29 @@ use syncrpc::{Code, Metadata, Server, ServerBuilder};
 /// How long any single wait in a test may take before it fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// The I/O modes of the server. Every behaviour test runs once per mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// mio event loops.
-    Event,
-}
+/// The server's I/O modes. Every behaviour test runs once per mode.
+pub use syncrpc::server::Mode;
 
-/// Instantiates each listed `fn name(mode: Mode)` as one `#[test]` per mode.
+/// Instantiates each listed `fn name(mode: Mode)` as one `#[test]` per
+/// mode: `event_mode::name` and `thread_mode::name`.
 #[macro_export]
 macro_rules! per_mode {
     ($($name:ident),* $(,)?) => {
-        mod event {
+        mod event_mode {
             $(
                 #[test]
                 fn $name() {
                     $crate::util::init_logging();
                     super::$name($crate::util::Mode::Event)
+                }
+            )*
+        }
+        mod thread_mode {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::util::init_logging();
+                    super::$name($crate::util::Mode::Thread)
                 }
             )*
         }
@@ -51,16 +57,15 @@ pub fn init_logging() {
 /// and a short shutdown so a test that leaves a client connected does not
 /// wait ten seconds.
 pub fn builder(mode: Mode) -> ServerBuilder {
-    match mode {
-        Mode::Event => Server::builder().config(ServerConfig {
-            workers: 2,
-            timeouts: Timeouts {
-                shutdown: Duration::from_secs(2),
-                ..Timeouts::default()
-            },
-            ..ServerConfig::default()
-        }),
-    }
+    Server::builder().config(ServerConfig {
+        workers: 2,
+        mode,
+        timeouts: Timeouts {
+            shutdown: Duration::from_secs(2),
+            ..Timeouts::default()
+        },
+        ..ServerConfig::default()
+    })
 }
 
 /// Limits with everything at its default.

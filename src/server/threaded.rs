@@ -1,0 +1,989 @@
+//! Thread mode: an acceptor thread, and per connection a thread that reads
+//! with blocking calls and a thread that writes.
+//!
+//! ```text
+//!              accept                 spawn
+//! listeners ─────────▶ acceptor ─────────────────▶ conn-N (reads, decodes, dispatches)
+//!                      (mio poll,                       │  ▲ waits for room (condvar)
+//!                       woken at shutdown)              ▼  │
+//!                                   worker pool ─▶ connection output ─▶ conn-N-w (writes,
+//!                                   (or inline on conn-N)     notify      fires deadlines)
+//! ```
+//!
+//! The per-request logic is `dispatch`'s, exactly as in event mode; only
+//! the moving of bytes differs. The reading thread cannot write while it
+//! is blocked in `read`, so each connection has a writing thread too: the
+//! connection's wake hook, which event mode uses to wake its loop,
+//! notifies a condition variable here. A client that stops reading blocks
+//! that writing thread, never a worker.
+//!
+//! Every limit holds as in event mode. The reading thread does not call
+//! `read` while the connection is at its in-flight or pending-bytes limit
+//! (it waits on the condition variable) or the shared byte budget is
+//! spent (it rechecks every few milliseconds). The idle and whole-frame
+//! timeouts are read timeouts on the socket; the write stall is a write
+//! timeout. The connection limit and a thread that cannot be started are
+//! answered GOAWAY `RESOURCE_EXHAUSTED`. At shutdown the acceptor is woken
+//! through its poll, and threads blocked in `read` are woken by shutting
+//! down the socket's reading side, so an idle connection never holds the
+//! shutdown up until its idle timeout.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::builder::{Limits, Timeouts};
+use super::connection::{ConnShared, ConnState, Wake};
+use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
+use super::event_loop::{DRAINING, RUNNING, STOPPING};
+use crate::codec::{Decoded, Decoder, Encoder, GoawayMeta, ProtocolError, Side};
+use crate::latch::{Latch, LatchGuard};
+use crate::status::Code;
+
+const WAKER: Token = Token(usize::MAX);
+/// One read takes at most this much, as in event mode, so a frame that
+/// fits arrives whole even when the shared byte budget is nearly spent.
+const READ_CHUNK: usize = 64 * 1024;
+/// A partial-frame buffer that grew past this is released once empty.
+const KEEP_PARTIAL: usize = 4 * 1024;
+/// Output buffers that grew past this are released once drained.
+const KEEP_OUTPUT: usize = 256 * 1024;
+/// Recheck interval while reading is paused for the shared byte budget.
+const BUDGET_RECHECK: Duration = Duration::from_millis(5);
+/// First and longest pause of accepting after an accept error (out of
+/// file descriptors, out of memory).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a stopping connection may take to flush its last answers.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+/// The same, when the shutdown is forced.
+const FORCED_FLUSH: Duration = Duration::from_millis(100);
+/// After the sockets are cut, how long the threads get to notice.
+const STOP_MARGIN: Duration = Duration::from_secs(1);
+/// How long the acceptor gets to close the listeners once woken.
+const ACCEPTOR_STOP: Duration = Duration::from_secs(2);
+/// A refused connection's GOAWAY gets this long to reach the socket when
+/// there is no writing thread.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections move buffers and table entries only.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the coordinator, the acceptor and the connection threads share.
+pub(crate) struct Threaded {
+    server: Arc<ServerShared>,
+    phase: AtomicU8,
+    /// Live connections, by id: for the shutdown's GOAWAYs, and to name
+    /// the threads that did not stop.
+    links: Mutex<HashMap<u64, Arc<Link>>>,
+    /// One count per connection thread, dropped as it ends.
+    conns: Latch,
+    waker: Waker,
+    acceptor: Mutex<Option<(String, JoinHandle<()>)>>,
+    acceptor_alive: Latch,
+    prefix: String,
+    stack_size: Option<usize>,
+    /// Granularity of the idle and whole-frame timeouts.
+    tick: Duration,
+}
+
+/// Wakes a connection's threads: the wake hook of its [`ConnShared`].
+struct Notify {
+    cond: Condvar,
+}
+
+impl Wake for Notify {
+    fn wake(&self, _conn: &Arc<ConnShared>) {
+        self.cond.notify_all();
+    }
+}
+
+/// One connection as its two threads and the coordinator see it.
+struct Link {
+    conn: Arc<ConnShared>,
+    /// Shared by the reading and the writing thread (`&TcpStream` reads
+    /// and writes), and shut down by the coordinator.
+    stream: TcpStream,
+    notify: Arc<Notify>,
+    /// Deadlines of the connection's requests: pushed by the reading
+    /// thread, fired by the writing thread.
+    timers: Mutex<DeadlineQueue>,
+    /// Set, under the connection's lock, when an earlier deadline came in.
+    timers_changed: AtomicBool,
+    /// Output bytes the writing thread took and has not written yet.
+    writing: AtomicUsize,
+    /// The reading thread is done: close once everything is answered.
+    reading_done: AtomicBool,
+    writer_alive: AtomicBool,
+    reader_name: String,
+    writer_name: String,
+}
+
+impl Link {
+    fn wait<'a>(
+        &self,
+        st: MutexGuard<'a, ConnState>,
+        timeout: Option<Duration>,
+    ) -> MutexGuard<'a, ConnState> {
+        match timeout {
+            Some(t) => {
+                self.notify
+                    .cond
+                    .wait_timeout(st, t)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0
+            }
+            None => self.notify.cond.wait(st).unwrap_or_else(|e| e.into_inner()),
+        }
+    }
+
+    fn poke(&self) {
+        self.notify.cond.notify_all();
+    }
+
+    /// Appends a GOAWAY unless the connection is closed.
+    fn goaway(&self, code: Code, message: &str) {
+        {
+            let mut st = self.conn.lock();
+            if st.closed {
+                return;
+            }
+            // A GOAWAY meta is a code and a message: it fits unless the
+            // message is over 64 KiB, which ours never are.
+            let _ = st.out.goaway(&GoawayMeta::new(code, message));
+        }
+        self.poke();
+    }
+
+    /// The shutdown's GOAWAY, once: new requests are refused from now on.
+    fn go_away_draining(&self) {
+        {
+            let mut st = self.conn.lock();
+            if st.closed || st.draining {
+                return;
+            }
+            st.draining = true;
+            let _ = st
+                .out
+                .goaway(&GoawayMeta::new(Code::UNAVAILABLE, "server shutting down"));
+        }
+        self.poke();
+    }
+
+    /// Drops the connection now: in-flight requests are cancelled, both
+    /// threads stop.
+    fn close_hard(&self) {
+        self.conn.close();
+        let _ = self.stream.shutdown(Shutdown::Both);
+        self.poke();
+    }
+}
+
+impl Threaded {
+    /// Starts the acceptor on `listeners` (non-blocking sockets, each with
+    /// the dispatcher of its services).
+    pub fn start(
+        server: Arc<ServerShared>,
+        listeners: Vec<(StdListener, Arc<Dispatcher>)>,
+        conns: Latch,
+    ) -> io::Result<Arc<Threaded>> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (i, (listener, dispatcher)) in listeners.into_iter().enumerate() {
+            let mut listener = mio::net::TcpListener::from_std(listener);
+            poll.registry()
+                .register(&mut listener, Token(i), Interest::READABLE)?;
+            entries.push((listener, dispatcher));
+        }
+        let t = &server.config.timeouts;
+        let shortest = t.idle.min(t.frame);
+        let tick = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let prefix = server.config.thread_name.clone();
+        let threaded = Arc::new(Threaded {
+            stack_size: server.config.connection_stack_size,
+            server,
+            phase: AtomicU8::new(RUNNING),
+            links: Mutex::new(HashMap::new()),
+            conns,
+            waker,
+            acceptor: Mutex::new(None),
+            acceptor_alive: Latch::new(),
+            prefix,
+            tick,
+        });
+        let name = format!("{}-accept", threaded.prefix);
+        let acceptor = Acceptor {
+            threaded: threaded.clone(),
+            poll,
+            listeners: entries,
+            backoff: ACCEPT_BACKOFF_MIN,
+            resume: None,
+        };
+        let alive = threaded.acceptor_alive.guard();
+        let handle = thread::Builder::new().name(name.clone()).spawn(move || {
+            let _alive = alive;
+            acceptor.run();
+        })?;
+        *lock(&threaded.acceptor) = Some((name, handle));
+        Ok(threaded)
+    }
+
+    fn phase(&self) -> u8 {
+        self.phase.load(Ordering::SeqCst)
+    }
+
+    fn links(&self) -> Vec<Arc<Link>> {
+        lock(&self.links).values().cloned().collect()
+    }
+
+    /// Shutdown steps 1 and 2: the acceptor closes the listeners, and
+    /// every connection gets its GOAWAY.
+    pub fn go_away(&self) {
+        self.phase.fetch_max(DRAINING, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake the acceptor: {e}");
+        }
+        for link in self.links() {
+            link.go_away_draining();
+        }
+    }
+
+    /// The end of the shutdown: answers what is still in flight, flushes
+    /// and closes every connection, and joins the threads. Returns the
+    /// names of those that did not stop.
+    pub fn stop(&self, forced: bool) -> Vec<String> {
+        self.go_away();
+        let mut stuck = Vec::new();
+        // The acceptor was woken by go_away; once it is gone no connection
+        // is added, so the list below is complete.
+        let acceptor_done = self.acceptor_alive.wait_timeout(ACCEPTOR_STOP);
+        if let Some((name, handle)) = lock(&self.acceptor).take() {
+            if acceptor_done || handle.is_finished() {
+                let _ = handle.join();
+            } else {
+                stuck.push(name);
+            }
+        }
+        let links = self.links();
+        // Answers first, then the phase: a writer that sees STOPPING finds
+        // them in its output and flushes them before it closes.
+        for link in &links {
+            dispatch::end_for_shutdown(&link.conn, &self.server);
+        }
+        self.phase.store(STOPPING, Ordering::SeqCst);
+        for link in &links {
+            link.poke();
+            // Wakes a thread blocked in `read` (an idle connection) now,
+            // rather than at its idle timeout.
+            let _ = link.stream.shutdown(Shutdown::Read);
+        }
+        let flush = if forced { FORCED_FLUSH } else { FINAL_FLUSH };
+        if !self.conns.wait_timeout(flush) {
+            // A client that does not read keeps a writer blocked in
+            // `write`: cut it off.
+            for link in self.links() {
+                let _ = link.stream.shutdown(Shutdown::Both);
+                link.poke();
+            }
+            self.conns.wait_timeout(STOP_MARGIN);
+        }
+        for link in self.links() {
+            stuck.push(link.reader_name.clone());
+            if link.writer_alive.load(Ordering::SeqCst) {
+                stuck.push(link.writer_name.clone());
+            }
+        }
+        stuck
+    }
+
+    /// Takes a connection the acceptor accepted: checks the connection
+    /// limit and starts its reading thread.
+    fn add_conn(
+        self: &Arc<Self>,
+        stream: TcpStream,
+        peer: SocketAddr,
+        dispatcher: Arc<Dispatcher>,
+    ) {
+        let server = &self.server;
+        let limit = server.config.limits.max_connections;
+        let count = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if count > limit {
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            log::debug!("refusing {peer}: {count} connections");
+            refuse(&stream, &format!("too many connections (limit {limit})"));
+            return;
+        }
+        // Accepted sockets may inherit the listener's non-blocking mode.
+        if let Err(e) = stream.set_nonblocking(false) {
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            log::error!("cannot make the connection from {peer} blocking: {e}");
+            return;
+        }
+        if server.config.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("set_nodelay for {peer}: {e}");
+            }
+        }
+        let id = server.next_conn_id();
+        let notify = Arc::new(Notify {
+            cond: Condvar::new(),
+        });
+        let wake: Arc<dyn Wake> = notify.clone();
+        let reader_name = format!("{}-conn-{id}", self.prefix);
+        let link = Arc::new(Link {
+            conn: Arc::new(ConnShared::new(id, 0, Some(peer), wake)),
+            stream,
+            notify,
+            timers: Mutex::new(DeadlineQueue::new()),
+            timers_changed: AtomicBool::new(false),
+            writing: AtomicUsize::new(0),
+            reading_done: AtomicBool::new(false),
+            writer_alive: AtomicBool::new(false),
+            writer_name: format!("{reader_name}-w"),
+            reader_name,
+        });
+        log::trace!("conn {id} from {peer}");
+        lock(&self.links).insert(id, link.clone());
+        let guard = self.conns.guard();
+        let threaded = self.clone();
+        let l = link.clone();
+        let spawned = self
+            .builder(&link.reader_name)
+            .spawn(move || conn_thread(threaded, l, dispatcher, guard));
+        // The thread is not joined: the latch says when it has finished.
+        if let Err(e) = spawned {
+            log::error!("cannot start a thread for the connection from {peer}: {e}");
+            lock(&self.links).remove(&id);
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            refuse(
+                &link.stream,
+                &format!("cannot start a thread for the connection: {e}"),
+            );
+        }
+    }
+
+    fn builder(&self, name: &str) -> thread::Builder {
+        let b = thread::Builder::new().name(name.to_owned());
+        match self.stack_size {
+            Some(size) => b.stack_size(size),
+            None => b,
+        }
+    }
+}
+
+/// Answers a connection that will not be served with GOAWAY
+/// RESOURCE_EXHAUSTED, best effort, and closes it.
+fn refuse(stream: &TcpStream, message: &str) {
+    let mut enc = Encoder::new();
+    let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, message));
+    // A fresh socket's send buffer takes a few bytes at once.
+    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
+    let _ = (&*stream).write_all(enc.as_slice());
+    let _ = stream.shutdown(Shutdown::Write);
+}
+
+struct Acceptor {
+    threaded: Arc<Threaded>,
+    poll: Poll,
+    listeners: Vec<(mio::net::TcpListener, Arc<Dispatcher>)>,
+    backoff: Duration,
+    resume: Option<Instant>,
+}
+
+impl Acceptor {
+    /// Accepts until the shutdown begins; the listeners close when it
+    /// returns.
+    fn run(mut self) {
+        let mut events = Events::with_capacity(64);
+        while self.threaded.phase() == RUNNING {
+            let timeout = self
+                .resume
+                .map(|at| at.saturating_duration_since(Instant::now()));
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                log::error!("acceptor: poll failed, no longer accepting: {e}");
+                return;
+            }
+            if self.threaded.phase() != RUNNING {
+                break;
+            }
+            if self.resume.is_some_and(|at| Instant::now() >= at) {
+                self.resume = None;
+                for i in 0..self.listeners.len() {
+                    self.accept(i);
+                }
+            }
+            for event in events.iter() {
+                if event.token() != WAKER {
+                    self.accept(event.token().0);
+                }
+            }
+        }
+        log::debug!("acceptor: listeners closed");
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.resume.is_some() {
+            return;
+        }
+        loop {
+            let Some((listener, dispatcher)) = self.listeners.get(index) else {
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => {
+                    self.backoff = ACCEPT_BACKOFF_MIN;
+                    let dispatcher = dispatcher.clone();
+                    self.threaded.add_conn(stream.into(), peer, dispatcher);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: accepting again at
+                    // once would spin.
+                    log::error!(
+                        "acceptor: accept failed, pausing for {:?}: {e}",
+                        self.backoff
+                    );
+                    self.resume = Some(Instant::now() + self.backoff);
+                    self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A connection's reading thread: starts the writing thread, reads until
+/// the connection ends, waits for the writing thread, and cleans up.
+fn conn_thread(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>, guard: LatchGuard) {
+    link.writer_alive.store(true, Ordering::SeqCst);
+    let writer = {
+        let (t2, l2) = (t.clone(), link.clone());
+        t.builder(&link.writer_name).spawn(move || {
+            let mut w = Writer {
+                t: t2,
+                link: l2,
+                closing_since: None,
+                stopping_since: None,
+            };
+            w.run();
+            w.link.writer_alive.store(false, Ordering::SeqCst);
+        })
+    };
+    let mut counted = 0;
+    match writer {
+        Ok(writer) => {
+            if t.phase() != RUNNING {
+                link.go_away_draining();
+            }
+            let mut reader = Reader::new(&t, &link, &dispatcher);
+            reader.run();
+            counted = reader.counted;
+            {
+                let _st = link.conn.lock();
+                link.reading_done.store(true, Ordering::SeqCst);
+            }
+            link.poke();
+            let _ = writer.join();
+        }
+        Err(e) => {
+            link.writer_alive.store(false, Ordering::SeqCst);
+            log::error!(
+                "conn {}: cannot start its writing thread: {e}",
+                link.conn.id
+            );
+            refuse(
+                &link.stream,
+                &format!("cannot start a thread for the connection: {e}"),
+            );
+        }
+    }
+    let cancelled = link.conn.close();
+    if cancelled > 0 {
+        log::debug!(
+            "conn {} closed with {cancelled} requests in flight",
+            link.conn.id
+        );
+    }
+    let server = &t.server;
+    server.buffered.fetch_sub(counted, Ordering::Relaxed);
+    server.connections.fetch_sub(1, Ordering::SeqCst);
+    lock(&t.links).remove(&link.conn.id);
+    log::trace!("conn {} closed", link.conn.id);
+    // Last: the shutdown counts this thread as finished from here.
+    drop(guard);
+}
+
+enum Decode {
+    /// Everything complete was dispatched; more bytes are needed.
+    NeedBytes,
+    /// A limit was reached with bytes left to decode.
+    Full,
+    Failed(ProtocolError),
+}
+
+struct Reader<'a> {
+    t: &'a Threaded,
+    link: &'a Link,
+    dispatcher: &'a Dispatcher,
+    limits: &'a Limits,
+    timeouts: &'a Timeouts,
+    decoder: Decoder,
+    /// Bytes read and not yet cut into frames.
+    buf: BytesMut,
+    /// Bytes of `buf` counted in the server's budget.
+    counted: usize,
+    last_activity: Instant,
+    frame_started: Option<Instant>,
+    /// The read timeout currently set on the socket.
+    armed: Option<Duration>,
+}
+
+impl<'a> Reader<'a> {
+    fn new(t: &'a Threaded, link: &'a Link, dispatcher: &'a Dispatcher) -> Reader<'a> {
+        let config = &t.server.config;
+        Reader {
+            t,
+            link,
+            dispatcher,
+            limits: &config.limits,
+            timeouts: &config.timeouts,
+            decoder: Decoder::new(Side::Server, t.server.frame_limits()),
+            buf: BytesMut::new(),
+            counted: 0,
+            last_activity: Instant::now(),
+            frame_started: None,
+            armed: None,
+        }
+    }
+
+    fn run(&mut self) {
+        loop {
+            match self.decode() {
+                Decode::NeedBytes => {}
+                Decode::Full => {
+                    if !self.wait_for_room() {
+                        return;
+                    }
+                    continue;
+                }
+                Decode::Failed(e) => {
+                    log::debug!(
+                        "conn {} ({:?}) protocol error: {e}",
+                        self.link.conn.id,
+                        self.link.conn.peer
+                    );
+                    self.link.goaway(Code::INTERNAL, &e.to_string());
+                    return;
+                }
+            }
+            if self.t.phase() == STOPPING || self.link.conn.lock().closed {
+                return;
+            }
+            if !self.arm() {
+                return;
+            }
+            // Straight into the frame buffer, which only holds memory while
+            // it holds bytes (see `account`).
+            let len = self.buf.len();
+            self.buf.resize(len + READ_CHUNK, 0);
+            let read = (&self.link.stream).read(&mut self.buf[len..]);
+            self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            match read {
+                Ok(0) => {
+                    self.peer_closed();
+                    return;
+                }
+                Ok(_) => self.last_activity = Instant::now(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    if !self.on_timeout() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if self.t.phase() != STOPPING {
+                        log::debug!("conn {} read: {e}", self.link.conn.id);
+                    }
+                    self.link.close_hard();
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Whether another request may be read now.
+    fn has_room(&self) -> bool {
+        let st = self.link.conn.lock();
+        st.active() < self.limits.max_in_flight_per_connection
+            && st.out.len() + self.link.writing.load(Ordering::SeqCst)
+                < self.limits.max_pending_response_bytes
+            && self.t.server.has_read_budget()
+    }
+
+    /// Cuts frames off the buffer and dispatches them until more bytes are
+    /// needed or a limit is reached.
+    fn decode(&mut self) -> Decode {
+        let now = Instant::now();
+        let mut result = Decode::NeedBytes;
+        loop {
+            if self.buf.is_empty() && !self.decoder.is_mid_frame(&self.buf) {
+                break;
+            }
+            if !self.has_room() {
+                result = Decode::Full;
+                break;
+            }
+            match self.decoder.decode(&mut self.buf) {
+                Ok(Some(decoded)) => self.dispatch(decoded, now),
+                Ok(None) => break,
+                Err(e) => {
+                    result = Decode::Failed(e);
+                    break;
+                }
+            }
+        }
+        self.account(now);
+        // Errors, PONGs and refusals went straight into the output.
+        if !self.link.conn.lock().out.is_empty() {
+            self.link.poke();
+        }
+        result
+    }
+
+    fn dispatch(&mut self, decoded: Decoded, now: Instant) {
+        let conn = &self.link.conn;
+        let (task, earlier) = {
+            let mut timers = lock(&self.link.timers);
+            let before = timers.next();
+            let task = self
+                .dispatcher
+                .on_frame_deferred(conn, decoded, now, &mut timers);
+            let after = timers.next();
+            let earlier = match (before, after) {
+                (None, Some(_)) => true,
+                (Some(b), Some(a)) => a < b,
+                _ => false,
+            };
+            (task, earlier)
+        };
+        if earlier {
+            {
+                let _st = conn.lock();
+                self.link.timers_changed.store(true, Ordering::SeqCst);
+            }
+            self.link.poke();
+        }
+        if let Some(task) = task {
+            task.run_inline();
+        }
+    }
+
+    /// Keeps the budget's count and the frame timer in step with `buf`.
+    fn account(&mut self, now: Instant) {
+        // An idle connection, or one stalled on a partial frame, keeps no
+        // read-sized buffer: thousands of them must cost next to nothing.
+        if self.buf.capacity() > KEEP_PARTIAL && self.buf.len() <= KEEP_PARTIAL {
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
+        let held = self.buf.len();
+        if held != self.counted {
+            let budget = &self.t.server.buffered;
+            if held > self.counted {
+                budget.fetch_add(held - self.counted, Ordering::Relaxed);
+            } else {
+                budget.fetch_sub(self.counted - held, Ordering::Relaxed);
+            }
+            self.counted = held;
+        }
+        self.frame_started = if self.decoder.is_mid_frame(&self.buf) {
+            self.frame_started.or(Some(now))
+        } else {
+            None
+        };
+    }
+
+    /// Waits until a limit clears; false if the connection is ending.
+    fn wait_for_room(&mut self) -> bool {
+        let limits = self.limits;
+        let mut st = self.link.conn.lock();
+        loop {
+            if st.closed || self.t.phase() == STOPPING {
+                return false;
+            }
+            // Workers wake us only when nobody else has been woken.
+            st.notified = false;
+            let full = st.active() >= limits.max_in_flight_per_connection
+                || st.out.len() + self.link.writing.load(Ordering::SeqCst)
+                    >= limits.max_pending_response_bytes;
+            if !full && self.t.server.has_read_budget() {
+                st.read_paused = false;
+                return true;
+            }
+            st.read_paused = full;
+            // The shared budget has no wake-up of its own: recheck it.
+            let recheck = if full { self.t.tick } else { BUDGET_RECHECK };
+            st = self.link.wait(st, Some(recheck));
+        }
+    }
+
+    /// Sets the socket's read timeout for the next read, when it must
+    /// change by more than a tick; false if the socket is gone.
+    fn arm(&mut self) -> bool {
+        let now = Instant::now();
+        let due = match self.frame_started {
+            Some(at) => at + self.timeouts.frame,
+            None => self.last_activity + self.timeouts.idle,
+        };
+        let tick = self.t.tick;
+        // Past due but busy (requests in flight): look again in a tick.
+        let want = if due <= now {
+            tick
+        } else {
+            (due - now).max(Duration::from_millis(1))
+        };
+        let keep = self
+            .armed
+            .is_some_and(|armed| want + tick >= armed && want <= armed + tick);
+        if keep {
+            return true;
+        }
+        match self.link.stream.set_read_timeout(Some(want)) {
+            Ok(()) => {
+                self.armed = Some(want);
+                true
+            }
+            Err(e) => {
+                log::debug!("conn {}: set_read_timeout: {e}", self.link.conn.id);
+                self.link.close_hard();
+                false
+            }
+        }
+    }
+
+    /// A read timed out: enforces the whole-frame and idle timeouts.
+    /// False if the connection is ending.
+    fn on_timeout(&mut self) -> bool {
+        let now = Instant::now();
+        let t = self.timeouts;
+        if let Some(at) = self.frame_started {
+            if now.saturating_duration_since(at) >= t.frame {
+                log::debug!(
+                    "conn {} sent no whole frame in {:?}, closing",
+                    self.link.conn.id,
+                    t.frame
+                );
+                self.link.close_hard();
+                return false;
+            }
+            return true;
+        }
+        if now.saturating_duration_since(self.last_activity) < t.idle {
+            return true;
+        }
+        let idle = {
+            let st = self.link.conn.lock();
+            st.active() == 0 && st.out.is_empty() && self.link.writing.load(Ordering::SeqCst) == 0
+        };
+        if !idle {
+            return true;
+        }
+        let msg = format!("idle for {} ms", t.idle.as_millis());
+        self.link.goaway(Code::UNAVAILABLE, &msg);
+        false
+    }
+
+    fn peer_closed(&mut self) {
+        if self.t.phase() == STOPPING {
+            // Our own shutdown woke the read.
+            return;
+        }
+        if let Err(e) = self.decoder.finish(&self.buf) {
+            log::debug!("conn {}: {e}", self.link.conn.id);
+            self.link.goaway(Code::INTERNAL, &e.to_string());
+        }
+    }
+}
+
+struct Writer {
+    t: Arc<Threaded>,
+    link: Arc<Link>,
+    closing_since: Option<Instant>,
+    stopping_since: Option<Instant>,
+}
+
+enum WriterEnd {
+    /// Everything answered and written: close the sending side.
+    Done,
+    /// Someone else closed the connection.
+    Closed,
+    /// Writing failed or stalled, or closing took too long: drop it.
+    Abort,
+}
+
+impl Writer {
+    fn run(&mut self) {
+        let stall = self.t.server.config.timeouts.write_stall;
+        if let Err(e) = self.link.stream.set_write_timeout(Some(stall)) {
+            log::debug!("conn {}: set_write_timeout: {e}", self.link.conn.id);
+            self.link.close_hard();
+            return;
+        }
+        match self.serve() {
+            WriterEnd::Done => {
+                // FIN after the last byte; the reading thread closes.
+                let _ = self.link.stream.shutdown(Shutdown::Write);
+                self.link.conn.close();
+                self.link.poke();
+            }
+            WriterEnd::Closed => {}
+            WriterEnd::Abort => self.link.close_hard(),
+        }
+    }
+
+    /// Writes output as it comes, fires deadlines, and decides when the
+    /// connection is over.
+    fn serve(&mut self) -> WriterEnd {
+        loop {
+            let now = Instant::now();
+            let next_timer = {
+                let mut timers = lock(&self.link.timers);
+                // Expired requests are answered into the output, below.
+                timers.expire_due(now, |_| {});
+                timers.next()
+            };
+            let chunk = match self.next_chunk(next_timer) {
+                Ok(Some(chunk)) => chunk,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            if let Err(end) = self.write(chunk) {
+                return end;
+            }
+        }
+    }
+
+    /// Waits for output to write: `Ok(Some)` with it, `Ok(None)` when a
+    /// deadline is due, `Err` when the connection is over.
+    fn next_chunk(&mut self, next_timer: Option<Instant>) -> Result<Option<BytesMut>, WriterEnd> {
+        let link = self.link.clone();
+        let threaded = self.t.clone();
+        let t = &threaded.server.config.timeouts;
+        let mut st = link.conn.lock();
+        loop {
+            st.notified = false;
+            if st.closed {
+                return Err(WriterEnd::Closed);
+            }
+            if !st.out.is_empty() {
+                let chunk = st.out.split();
+                link.writing.store(chunk.len(), Ordering::SeqCst);
+                return Ok(Some(chunk));
+            }
+            st.out.shrink_if_idle(KEEP_OUTPUT);
+            let now = Instant::now();
+            let mut wait = next_timer.map(|at| at.saturating_duration_since(now));
+            if threaded.phase() == STOPPING {
+                // The shutdown answered what was in flight before saying
+                // STOPPING: with the output flushed, this is the end.
+                return Err(WriterEnd::Done);
+            }
+            if link.reading_done.load(Ordering::SeqCst) {
+                if st.active() == 0 {
+                    return Err(WriterEnd::Done);
+                }
+                let since = *self.closing_since.get_or_insert(now);
+                let limit = t.frame.max(t.idle);
+                let left = limit.saturating_sub(now.saturating_duration_since(since));
+                if left.is_zero() {
+                    log::debug!(
+                        "conn {}: still {} requests in flight {limit:?} after the peer finished, closing",
+                        link.conn.id,
+                        st.active()
+                    );
+                    return Err(WriterEnd::Abort);
+                }
+                wait = Some(wait.map_or(left, |w| w.min(left)));
+            }
+            if link.timers_changed.swap(false, Ordering::SeqCst) {
+                return Ok(None);
+            }
+            if next_timer.is_some_and(|at| now >= at) {
+                return Ok(None);
+            }
+            st = link.wait(st, wait);
+        }
+    }
+
+    /// Writes `chunk` whole; a write that takes no byte within the write
+    /// stall timeout ends the connection.
+    fn write(&mut self, mut chunk: BytesMut) -> Result<(), WriterEnd> {
+        while !chunk.is_empty() {
+            if self.t.phase() == STOPPING {
+                let since = *self.stopping_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= FINAL_FLUSH {
+                    return Err(WriterEnd::Abort);
+                }
+            }
+            match (&self.link.stream).write(&chunk) {
+                Ok(0) => return Err(WriterEnd::Abort),
+                Ok(n) => {
+                    chunk.advance(n);
+                    self.link.writing.store(chunk.len(), Ordering::SeqCst);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    log::debug!(
+                        "conn {}: write stalled for {:?}, closing",
+                        self.link.conn.id,
+                        self.t.server.config.timeouts.write_stall
+                    );
+                    return Err(WriterEnd::Abort);
+                }
+                Err(e) => {
+                    log::debug!("conn {} write: {e}", self.link.conn.id);
+                    return Err(WriterEnd::Abort);
+                }
+            }
+            // Room may have opened up for a reader paused on pending bytes.
+            self.wake_paused_reader();
+        }
+        Ok(())
+    }
+
+    fn wake_paused_reader(&self) {
+        let paused = self.link.conn.lock().read_paused;
+        if paused {
+            self.link.poke();
+        }
+    }
+}
