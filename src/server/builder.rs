@@ -334,6 +334,13 @@ impl ServerBuilder {
         self
     }
 
+    /// Sets the prefix of the server's thread names; see
+    /// [`ServerConfig::thread_name`].
+    pub fn thread_name(mut self, prefix: impl Into<String>) -> ServerBuilder {
+        self.config.thread_name = prefix.into();
+        self
+    }
+
     /// Sets the listen backlog; see [`ServerConfig::backlog`].
     pub fn backlog(mut self, n: i32) -> ServerBuilder {
         self.config.backlog = n;

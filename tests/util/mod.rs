@@ -447,3 +447,199 @@ impl RawClient {
         drop(self);
     }
 }
+
+/// Names of this process's threads that start with `prefix`, as Linux
+/// shows them (cut to 15 bytes).
+pub fn threads_named(prefix: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return names;
+    };
+    for task in tasks.flatten() {
+        if let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) {
+            let comm = comm.trim_end();
+            if comm.starts_with(prefix) {
+                names.push(comm.to_owned());
+            }
+        }
+    }
+    names
+}
+
+/// Waits until no thread whose name starts with `prefix` is left (a
+/// joined thread may linger in /proc for a moment).
+#[track_caller]
+pub fn no_threads_left(prefix: &str) {
+    let until = Instant::now() + WAIT;
+    loop {
+        let left = threads_named(prefix);
+        if left.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < until, "threads left running: {left:?}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// What one load connection saw.
+#[derive(Debug, Default)]
+pub struct ConnLoad {
+    /// Requests sent, with ids 0..sent.
+    pub sent: u32,
+    /// The code of each answer, by id.
+    pub answers: Vec<Vec<Code>>,
+    /// Answers for ids never sent.
+    pub strays: Vec<u32>,
+    pub goaway: Option<Code>,
+    /// How the connection ended, if not by the server closing it.
+    pub error: Option<String>,
+}
+
+/// The outcome of a [`Load`]: every connection's.
+#[derive(Debug)]
+pub struct LoadOutcome {
+    pub conns: Vec<ConnLoad>,
+}
+
+impl LoadOutcome {
+    /// Asserts that every request sent got exactly one answer, OK or
+    /// UNAVAILABLE, that every connection saw GOAWAY UNAVAILABLE and was
+    /// then closed by the server, and returns the (OK, UNAVAILABLE) counts.
+    #[track_caller]
+    pub fn assert_no_loss(&self) -> (u64, u64) {
+        let (mut ok, mut unavailable) = (0, 0);
+        for (i, c) in self.conns.iter().enumerate() {
+            assert!(c.error.is_none(), "connection {i}: {:?}", c.error);
+            assert_eq!(c.goaway, Some(Code::UNAVAILABLE), "connection {i}");
+            assert!(c.strays.is_empty(), "connection {i}: strays {:?}", c.strays);
+            for (id, codes) in c.answers.iter().enumerate().take(c.sent as usize) {
+                match codes.as_slice() {
+                    [Code::OK] => ok += 1,
+                    [Code::UNAVAILABLE] => unavailable += 1,
+                    other => panic!("connection {i}, request {id}: answered {other:?}"),
+                }
+            }
+        }
+        (ok, unavailable)
+    }
+
+    pub fn sent(&self) -> u64 {
+        self.conns.iter().map(|c| u64::from(c.sent)).sum()
+    }
+}
+
+/// Clients sending requests continuously, as well-behaved clients do: each
+/// connection has a sending thread (at most `window` requests in flight)
+/// and a receiving thread; on GOAWAY the sender stops and half-closes,
+/// and the receiver reads every answer until the server closes.
+pub struct Load {
+    threads: Vec<std::thread::JoinHandle<ConnLoad>>,
+    /// Receives once, when the answers received reach `midway`.
+    pub midway: crossbeam_channel::Receiver<()>,
+}
+
+impl Load {
+    #[track_caller]
+    pub fn start(addr: SocketAddr, conns: usize, window: usize, method: &str, midway: u64) -> Load {
+        use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+        use std::sync::Arc;
+        let (midway_tx, midway_rx) = crossbeam_channel::bounded(1);
+        let received = Arc::new(AtomicU64::new(0));
+        let mut threads = Vec::new();
+        for _ in 0..conns {
+            let c = RawClient::connect(addr);
+            let mut out = c.stream.try_clone().expect("clone");
+            let stop = Arc::new(AtomicBool::new(false));
+            let sent = Arc::new(AtomicU32::new(0));
+            let (token_tx, token_rx) = crossbeam_channel::bounded::<()>(window);
+            for _ in 0..window {
+                token_tx.send(()).unwrap();
+            }
+            let (stop2, sent2, method) = (stop.clone(), sent.clone(), method.to_owned());
+            let sender = std::thread::spawn(move || {
+                let mut enc = Encoder::new();
+                let body = encode(&());
+                let mut id = 0u32;
+                // A token per request in flight; none left once the
+                // receiver has gone.
+                while token_rx.recv().is_ok() && !stop2.load(Ordering::SeqCst) {
+                    enc.request(RequestId(id), Flags::default(), &RequestMeta::new(&method), &body)
+                        .unwrap();
+                    let bytes = enc.split();
+                    if out.write_all(&bytes).is_err() {
+                        break;
+                    }
+                    id += 1;
+                    sent2.store(id, Ordering::SeqCst);
+                }
+                let _ = out.shutdown(std::net::Shutdown::Write);
+            });
+            let (received, midway_tx) = (received.clone(), midway_tx.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut c = c;
+                let mut load = ConnLoad::default();
+                loop {
+                    let f = match c.try_frame() {
+                        Ok(f) => f,
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => break,
+                        Err(e) => {
+                            load.error = Some(e.to_string());
+                            break;
+                        }
+                    };
+                    match f.frame_type() {
+                        FrameType::Response => {
+                            let r = to_resp(&f);
+                            let id = r.id as usize;
+                            if id >= load.answers.len() {
+                                load.answers.resize(id + 1, Vec::new());
+                            }
+                            load.answers[id].push(r.code);
+                            let _ = token_tx.try_send(());
+                            if received.fetch_add(1, Ordering::SeqCst) + 1 == midway {
+                                let _ = midway_tx.try_send(());
+                            }
+                        }
+                        FrameType::Goaway => {
+                            let meta = GoawayMeta::decode(&f.meta).expect("GOAWAY meta");
+                            load.goaway = Some(meta.code());
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        other => {
+                            load.error = Some(format!("unexpected {other}"));
+                            break;
+                        }
+                    }
+                }
+                stop.store(true, Ordering::SeqCst);
+                drop(token_tx);
+                sender.join().expect("sender");
+                load.sent = sent.load(Ordering::SeqCst);
+                if load.answers.len() < load.sent as usize {
+                    load.answers.resize(load.sent as usize, Vec::new());
+                }
+                for (id, codes) in load.answers.iter().enumerate() {
+                    if id >= load.sent as usize && !codes.is_empty() {
+                        load.strays.push(id as u32);
+                    }
+                }
+                load
+            }));
+        }
+        Load {
+            threads,
+            midway: midway_rx,
+        }
+    }
+
+    /// Waits for every connection to end.
+    pub fn finish(self) -> LoadOutcome {
+        LoadOutcome {
+            conns: self
+                .threads
+                .into_iter()
+                .map(|t| t.join().expect("load thread"))
+                .collect(),
+        }
+    }
+}
