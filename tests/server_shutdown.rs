@@ -179,7 +179,7 @@ fn the_drain_delay_serves_normally_while_health_says_not_serving(mode: Mode) {
     let mut late = RawClient::connect(server.local_addr());
     late.call(1, "/echo.Echo/Say", &say("new connection"));
     assert_eq!(late.response().code, Code::OK);
-    assert!(!stop.report().is_some(), "still in the drain delay");
+    assert!(stop.report().is_none(), "still in the drain delay");
     // The delay is long; a forced stop cuts it short.
     stop.force();
     assert_eq!(c.goaway().0, Code::UNAVAILABLE);

@@ -563,8 +563,13 @@ impl Load {
                 // A token per request in flight; none left once the
                 // receiver has gone.
                 while token_rx.recv().is_ok() && !stop2.load(Ordering::SeqCst) {
-                    enc.request(RequestId(id), Flags::default(), &RequestMeta::new(&method), &body)
-                        .unwrap();
+                    enc.request(
+                        RequestId(id),
+                        Flags::default(),
+                        &RequestMeta::new(&method),
+                        &body,
+                    )
+                    .unwrap();
                     let bytes = enc.split();
                     if out.write_all(&bytes).is_err() {
                         break;
