@@ -1,0 +1,258 @@
+//! Real signals to a real server process: SIGTERM drains without losing a
+//! request and exits 0; a second SIGTERM forces an immediate stop and
+//! exits 1.
+//!
+//! The server process is this test binary itself, started again with
+//! `SYNCRPC_SIGNAL_TEST_SERVER` set, which makes `main` serve instead of
+//! test (so this target has no libtest harness). Signal handlers are
+//! process-wide, so each server gets a process of its own.
+
+mod util;
+
+use std::io::{BufRead, BufReader};
+use std::panic;
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use syncrpc::server::{Mode, Timeouts};
+use syncrpc::{Code, Context, Server, Service, Status};
+use util::{Load, RawClient, WAIT};
+
+const SERVER_ENV: &str = "SYNCRPC_SIGNAL_TEST_SERVER";
+
+/// Room for the steps after the shutdown timeout on a loaded machine.
+const MARGIN: Duration = Duration::from_secs(5);
+
+fn main() {
+    if let Ok(role) = std::env::var(SERVER_ENV) {
+        serve(&role);
+        return;
+    }
+    util::init_logging();
+    let tests: &[(&str, fn())] = &[
+        (
+            "event_mode::sigterm_drains_without_losing_a_request",
+            || sigterm_drains_without_losing_a_request(Mode::Event),
+        ),
+        (
+            "thread_mode::sigterm_drains_without_losing_a_request",
+            || sigterm_drains_without_losing_a_request(Mode::Thread),
+        ),
+        (
+            "event_mode::a_second_sigterm_forces_an_immediate_stop",
+            || a_second_sigterm_forces_an_immediate_stop(Mode::Event),
+        ),
+        (
+            "thread_mode::a_second_sigterm_forces_an_immediate_stop",
+            || a_second_sigterm_forces_an_immediate_stop(Mode::Thread),
+        ),
+    ];
+    // `cargo test -- NAME` runs the tests whose name contains NAME.
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let selected: Vec<_> = tests
+        .iter()
+        .filter(|(name, _)| filters.is_empty() || filters.iter().any(|f| name.contains(f)))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let mut failed = Vec::new();
+    for (name, test) in &selected {
+        let outcome = panic::catch_unwind(test);
+        println!(
+            "test {name} ... {}",
+            if outcome.is_ok() { "ok" } else { "FAILED" }
+        );
+        if outcome.is_err() {
+            failed.push(*name);
+        }
+    }
+    let passed = selected.len() - failed.len();
+    if failed.is_empty() {
+        println!("\ntest result: ok. {passed} passed; 0 failed\n");
+    } else {
+        println!("\nfailures: {failed:?}");
+        println!(
+            "\ntest result: FAILED. {passed} passed; {} failed\n",
+            failed.len()
+        );
+        std::process::exit(101);
+    }
+}
+
+/// The server process: `MODE` or `MODE-stubborn`. It prints `listening
+/// ADDR`, `started` each time the stubborn handler starts, and at the end
+/// `executions N`; its exit code is the shutdown report's.
+fn serve(role: &str) {
+    util::init_logging();
+    let (mode, stubborn) = match role.split_once('-') {
+        Some((m, "stubborn")) => (m, true),
+        _ => (role, false),
+    };
+    let mode = match mode {
+        "event" => Mode::Event,
+        "thread" => Mode::Thread,
+        other => panic!("unknown mode {other:?}"),
+    };
+    let executions = Arc::new(AtomicU64::new(0));
+    let e = executions.clone();
+    let svc = Service::new("load.Load")
+        .method("Hit", move |_: &Context, _: ()| {
+            e.fetch_add(1, Ordering::SeqCst);
+            thread::sleep(Duration::from_micros(50));
+            Ok::<_, Status>(())
+        })
+        .method("Stubborn", |_: &Context, _: ()| {
+            println!("started");
+            // Ignores its context: only a forced stop ends the wait for it.
+            thread::sleep(3 * WAIT);
+            Ok::<_, Status>(())
+        });
+    // The stubborn server's timeout is long: only the second signal can
+    // make it stop quickly.
+    let shutdown = if stubborn { 6 * WAIT } else { WAIT / 2 };
+    let server = Server::builder()
+        .mode(mode)
+        .workers(2)
+        .handle_signals(true)
+        .timeouts(Timeouts {
+            shutdown,
+            ..Timeouts::default()
+        })
+        .service(svc)
+        .bind("127.0.0.1:0")
+        .expect("bind");
+    println!("listening {}", server.local_addr());
+    let report = server.run();
+    println!("executions {}", executions.load(Ordering::SeqCst));
+    println!("report {report:?}");
+    std::process::exit(report.exit_code());
+}
+
+/// A server process, killed if the test ends without it having exited.
+struct ServerProcess {
+    pid: u32,
+    lines: Receiver<String>,
+    exited: Receiver<ExitStatus>,
+    done: bool,
+}
+
+impl ServerProcess {
+    fn start(role: &str) -> ServerProcess {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .env(SERVER_ENV, role)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the server process");
+        let stdout = child.stdout.take().unwrap();
+        let (line_tx, lines) = crossbeam_channel::unbounded();
+        thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = line_tx.send(line);
+            }
+        });
+        let pid = child.id();
+        let (exit_tx, exited) = crossbeam_channel::bounded(1);
+        thread::spawn(move || {
+            if let Ok(status) = child.wait() {
+                let _ = exit_tx.send(status);
+            }
+        });
+        ServerProcess {
+            pid,
+            lines,
+            exited,
+            done: false,
+        }
+    }
+
+    #[track_caller]
+    fn line(&self, prefix: &str) -> String {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(WAIT)
+                .unwrap_or_else(|_| panic!("the server never printed {prefix:?}"));
+            if let Some(rest) = line.strip_prefix(prefix) {
+                return rest.trim().to_owned();
+            }
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid);
+    }
+
+    #[track_caller]
+    fn exit_code(&mut self, within: Duration) -> i32 {
+        let status = self
+            .exited
+            .recv_timeout(within)
+            .unwrap_or_else(|_| panic!("the server did not exit within {within:?}"));
+        self.done = true;
+        status.code().expect("exited, not killed")
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        if !self.done {
+            self.signal("KILL");
+        }
+    }
+}
+
+fn role(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Event => "event",
+        Mode::Thread => "thread",
+    }
+}
+
+fn sigterm_drains_without_losing_a_request(mode: Mode) {
+    let mut server = ServerProcess::start(role(mode));
+    let addr = server.line("listening ").parse().unwrap();
+    let load = Load::start(addr, 4, 64, "/load.Load/Hit", 1000);
+    load.midway.recv_timeout(WAIT).expect("load under way");
+    let began = Instant::now();
+    server.signal("TERM");
+    let outcome = load.finish();
+    let code = server.exit_code(WAIT / 2 + MARGIN);
+    let took = began.elapsed();
+    let executions: u64 = server.line("executions ").parse().unwrap();
+    let report = server.line("report ");
+    assert_eq!(code, 0, "a clean drain: {report}");
+    let (ok, _unavailable) = outcome.assert_no_loss();
+    assert_eq!(ok, executions, "ran = answered OK; {report}");
+    assert!(took < WAIT / 2 + MARGIN, "took {took:?}");
+}
+
+fn a_second_sigterm_forces_an_immediate_stop(mode: Mode) {
+    let mut server = ServerProcess::start(&format!("{}-stubborn", role(mode)));
+    let addr = server.line("listening ").parse().unwrap();
+    let mut c = RawClient::connect(addr);
+    c.call(1, "/load.Load/Stubborn", &());
+    server.line("started");
+    let began = Instant::now();
+    server.signal("TERM");
+    assert_eq!(c.goaway().0, Code::UNAVAILABLE);
+    server.signal("TERM");
+    // Without the force: a 60 s shutdown timeout, then a 30 s handler.
+    let code = server.exit_code(WAIT);
+    let report = server.line("report ");
+    assert_eq!(code, 1, "a forced stop: {report}");
+    assert!(report.contains("forced: true"), "{report}");
+    c.response().expect_code(Code::CANCELLED, "shutting down");
+    c.expect_closed();
+    assert!(began.elapsed() < WAIT, "took {:?}", began.elapsed());
+}
