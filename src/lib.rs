@@ -1,9 +1,12 @@
 //! syncrpc: a synchronous, thread-based RPC runtime.
 //!
 //! No async, no futures: handlers are plain functions run by a fixed pool
-//! of worker threads, and the sockets are driven by a few mio event loops
-//! (see [`server`]). Requests and responses are framed as described in
-//! [`codec`].
+//! of worker threads, and the sockets are driven either by a few mio event
+//! loops or by plain blocking threads, one pair per connection (see
+//! [`server::Mode`]). Requests and responses are framed as described in
+//! [`codec`]. A shutdown, from SIGTERM or the application, loses no request
+//! it read: [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
+//! Kubernetes pod.
 //!
 //! ```
 //! use syncrpc::{Context, Server, Service, Status};
@@ -22,6 +25,21 @@
 //!     .bind("127.0.0.1:0")?;
 //! println!("serving on {}", server.local_addr());
 //! server.shutdown();
+//! # Ok::<(), syncrpc::Error>(())
+//! ```
+//!
+//! A service's `main` serves until SIGTERM or Ctrl-C, drains, and exits
+//! with a code that tells a clean drain from a forced one:
+//!
+//! ```no_run
+//! # use syncrpc::{Server, Service};
+//! # let service = Service::new("echo.Echo");
+//! let server = Server::builder()
+//!     .service(service)
+//!     .handle_signals(true)
+//!     .bind("0.0.0.0:7000")?;
+//! let report = server.run();
+//! std::process::exit(report.exit_code());
 //! # Ok::<(), syncrpc::Error>(())
 //! ```
 //!

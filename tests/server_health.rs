@@ -132,6 +132,26 @@ fn the_probe_exits_0_only_when_serving(mode: Mode) {
 }
 
 #[test]
+fn the_check_request_in_the_protocol_doc_is_exact() {
+    let mut body = Vec::new();
+    syncrpc::codec::encode_body(&HealthCheckRequest::server(), &mut body).unwrap();
+    let mut enc = syncrpc::codec::Encoder::new();
+    enc.request(
+        syncrpc::codec::RequestId(1),
+        syncrpc::codec::Flags::default(),
+        &syncrpc::codec::RequestMeta::new(HEALTH_CHECK_METHOD),
+        &body,
+    )
+    .unwrap();
+    let hex: String = enc.as_slice().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(
+        hex,
+        "535201010000001e000000010000000a81a66d6574686f64b52f73796e637270632e4865616c74\
+         682f436865636b81a773657276696365a0"
+    );
+}
+
+#[test]
 fn the_probe_gives_up_on_a_server_that_does_not_answer() {
     // Accepted by the kernel, never read: the probe must not wait forever.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
