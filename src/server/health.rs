@@ -123,7 +123,7 @@ struct Inner {
 ///
 /// let users = Service::new("users.Users").method("Get", |_: &Context, id: u64| Ok::<_, Status>(id));
 /// let server = Server::builder().service(users).bind("127.0.0.1:0")?;
-/// let health = server.health();
+/// let health = server.health().clone();
 /// assert_eq!(health.status(""), Some(ServingStatus::Serving));
 ///
 /// // The database went away: stop taking users.Users traffic.
