@@ -617,9 +617,10 @@ impl EventLoop {
             }
         }
         let drained = conn.writing.is_empty();
-        if drained && conn.writing.capacity() > 0 {
-            // Drop our share of the output allocation so the shared
-            // buffer can reclaim it in place.
+        if drained {
+            // Drop our handle on the output allocation (even an empty one
+            // keeps it shared), so the encoder reclaims it in place instead
+            // of allocating a new one for the next response.
             conn.writing = BytesMut::new();
         }
         Flushed::Done { drained }
