@@ -468,6 +468,16 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
     }
 }
 
+/// Writes a connection's output from this thread (the driver takes over if
+/// the socket is full), and wakes the driver if it must act.
+fn flush(conn: &Arc<ConnShared>) {
+    conn.flush(false);
+    let wake = conn.lock().should_wake();
+    if wake {
+        conn.wake();
+    }
+}
+
 /// One request on its way through the worker pool.
 pub(crate) struct RequestTask {
     conn: Arc<ConnShared>,
@@ -576,18 +586,28 @@ impl RequestTask {
                 write_status(&mut st.out, self.id, self.flags, status, trace.as_ref(), md)
             }
         }
-        let wake = st.should_wake();
         drop(st);
         // The entry holds a count on the drain latch: release it only once
         // the response is in the output buffer.
         drop(entry);
-        if wake {
-            self.conn.wake();
-        }
         if let Some(p) = packed {
             buffer_pool::give(p);
         }
         recycle(reply);
+        if self.held.server.pool.stats().queued > 0 {
+            // More requests are waiting: leave the writing to the driver,
+            // woken once for the whole batch, and get on with them.
+            let wake = {
+                let mut st = self.conn.lock();
+                !std::mem::replace(&mut st.notified, true) && !st.closed
+            };
+            if wake {
+                self.conn.wake();
+            }
+        } else {
+            // Nothing else to do: write now, saving the driver a wake-up.
+            flush(&self.conn);
+        }
     }
 
     fn drop_result(&self, reply: Reply) {
