@@ -359,8 +359,8 @@ fn load(
     let mut lat = Vec::with_capacity(1 << 20);
     let mut count = 0u64;
     let mut scratch = vec![0u8; 64 * 1024];
-    for i in 0..cs.len() {
-        flush(&mut cs[i]);
+    for c in cs.iter_mut() {
+        flush(c);
     }
     loop {
         let now = Instant::now();
