@@ -5,6 +5,9 @@
 //! ```text
 //! cargo bench --bench server                   # every row, 2 s each
 //! BENCH_SECS=5 BENCH_WORKERS=2 cargo bench --bench server
+//! # profiling: a server by hand, then load only
+//! target/release/deps/server-* --serve syncrpc    # prints its port
+//! target/release/deps/server-* --load PORT 16 32 10
 //! ```
 //!
 //! Each server runs in a child process of this binary pinned to core 0
@@ -13,6 +16,10 @@
 //! connection. CPU per request is the server process's on-CPU time (from
 //! `/proc/<pid>/task/*/schedstat`) over the requests answered; allocations
 //! per request come from a counting global allocator in the server process.
+//!
+//! The syncrpc server runs with one worker by default (`BENCH_WORKERS`):
+//! it is pinned to one core and the handler never blocks, so more workers
+//! would only add context switches.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{self, BufRead, BufReader, Read, Write};
@@ -62,6 +69,30 @@ fn main() {
         serve(args.get(i + 1).map(String::as_str).unwrap_or("syncrpc"));
         return;
     }
+    if let Some(i) = args.iter().position(|a| a == "--load") {
+        // Load only, against a server started by hand (for profiling it):
+        // --load PORT CONNS DEPTH SECS
+        let n = |k: usize| {
+            args.get(i + k)
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or(1)
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], n(1) as u16));
+        let (lat, count) = load(
+            addr,
+            n(2) as usize,
+            n(3) as usize,
+            Duration::ZERO,
+            Duration::from_secs(n(4)),
+            || {},
+        );
+        println!(
+            "{count} requests, {:.0} req/s, {} latencies",
+            count as f64 / n(4) as f64,
+            lat.len()
+        );
+        return;
+    }
     // `cargo bench` passes --bench; `cargo test --benches` does not, and
     // then there is nothing to measure.
     if !args.iter().any(|a| a == "--bench") {
@@ -75,7 +106,7 @@ fn main() {
 /// Runs a server, prints its port, then answers "stats" lines on stdin
 /// with allocation and CPU counts, until stdin closes.
 fn serve(kind: &str) {
-    let workers = env_usize("BENCH_WORKERS", 2);
+    let workers = env_usize("BENCH_WORKERS", 1);
     let (addr, stop): (SocketAddr, Box<dyn FnOnce()>) = match kind {
         "ceiling" => {
             let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
@@ -469,7 +500,7 @@ fn drive() {
     }
     println!(
         "server pinned to core 0, load to core 1: {pin}; {secs} s per row; body {BODY_LEN} B raw echo; syncrpc workers {}",
-        env_usize("BENCH_WORKERS", 2)
+        env_usize("BENCH_WORKERS", 1)
     );
     println!(
         "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} {:>7} | {:>5}",

@@ -558,9 +558,11 @@ impl RequestTask {
         let entry = st.in_flight.remove(&self.id);
         // A result that comes at or after the deadline is dropped even if
         // the timer has not fired yet: the answer is DEADLINE_EXCEEDED.
-        let now = Instant::now();
         let late = match (&entry, self.ctx.deadline()) {
-            (Some(e), Some(d)) if now >= d => Some(deadline_status(e, now)),
+            (Some(e), Some(d)) => {
+                let now = Instant::now();
+                (now >= d).then(|| deadline_status(e, now))
+            }
             _ => None,
         };
         if late.is_some() {
