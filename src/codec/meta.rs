@@ -113,7 +113,8 @@ impl<'a> RequestMeta<'a> {
 /// use syncrpc::Code;
 ///
 /// let meta = ResponseMeta { message: Some("unknown method"), ..ResponseMeta::new(Code::UNIMPLEMENTED) };
-/// let back = ResponseMeta::decode(&meta.to_vec()).unwrap();
+/// let bytes = meta.to_vec();
+/// let back = ResponseMeta::decode(&bytes).unwrap();
 /// assert_eq!(back.code(), Code::UNIMPLEMENTED);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
