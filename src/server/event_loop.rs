@@ -208,8 +208,9 @@ impl EventLoop {
                         if event.is_writable() {
                             self.flush_with(slot, true);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(slot);
+                        let closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || closed {
+                            self.on_readable(slot, closed);
                         }
                     }
                 }
@@ -377,7 +378,9 @@ impl EventLoop {
         true
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads and dispatches what `slot` has to offer. With `until_blocked`
+    /// false it may stop after a short read (see below).
+    fn on_readable(&mut self, slot: usize, until_blocked: bool) {
         // Frames left over from a paused batch go first.
         if !self.decode_partial(slot) {
             return;
@@ -416,6 +419,14 @@ impl EventLoop {
             };
             if !ok {
                 return;
+            }
+            if n < READ_CHUNK && !until_blocked {
+                // A short read emptied the socket's receive queue, and
+                // whatever arrives after the poll returned raises a new
+                // event, so another read would only say WouldBlock (tokio
+                // reasons the same way). An EOF that came before the poll
+                // returned has no event of its own: then read to the end.
+                break;
             }
         }
         self.flush(slot);
@@ -589,7 +600,7 @@ impl EventLoop {
             None => false,
         };
         if can && self.may_read(slot) {
-            self.on_readable(slot);
+            self.on_readable(slot, true);
         }
     }
 
