@@ -231,18 +231,22 @@ impl ConnShared {
             st.writer_active = false;
             st.in_write = 0;
             match result {
-                Ok(true) => {
+                Ok((true, _)) => {
                     st.write_blocked_since = None;
                     // Dropped before the next split, so the encoder can
                     // reclaim the allocation instead of making a new one.
                     drop(chunk);
                 }
-                Ok(false) => {
+                Ok((false, progressed)) => {
                     st.unsent = chunk;
                     if std::mem::take(&mut st.retry_write) {
                         continue;
                     }
-                    st.write_blocked_since.get_or_insert_with(Instant::now);
+                    // The stall clock counts time without a single byte
+                    // accepted, so any progress restarts it.
+                    if progressed || st.write_blocked_since.is_none() {
+                        st.write_blocked_since = Some(Instant::now());
+                    }
                     return Flush::Blocked;
                 }
                 Err(e) => {
@@ -283,19 +287,23 @@ impl ConnShared {
 /// Output buffers that grew past this are released once drained.
 const KEEP_OUTPUT: usize = 256 * 1024;
 
-/// Writes `buf` until done (true) or the socket would block (false),
-/// advancing `buf` past what was written.
-fn write_nonblocking(mut stream: &TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+/// Writes `buf` until done or the socket would block, advancing `buf`
+/// past what was written. Returns (done, whether any byte was written).
+fn write_nonblocking(mut stream: &TcpStream, buf: &mut BytesMut) -> io::Result<(bool, bool)> {
+    let mut progressed = false;
     while !buf.is_empty() {
         match stream.write(buf) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => buf.advance(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Ok(n) => {
+                buf.advance(n);
+                progressed = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, progressed)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(true)
+    Ok((true, progressed))
 }
 
 impl fmt::Debug for ConnShared {
