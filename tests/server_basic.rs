@@ -28,6 +28,7 @@ per_mode!(
     filters_run_in_order_and_can_answer_alone,
     metrics_and_access_log_count_requests,
     half_closed_client_still_gets_its_answers,
+    several_event_loops_share_the_work,
 );
 
 fn typed_and_raw_handlers_answer(mode: Mode) {
@@ -433,4 +434,25 @@ fn half_closed_client_still_gets_its_answers(mode: Mode) {
         assert_eq!(c.response().code, Code::OK);
     }
     c.expect_closed();
+}
+
+fn several_event_loops_share_the_work(mode: Mode) {
+    let server = util::builder(mode)
+        .event_loops(3)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut clients: Vec<RawClient> = (0..12).map(|_| RawClient::connect(server.local_addr())).collect();
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.call(round, "/echo.Echo/Say", &say(&format!("{i}/{round}")));
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.response().decode::<Say>(), say(&format!("{i}/{round}")));
+        }
+    }
+    assert_eq!(server.stats().connections, 12);
+    drop(clients);
+    let report = server.shutdown();
+    assert!(report.stuck_threads.is_empty(), "{report:?}");
 }
