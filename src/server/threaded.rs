@@ -31,16 +31,16 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::builder::{Limits, Timeouts};
-use super::connection::{ConnShared, ConnState, Wake};
+use super::connection::{ConnShared, ConnState, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use crate::codec::{Decoded, Decoder, Encoder, GoawayMeta, ProtocolError, Side};
@@ -53,8 +53,6 @@ const WAKER: Token = Token(usize::MAX);
 const READ_CHUNK: usize = 64 * 1024;
 /// A partial-frame buffer that grew past this is released once empty.
 const KEEP_PARTIAL: usize = 4 * 1024;
-/// Output buffers that grew past this are released once drained.
-const KEEP_OUTPUT: usize = 256 * 1024;
 /// Recheck interval while reading is paused for the shared byte budget.
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 /// First and longest pause of accepting after an accept error (out of
@@ -105,22 +103,24 @@ impl Wake for Notify {
     fn wake(&self, _conn: &Arc<ConnShared>) {
         self.cond.notify_all();
     }
+
+    /// The socket blocks: only the writing thread may write it.
+    fn workers_write(&self) -> bool {
+        false
+    }
 }
 
 /// One connection as its two threads and the coordinator see it.
 struct Link {
+    /// Its socket (blocking) is read by the reading thread, written by the
+    /// writing thread, and shut down by the coordinator.
     conn: Arc<ConnShared>,
-    /// Shared by the reading and the writing thread (`&TcpStream` reads
-    /// and writes), and shut down by the coordinator.
-    stream: TcpStream,
     notify: Arc<Notify>,
     /// Deadlines of the connection's requests: pushed by the reading
     /// thread, fired by the writing thread.
     timers: Mutex<DeadlineQueue>,
     /// Set, under the connection's lock, when an earlier deadline came in.
     timers_changed: AtomicBool,
-    /// Output bytes the writing thread took and has not written yet.
-    writing: AtomicUsize,
     /// The reading thread is done: close once everything is answered.
     reading_done: AtomicBool,
     writer_alive: AtomicBool,
@@ -182,9 +182,13 @@ impl Link {
     /// Drops the connection now: in-flight requests are cancelled, both
     /// threads stop.
     fn close_hard(&self) {
+        // Also shuts the socket down, which ends a blocked read or write.
         self.conn.close();
-        let _ = self.stream.shutdown(Shutdown::Both);
         self.poke();
+    }
+
+    fn stream(&self) -> &TcpStream {
+        &self.conn.stream
     }
 }
 
@@ -285,14 +289,14 @@ impl Threaded {
             link.poke();
             // Wakes a thread blocked in `read` (an idle connection) now,
             // rather than at its idle timeout.
-            let _ = link.stream.shutdown(Shutdown::Read);
+            let _ = link.stream().shutdown(Shutdown::Read);
         }
         let flush = if forced { FORCED_FLUSH } else { FINAL_FLUSH };
         if !self.conns.wait_timeout(flush) {
             // A client that does not read keeps a writer blocked in
             // `write`: cut it off.
             for link in self.links() {
-                let _ = link.stream.shutdown(Shutdown::Both);
+                let _ = link.stream().shutdown(Shutdown::Both);
                 link.poke();
             }
             self.conns.wait_timeout(STOP_MARGIN);
@@ -341,12 +345,10 @@ impl Threaded {
         let wake: Arc<dyn Wake> = notify.clone();
         let reader_name = format!("{}-conn-{id}", self.prefix);
         let link = Arc::new(Link {
-            conn: Arc::new(ConnShared::new(id, 0, Some(peer), wake)),
-            stream,
+            conn: Arc::new(ConnShared::new(id, 0, Some(peer), stream, wake)),
             notify,
             timers: Mutex::new(DeadlineQueue::new()),
             timers_changed: AtomicBool::new(false),
-            writing: AtomicUsize::new(0),
             reading_done: AtomicBool::new(false),
             writer_alive: AtomicBool::new(false),
             writer_name: format!("{reader_name}-w"),
@@ -366,7 +368,7 @@ impl Threaded {
             lock(&self.links).remove(&id);
             server.connections.fetch_sub(1, Ordering::SeqCst);
             refuse(
-                &link.stream,
+                link.stream(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -475,6 +477,13 @@ impl Acceptor {
 /// A connection's reading thread: starts the writing thread, reads until
 /// the connection ends, waits for the writing thread, and cleans up.
 fn conn_thread(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>, guard: LatchGuard) {
+    serve_conn(t, link, dispatcher);
+    // Last, once the socket is closed: the shutdown counts this thread as
+    // finished from here.
+    drop(guard);
+}
+
+fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
     link.writer_alive.store(true, Ordering::SeqCst);
     let writer = {
         let (t2, l2) = (t.clone(), link.clone());
@@ -483,7 +492,6 @@ fn conn_thread(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>, g
                 t: t2,
                 link: l2,
                 closing_since: None,
-                stopping_since: None,
             };
             w.run();
             w.link.writer_alive.store(false, Ordering::SeqCst);
@@ -512,7 +520,7 @@ fn conn_thread(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>, g
                 link.conn.id
             );
             refuse(
-                &link.stream,
+                link.stream(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -529,8 +537,6 @@ fn conn_thread(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>, g
     server.connections.fetch_sub(1, Ordering::SeqCst);
     lock(&t.links).remove(&link.conn.id);
     log::trace!("conn {} closed", link.conn.id);
-    // Last: the shutdown counts this thread as finished from here.
-    drop(guard);
 }
 
 enum Decode {
@@ -606,7 +612,7 @@ impl<'a> Reader<'a> {
             // it holds bytes (see `account`).
             let len = self.buf.len();
             self.buf.resize(len + READ_CHUNK, 0);
-            let read = (&self.link.stream).read(&mut self.buf[len..]);
+            let read = self.link.stream().read(&mut self.buf[len..]);
             self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
             match read {
                 Ok(0) => {
@@ -640,8 +646,7 @@ impl<'a> Reader<'a> {
     fn has_room(&self) -> bool {
         let st = self.link.conn.lock();
         st.active() < self.limits.max_in_flight_per_connection
-            && st.out.len() + self.link.writing.load(Ordering::SeqCst)
-                < self.limits.max_pending_response_bytes
+            && st.pending_bytes() < self.limits.max_pending_response_bytes
             && self.t.server.has_read_budget()
     }
 
@@ -669,7 +674,7 @@ impl<'a> Reader<'a> {
         }
         self.account(now);
         // Errors, PONGs and refusals went straight into the output.
-        if !self.link.conn.lock().out.is_empty() {
+        if self.link.conn.lock().pending_bytes() > 0 {
             self.link.poke();
         }
         result
@@ -738,8 +743,7 @@ impl<'a> Reader<'a> {
             // Workers wake us only when nobody else has been woken.
             st.notified = false;
             let full = st.active() >= limits.max_in_flight_per_connection
-                || st.out.len() + self.link.writing.load(Ordering::SeqCst)
-                    >= limits.max_pending_response_bytes;
+                || st.pending_bytes() >= limits.max_pending_response_bytes;
             if !full && self.t.server.has_read_budget() {
                 st.read_paused = false;
                 return true;
@@ -772,7 +776,7 @@ impl<'a> Reader<'a> {
         if keep {
             return true;
         }
-        match self.link.stream.set_read_timeout(Some(want)) {
+        match self.link.stream().set_read_timeout(Some(want)) {
             Ok(()) => {
                 self.armed = Some(want);
                 true
@@ -807,7 +811,7 @@ impl<'a> Reader<'a> {
         }
         let idle = {
             let st = self.link.conn.lock();
-            st.active() == 0 && st.out.is_empty() && self.link.writing.load(Ordering::SeqCst) == 0
+            st.active() == 0 && st.is_flushed()
         };
         if !idle {
             return true;
@@ -833,11 +837,10 @@ struct Writer {
     t: Arc<Threaded>,
     link: Arc<Link>,
     closing_since: Option<Instant>,
-    stopping_since: Option<Instant>,
 }
 
 enum WriterEnd {
-    /// Everything answered and written: close the sending side.
+    /// Everything answered and written: close the connection.
     Done,
     /// Someone else closed the connection.
     Closed,
@@ -845,76 +848,100 @@ enum WriterEnd {
     Abort,
 }
 
+enum Step {
+    Write,
+    /// A deadline is due, or an earlier one came in.
+    Timers,
+    End(WriterEnd),
+}
+
 impl Writer {
     fn run(&mut self) {
         let stall = self.t.server.config.timeouts.write_stall;
-        if let Err(e) = self.link.stream.set_write_timeout(Some(stall)) {
+        // A write that takes no byte for this long fails with WouldBlock:
+        // the write-stall limit, enforced by the socket.
+        if let Err(e) = self.link.stream().set_write_timeout(Some(stall)) {
             log::debug!("conn {}: set_write_timeout: {e}", self.link.conn.id);
             self.link.close_hard();
             return;
         }
         match self.serve() {
-            WriterEnd::Done => {
-                // FIN after the last byte; the reading thread closes.
-                let _ = self.link.stream.shutdown(Shutdown::Write);
-                self.link.conn.close();
-                self.link.poke();
-            }
+            // Closing after the last byte sends the FIN behind it.
+            WriterEnd::Done | WriterEnd::Abort => self.link.close_hard(),
             WriterEnd::Closed => {}
-            WriterEnd::Abort => self.link.close_hard(),
         }
     }
 
     /// Writes output as it comes, fires deadlines, and decides when the
     /// connection is over.
     fn serve(&mut self) -> WriterEnd {
+        let conn = self.link.conn.clone();
         loop {
-            let now = Instant::now();
             let next_timer = {
                 let mut timers = lock(&self.link.timers);
-                // Expired requests are answered into the output, below.
-                timers.expire_due(now, |_| {});
+                // Expired requests are answered into the output.
+                timers.expire_due(Instant::now(), |_| {});
                 timers.next()
             };
-            let chunk = match self.next_chunk(next_timer) {
-                Ok(Some(chunk)) => chunk,
-                Ok(None) => continue,
-                Err(end) => return end,
-            };
-            if let Err(end) = self.write(chunk) {
-                return end;
+            match self.next_step(next_timer) {
+                Step::Write => match conn.flush(true) {
+                    Flush::Done => {
+                        // Room may have opened up for a reader paused on
+                        // pending bytes.
+                        if conn.lock().read_paused {
+                            self.link.poke();
+                        }
+                    }
+                    Flush::Blocked => {
+                        log::debug!(
+                            "conn {}: write stalled for {:?}, closing",
+                            conn.id,
+                            self.t.server.config.timeouts.write_stall
+                        );
+                        return WriterEnd::Abort;
+                    }
+                    Flush::Failed => {
+                        return if conn.lock().closed {
+                            WriterEnd::Closed
+                        } else {
+                            WriterEnd::Abort
+                        };
+                    }
+                },
+                Step::Timers => {}
+                Step::End(end) => return end,
             }
         }
     }
 
-    /// Waits for output to write: `Ok(Some)` with it, `Ok(None)` when a
-    /// deadline is due, `Err` when the connection is over.
-    fn next_chunk(&mut self, next_timer: Option<Instant>) -> Result<Option<BytesMut>, WriterEnd> {
+    /// Waits until there is something to do.
+    fn next_step(&mut self, next_timer: Option<Instant>) -> Step {
         let link = self.link.clone();
         let threaded = self.t.clone();
         let t = &threaded.server.config.timeouts;
         let mut st = link.conn.lock();
         loop {
+            // Whoever looks at the state takes the pending wake-up.
             st.notified = false;
             if st.closed {
-                return Err(WriterEnd::Closed);
+                return Step::End(WriterEnd::Closed);
             }
-            if !st.out.is_empty() {
-                let chunk = st.out.split();
-                link.writing.store(chunk.len(), Ordering::SeqCst);
-                return Ok(Some(chunk));
+            if st.write_failed {
+                return Step::End(WriterEnd::Abort);
             }
-            st.out.shrink_if_idle(KEEP_OUTPUT);
+            if !st.is_flushed() {
+                return Step::Write;
+            }
             let now = Instant::now();
             let mut wait = next_timer.map(|at| at.saturating_duration_since(now));
             if threaded.phase() == STOPPING {
                 // The shutdown answered what was in flight before saying
                 // STOPPING: with the output flushed, this is the end.
-                return Err(WriterEnd::Done);
+                return Step::End(WriterEnd::Done);
             }
             if link.reading_done.load(Ordering::SeqCst) {
                 if st.active() == 0 {
-                    return Err(WriterEnd::Done);
+                    return Step::End(WriterEnd::Done);
                 }
                 let since = *self.closing_since.get_or_insert(now);
                 let limit = t.frame.max(t.idle);
@@ -925,65 +952,17 @@ impl Writer {
                         link.conn.id,
                         st.active()
                     );
-                    return Err(WriterEnd::Abort);
+                    return Step::End(WriterEnd::Abort);
                 }
                 wait = Some(wait.map_or(left, |w| w.min(left)));
             }
             if link.timers_changed.swap(false, Ordering::SeqCst) {
-                return Ok(None);
+                return Step::Timers;
             }
             if next_timer.is_some_and(|at| now >= at) {
-                return Ok(None);
+                return Step::Timers;
             }
             st = link.wait(st, wait);
-        }
-    }
-
-    /// Writes `chunk` whole; a write that takes no byte within the write
-    /// stall timeout ends the connection.
-    fn write(&mut self, mut chunk: BytesMut) -> Result<(), WriterEnd> {
-        while !chunk.is_empty() {
-            if self.t.phase() == STOPPING {
-                let since = *self.stopping_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= FINAL_FLUSH {
-                    return Err(WriterEnd::Abort);
-                }
-            }
-            match (&self.link.stream).write(&chunk) {
-                Ok(0) => return Err(WriterEnd::Abort),
-                Ok(n) => {
-                    chunk.advance(n);
-                    self.link.writing.store(chunk.len(), Ordering::SeqCst);
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    log::debug!(
-                        "conn {}: write stalled for {:?}, closing",
-                        self.link.conn.id,
-                        self.t.server.config.timeouts.write_stall
-                    );
-                    return Err(WriterEnd::Abort);
-                }
-                Err(e) => {
-                    log::debug!("conn {} write: {e}", self.link.conn.id);
-                    return Err(WriterEnd::Abort);
-                }
-            }
-            // Room may have opened up for a reader paused on pending bytes.
-            self.wake_paused_reader();
-        }
-        Ok(())
-    }
-
-    fn wake_paused_reader(&self) {
-        let paused = self.link.conn.lock().read_paused;
-        if paused {
-            self.link.poke();
         }
     }
 }
