@@ -649,15 +649,16 @@ mod signals {
     }
 
     pub(crate) fn subscribe(tx: Sender<Trigger>) -> Result<SignalSubscription, Error> {
-        // `try_set_handler` leaves a handler the application installed
-        // itself in place, and fails instead.
+        // Replaces a disposition inherited as "ignore" (a process started
+        // in the background ignores SIGINT; under nohup, SIGHUP), which
+        // must not keep a server from handling SIGTERM.
         let installed =
-            INSTALLED.get_or_init(|| ctrlc::try_set_handler(forward).map_err(|e| e.to_string()));
+            INSTALLED.get_or_init(|| ctrlc::set_handler(forward).map_err(|e| e.to_string()));
         if let Err(e) = installed {
             return Err(Error::usage(format!(
-                "cannot handle SIGINT and SIGTERM: {e}; \
-                 the process already handles them (trigger the shutdown \
-                 from your handler with a ShutdownHandle instead)"
+                "cannot handle SIGINT and SIGTERM: {e}; the process set a \
+                 ctrlc handler of its own (start the shutdown from it with \
+                 a ShutdownHandle instead)"
             )));
         }
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);

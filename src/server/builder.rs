@@ -377,10 +377,12 @@ impl ServerBuilder {
     /// and forces an immediate stop on a second one. Default false: the
     /// application decides.
     ///
-    /// The handler is process-wide and installed once, on the first bind
-    /// that asks for it; every server that asked then gets each signal.
-    /// Binding fails with a usage error if the application already
-    /// installed a handler of its own for these signals.
+    /// The handler (the `ctrlc` crate's) is process-wide and installed
+    /// once, on the first bind that asks for it; every server that asked
+    /// then gets each signal. Binding fails with a usage error if the
+    /// application set a `ctrlc` handler of its own, which can only be
+    /// done once per process: start the shutdown from that handler with a
+    /// [`ShutdownHandle`](crate::ShutdownHandle) instead.
     pub fn handle_signals(mut self, handle: bool) -> ServerBuilder {
         self.lifecycle.handle_signals = handle;
         self
