@@ -423,7 +423,7 @@ impl Dispatcher {
                     }
                 };
                 log::debug!("conn {}: request {id} not queued: {status}", conn.id);
-                e.into_inner().finish(Err(status));
+                e.into_inner().finish(Err(status), false);
             }
         }
         None
@@ -580,7 +580,9 @@ impl RequestTask {
 
     /// Delivers the outcome: appends the RESPONSE if the request is still
     /// in flight, and wakes the driver if it needs to know.
-    fn finish(self, reply: Reply) {
+    /// `ran`: the reply is the handler's (not an expiry or refusal), so
+    /// dropping it counts in [`ServerShared::dropped_responses`].
+    fn finish(self, reply: Reply, ran: bool) {
         if self.is_oneway() {
             let wake = {
                 let mut st = self.conn.lock();
@@ -613,7 +615,7 @@ impl RequestTask {
             if let Some(p) = packed {
                 buffer_pool::give(p);
             }
-            self.drop_result(reply);
+            self.drop_result(reply, ran);
             return;
         }
         let entry = st.in_flight.remove(&self.id);
@@ -627,9 +629,9 @@ impl RequestTask {
             _ => None,
         };
         let server = &self.held.server;
-        if late.is_some() {
+        if late.is_some() && ran {
             server.dropped_responses.fetch_add(1, Ordering::Relaxed);
-        } else if server.going_away.load(Ordering::Relaxed) {
+        } else if late.is_none() && ran && server.going_away.load(Ordering::Relaxed) {
             server.shutdown_drained.fetch_add(1, Ordering::Relaxed);
         }
         match (&reply, &late) {
@@ -675,11 +677,13 @@ impl RequestTask {
         }
     }
 
-    fn drop_result(&self, reply: Reply) {
-        self.held
-            .server
-            .dropped_responses
-            .fetch_add(1, Ordering::Relaxed);
+    fn drop_result(&self, reply: Reply, ran: bool) {
+        if ran {
+            self.held
+                .server
+                .dropped_responses
+                .fetch_add(1, Ordering::Relaxed);
+        }
         recycle(reply);
         // The driver may be waiting for a slot to free up.
         let wake = self.conn.lock().should_wake();
@@ -730,14 +734,14 @@ impl Task for RequestTask {
     fn run(mut self) {
         if !self.claim() {
             if self.is_oneway() {
-                self.finish(Err(Status::cancelled("not run")));
+                self.finish(Err(Status::cancelled("not run")), false);
             } else {
-                self.drop_result(Err(Status::cancelled("not run")));
+                self.drop_result(Err(Status::cancelled("not run")), false);
             }
             return;
         }
         let reply = self.call();
-        self.finish(reply);
+        self.finish(reply, true);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -750,13 +754,12 @@ impl Task for RequestTask {
             queued_for.as_millis()
         ));
         self.ctx.cancel(CancelReason::DeadlineExceeded);
-        self.finish(Err(status));
+        self.finish(Err(status), false);
     }
 
     fn abandon(self) {
-        self.finish(Err(Status::unavailable(
-            "the server is shutting down; the request was not run",
-        )));
+        let status = Status::unavailable("the server is shutting down; the request was not run");
+        self.finish(Err(status), false);
     }
 }
 

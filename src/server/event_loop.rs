@@ -6,9 +6,11 @@
 //! costs no allocation of its own; only a partial frame is kept per
 //! connection, in a buffer sized to what actually arrived, which is what
 //! lets thousands of stalled connections cost next to nothing. Workers
-//! append responses to the connection's shared output buffer and wake the
-//! loop once per batch; the loop writes every response produced meanwhile
-//! in one `write`.
+//! append responses to the connection's shared output buffer; a worker with
+//! nothing else queued writes the buffer itself, otherwise it wakes the
+//! loop once per batch and the loop writes every response produced
+//! meanwhile in one `write`. When a socket's buffer is full the loop
+//! finishes the write once the socket is writable again.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
