@@ -162,11 +162,6 @@ impl Load {
         }
         run.outcome.elapsed = started.elapsed();
         mark(Mark::End);
-        for c in &conns {
-            if c.open {
-                run.outcome.unanswered += c.sent.iter().flatten().count() as u64;
-            }
-        }
         Ok(run.outcome)
     }
 }
@@ -309,14 +304,14 @@ impl Run {
     fn lose(&mut self, c: &mut Conn, why: String) {
         c.open = false;
         self.open -= 1;
-        self.outcome.unanswered += c.sent.iter().flatten().count() as u64;
+        self.outcome.lost_requests += c.sent.iter().flatten().count() as u64;
         c.sent.iter_mut().for_each(|s| *s = None);
         self.outcome.lost_connections.push(why);
     }
 }
 
-/// What a run measured. Counts cover the measured window only; lost
-/// connections and GOAWAYs the whole run.
+/// What a run measured. Answers count in the measured window only; lost
+/// connections, lost requests and GOAWAYs over the whole run.
 #[derive(Debug)]
 pub struct Outcome {
     /// Length of the measured window.
@@ -331,9 +326,10 @@ pub struct Outcome {
     pub goaways: Vec<String>,
     /// Why each connection that dropped out of the run did.
     pub lost_connections: Vec<String>,
-    /// Requests never answered: in flight on a lost connection, or when
-    /// the run ended.
-    pub unanswered: u64,
+    /// Requests in flight on a connection when it dropped out of the run:
+    /// never answered. (Those in flight when the run ends are not
+    /// counted.)
+    pub lost_requests: u64,
 }
 
 impl Outcome {
@@ -346,7 +342,7 @@ impl Outcome {
                 .expect("valid histogram bounds"),
             goaways: Vec::new(),
             lost_connections: Vec::new(),
-            unanswered: 0,
+            lost_requests: 0,
         }
     }
 
