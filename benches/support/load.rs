@@ -37,7 +37,7 @@ pub const ECHO_BYTES: &str = "/echo.Echo/Bytes";
 /// The meta of an OK answer with nothing else in it, as syncrpc and the
 /// ceiling server write it: `{"code": 0}`. Compared byte for byte so that
 /// the common case costs the load no decoding.
-const OK_META: &[u8] = b"\x81\xa4code\x00";
+pub const OK_META: &[u8] = b"\x81\xa4code\x00";
 
 /// Longest latency the histogram records exactly; longer ones are
 /// recorded as this.
@@ -176,8 +176,8 @@ pub enum Mark {
 }
 
 /// A REQUEST frame with id 0 and a raw body of `len` bytes; the id is
-/// patched in place for each request.
-fn request_frame(method: &str, len: usize) -> io::Result<Vec<u8>> {
+/// patched in place (bytes 8 to 11) for each request.
+pub fn request_frame(method: &str, len: usize) -> io::Result<Vec<u8>> {
     let mut enc = Encoder::new();
     enc.request(
         RequestId(0),
@@ -338,8 +338,7 @@ impl Outcome {
             elapsed: Duration::ZERO,
             answered: 0,
             failed: BTreeMap::new(),
-            latency: Histogram::new_with_bounds(1, MAX_LATENCY.as_nanos() as u64, 3)
-                .expect("valid histogram bounds"),
+            latency: latency_histogram(),
             goaways: Vec::new(),
             lost_connections: Vec::new(),
             lost_requests: 0,
@@ -368,6 +367,12 @@ impl Outcome {
     pub fn quantile(&self, q: f64) -> Duration {
         Duration::from_nanos(self.latency.value_at_quantile(q))
     }
+}
+
+/// An empty histogram for latencies in nanoseconds, up to a minute, to 3
+/// significant digits.
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY.as_nanos() as u64, 3).expect("valid histogram bounds")
 }
 
 /// A latency printed with a unit that keeps 3 or 4 digits: `87us`,

@@ -2,12 +2,13 @@
 //! what the bench reads about them.
 //!
 //! The bench starts itself again as `--serve KIND [--workers N]
-//! [--max-connections N]`, pinned to core 0 when it can be; the child
+//! [--max-connections N] [--inline]`, pinned to core 0 when it can be; the child
 //! prints its port, then answers each `stats` line on its standard input
 //! with its allocation count and its threads' on-CPU nanoseconds, and
 //! shuts down when its standard input closes. Kinds:
 //!
-//! - `event`, `thread`: syncrpc in that mode, serving [`super::load::ECHO_BYTES`];
+//! - `event`, `thread`: syncrpc in that mode, serving [`super::load::ECHO_BYTES`]
+//!   (`--inline`: thread mode runs handlers on the connection threads);
 //! - `ceiling`: a minimal mio server for the same protocol that cuts frames
 //!   by their headers and echoes bodies, with no pool and no meta or body
 //!   decoding: the most a server of this shape could do on this machine.
@@ -74,6 +75,7 @@ pub fn serve(kind: &str, args: &[String]) {
             .raw_method("Bytes", |_: &Context, body: Bytes| Ok::<_, Status>(body));
         let config = ServerConfig {
             mode,
+            inline_handlers: args.iter().any(|a| a == "--inline"),
             workers: opt("--workers").unwrap_or(1),
             limits: Limits {
                 max_connections: opt("--max-connections")
