@@ -33,6 +33,8 @@ pub enum ErrorKind {
     Usage,
     /// The call's deadline passed before an answer arrived.
     Timeout,
+    /// The caller's context was cancelled before an answer arrived.
+    Cancelled,
 }
 
 /// Whether the remote handler may have run when a call failed: what a
@@ -154,6 +156,11 @@ impl Error {
     /// True when a deadline passed.
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout || self.status.code() == Code::DEADLINE_EXCEEDED
+    }
+
+    /// True when the caller's context was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == ErrorKind::Cancelled
     }
 }
 
