@@ -9,6 +9,7 @@ mod latch;
 mod metadata;
 pub mod pool;
 mod status;
+mod task_group;
 mod trace;
 
 pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
@@ -16,4 +17,5 @@ pub use error::{Error, ErrorKind, Execution};
 pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
 pub use status::{Code, Status};
+pub use task_group::{TaskError, TaskGroup, TaskHandle};
 pub use trace::TraceId;
