@@ -3,11 +3,17 @@
 //! Writes are coalesced without a writer thread. A caller appends its frame
 //! to the connection's [`Encoder`] under a mutex; if nobody is writing, it
 //! becomes the writer and writes everything queued, releasing the mutex
-//! during the system call so that other callers append behind it. The
-//! socket is non-blocking: when it cannot take more, the remaining bytes
-//! stay queued and the connection's IO thread writes them once the socket
-//! is writable again, so no caller is ever stuck in `write` past its
-//! deadline.
+//! during the system call so that other callers append behind it. Two rules
+//! make batches form when calls are pipelined, since one write per call
+//! would cost most of the client's CPU (each `send` runs the kernel's TCP
+//! path): while the IO thread hands out a chunk of responses, the callers
+//! it wakes only queue their next requests, and it writes them together
+//! afterwards; and a caller that becomes the writer while other calls are
+//! in flight yields once first, so that runnable callers queue behind it.
+//! A lone call writes at once. The socket is non-blocking: when it cannot
+//! take more, the remaining bytes stay queued and the IO thread writes them
+//! once the socket is writable again, so no caller is ever stuck in `write`
+//! past its deadline.
 //!
 //! The IO thread reads frames with a client-side [`Decoder`] and hands each
 //! RESPONSE to the thread waiting for it, by request id. When the
@@ -20,7 +26,7 @@ use std::fmt;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -209,6 +215,10 @@ struct Writer {
     /// The IO thread saw the socket become writable while a caller was
     /// writing: that caller must try again before giving up.
     writable_edge: bool,
+    /// The IO thread is handing out responses and will write what is
+    /// queued when it is done with the bytes it read: callers it woke
+    /// queue their next requests behind one write instead of one each.
+    reader_busy: bool,
     closed: bool,
     /// When bytes last went out, for the write-stall limit.
     last_progress: Instant,
@@ -233,6 +243,9 @@ struct Shared {
     /// False once GOAWAY arrived or the connection closed: read on every
     /// call's path, so kept outside the locks.
     usable: AtomicBool,
+    /// Calls waiting for a response, kept outside the pending lock for the
+    /// writer's batching decision.
+    in_flight: AtomicUsize,
     answered: AtomicU64,
     write_stall: Duration,
 }
@@ -295,10 +308,12 @@ impl Connection {
                 flushing: false,
                 blocked: false,
                 writable_edge: false,
+                reader_busy: false,
                 closed: false,
                 last_progress: Instant::now(),
             }),
             usable: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             write_stall: opts.write_stall,
         });
@@ -414,6 +429,7 @@ impl Connection {
             }
             let id = p.next_free_id();
             p.calls.insert(id, slot.clone());
+            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
             id
         };
         match shared.send(|enc| write(enc, RequestId(id))) {
@@ -421,7 +437,10 @@ impl Connection {
             // close() has failed the slot with the in-flight error.
             Err(SendError::Broken(_)) => {}
             Err(e) => {
-                lock(&shared.pending).calls.remove(&id);
+                let mut p = lock(&shared.pending);
+                p.calls.remove(&id);
+                shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                drop(p);
                 return Err(self.send_error(e));
             }
         }
@@ -463,7 +482,9 @@ impl Connection {
         let shared = &self.shared;
         let drained = {
             let mut p = lock(&shared.pending);
-            if p.calls.remove(&id).is_none() {
+            let removed = p.calls.remove(&id);
+            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+            if removed.is_none() {
                 drop(p);
                 // The IO thread took the slot and is filling it now.
                 return Some(slot.wait_delivered());
@@ -514,8 +535,25 @@ impl Shared {
             return Err(SendError::Closed);
         }
         write(&mut w.enc).map_err(SendError::Encode)?;
-        if w.flushing || w.blocked {
+        if w.flushing || w.blocked || w.reader_busy {
             return Ok(());
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 1 {
+            // Other calls are in flight, so their callers are likely about
+            // to send again: give them the CPU once and write their frames
+            // with ours. Each write costs the kernel's whole loopback or
+            // TCP path; one per batch instead of one per call is most of
+            // what pipelining saves. A lone call writes at once.
+            w.flushing = true;
+            drop(w);
+            thread::yield_now();
+            w = lock(&self.writer);
+            w.flushing = false;
+            if w.closed {
+                // Nobody wrote while this thread held the writer's role, so
+                // the frame, cleared by close(), never left.
+                return Err(SendError::Closed);
+            }
         }
         match self.flush(w) {
             Ok(()) => Ok(()),
@@ -571,6 +609,18 @@ impl Shared {
         }
     }
 
+    /// The IO thread starts (`true`) or stops handing out responses. When
+    /// it stops, and after each chunk it read, it writes what the callers
+    /// queued meanwhile, unless a caller is writing already.
+    fn set_reader_busy(&self, busy: bool) -> Result<(), Broken> {
+        let mut w = lock(&self.writer);
+        w.reader_busy = busy;
+        if w.flushing || w.blocked || w.closed || w.enc.is_empty() {
+            return Ok(());
+        }
+        self.flush(w)
+    }
+
     /// The IO thread saw the socket become writable.
     fn on_writable(&self) -> Result<(), Broken> {
         let mut w = lock(&self.writer);
@@ -609,6 +659,7 @@ impl Shared {
             }
             p.state = State::Closed(why.clone());
             self.usable.store(false, Ordering::Release);
+            self.in_flight.store(0, Ordering::Relaxed);
             std::mem::take(&mut p.calls)
         };
         {
@@ -652,7 +703,11 @@ impl Shared {
         let slot = {
             let mut p = lock(&self.pending);
             match p.calls.get(&id.0) {
-                Some(s) if s.kind() == kind => p.calls.remove(&id.0),
+                Some(s) if s.kind() == kind => {
+                    let slot = p.calls.remove(&id.0);
+                    self.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                    slot
+                }
                 _ => None,
             }
         };
@@ -796,7 +851,9 @@ impl IoThread {
                 }
             }
             if readable {
-                match self.read() {
+                let read = self.read();
+                let flushed = self.shared.set_reader_busy(false);
+                match read.and_then(|more| flushed.map(|()| more)) {
                     Ok(more) => more_to_read = more,
                     Err(b) => self.shared.close(b),
                 }
@@ -832,6 +889,12 @@ impl IoThread {
                     total += n;
                     if total >= READ_BURST {
                         return Ok(true);
+                    }
+                    // With epoll and kqueue a short read proves the socket
+                    // was drained, and bytes arriving later raise a new
+                    // event: the read that would say WouldBlock is saved.
+                    if cfg!(unix) && n < self.scratch.len() {
+                        return Ok(false);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
