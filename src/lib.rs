@@ -31,7 +31,7 @@ mod status;
 mod task_group;
 mod trace;
 
-pub use client::{CallOptions, Client, Response};
+pub use client::{CallOptions, Client};
 pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
 pub use error::{Error, ErrorKind, Execution};
 pub use latch::{Latch, LatchGuard};

@@ -798,3 +798,53 @@ fn dropping_the_client_closes_its_connections() {
         _ => None,
     });
 }
+
+/// A server that accepts and never reads: the client's writes fill the
+/// socket and the rest waits in its queue.
+fn deaf_server() -> (SocketAddr, mpsc::Sender<()>, thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let t = thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        // Holds the connection open, unread, until the test ends.
+        let _ = stop_rx.recv();
+        drop(stream);
+    });
+    (addr, stop_tx, t)
+}
+
+#[test]
+fn a_server_that_stops_reading_cannot_hold_callers_past_their_deadline_or_the_stall_limit() {
+    init_logging();
+    let (addr, stop, server) = deaf_server();
+    let client = Client::builder()
+        .addr(addr)
+        .write_stall_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    // More than the socket buffers on both sides can hold.
+    let body = vec![1u8; 9 * 1024 * 1024];
+    let start = Instant::now();
+    let err = client
+        .call_raw(
+            &bg(),
+            "/t.T/Put",
+            &body,
+            &CallOptions::new().timeout(Duration::from_millis(200)),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DEADLINE_EXCEEDED, "{err}");
+    assert!(start.elapsed() < Duration::from_millis(200) + Duration::from_secs(2));
+
+    // Without a deadline, the write-stall limit ends the call.
+    let c = client.clone();
+    let err = within(EVENT_WAIT, move || {
+        c.call_raw(&bg(), "/t.T/Put", b"small", &CallOptions::new())
+            .unwrap_err()
+    });
+    assert_eq!(err.code(), Code::UNAVAILABLE, "{err}");
+    assert!(err.to_string().contains("accepted no bytes"), "{err}");
+    stop.send(()).unwrap();
+    server.join().unwrap();
+}

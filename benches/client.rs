@@ -1,0 +1,207 @@
+//! Client throughput and cost: one call at a time on one connection versus
+//! many threads pipelining on one connection.
+//!
+//! The server is this same binary started again as a child process (with
+//! `SYNCRPC_BENCH_SERVER=1`): a minimal echo server on the codec that
+//! answers each batch of requests it reads with one write. Keeping it in
+//! another process means this process's CPU time, read from
+//! `/proc/self/stat`, is the client's alone: callers and IO thread.
+//!
+//! Run with `cargo bench --bench client`. `BENCH_SECS` sets the length of
+//! each case (default 3), `BENCH_THREADS` the pipelined thread counts
+//! (default `16,64`).
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use syncrpc::codec::{Decoded, Decoder, Encoder, FrameLimits, FrameType, ResponseMeta, Side};
+use syncrpc::{Client, Code, Context};
+
+#[derive(Serialize, Deserialize)]
+struct Say {
+    text: String,
+}
+
+fn main() {
+    if std::env::var_os("SYNCRPC_BENCH_SERVER").is_some() {
+        serve();
+        return;
+    }
+    let secs: u64 = env_or("BENCH_SECS", "3").parse().expect("BENCH_SECS");
+    let threads: Vec<usize> = env_or("BENCH_THREADS", "16,64")
+        .split(',')
+        .map(|n| n.trim().parse().expect("BENCH_THREADS"))
+        .collect();
+    let run_for = Duration::from_secs(secs);
+
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .env("SYNCRPC_BENCH_SERVER", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the server process");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().to_owned();
+    let server_pid = child.id();
+
+    let client = Client::connect(&addr).unwrap();
+    // Warm up: connect, fill buffers and caches.
+    measure(&client, 4, Duration::from_millis(300), server_pid);
+
+    println!("client benchmark: echo of a 1-field struct over one connection to {addr}");
+    println!(
+        "{:<28} {:>12} {:>16} {:>16}",
+        "case", "req/s", "client CPU/call", "server CPU/call"
+    );
+    let base = measure(&client, 1, run_for, server_pid);
+    base.print("1 thread, one at a time");
+    for &n in &threads {
+        let r = measure(&client, n, run_for, server_pid);
+        r.print(&format!("{n} threads, pipelined"));
+        println!(
+            "{:<28} {:>12.2}x",
+            format!("  speed-up over 1 thread"),
+            r.rate / base.rate
+        );
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+}
+
+struct Result {
+    rate: f64,
+    client_cpu_us: f64,
+    server_cpu_us: f64,
+}
+
+impl Result {
+    fn print(&self, name: &str) {
+        println!(
+            "{name:<28} {:>12.0} {:>13.1} us {:>13.1} us",
+            self.rate, self.client_cpu_us, self.server_cpu_us
+        );
+    }
+}
+
+fn measure(client: &Client, threads: usize, run_for: Duration, server_pid: u32) -> Result {
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = Arc::new(AtomicU64::new(0));
+    let start_line = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|_| {
+            let client = client.clone();
+            let stop = stop.clone();
+            let calls = calls.clone();
+            let start_line = start_line.clone();
+            thread::spawn(move || {
+                let ctx = Context::background();
+                let req = Say {
+                    text: "hello".into(),
+                };
+                start_line.wait();
+                let mut n = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let r: Say = client.call(&ctx, "/echo.Echo/Say", &req).unwrap();
+                    assert_eq!(r.text, "hello");
+                    n += 1;
+                }
+                calls.fetch_add(n, Ordering::Relaxed);
+            })
+        })
+        .collect();
+    start_line.wait();
+    let cpu0 = cpu_ticks("self");
+    let server0 = cpu_ticks(&server_pid.to_string());
+    let t0 = Instant::now();
+    thread::sleep(run_for);
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.join().unwrap();
+    }
+    let elapsed = t0.elapsed();
+    let cpu = cpu_ticks("self") - cpu0;
+    let server = cpu_ticks(&server_pid.to_string()) - server0;
+    let n = calls.load(Ordering::Relaxed) as f64;
+    Result {
+        rate: n / elapsed.as_secs_f64(),
+        client_cpu_us: ticks_to_us(cpu) / n,
+        server_cpu_us: ticks_to_us(server) / n,
+    }
+}
+
+fn env_or(key: &str, default: &str) -> String {
+    std::env::var(key).unwrap_or_else(|_| default.to_owned())
+}
+
+/// User plus system CPU time of a process, in clock ticks.
+fn cpu_ticks(pid: &str) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc stat");
+    // Fields after the command name, which is in parentheses: state is
+    // field 3, utime 14 and stime 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn ticks_to_us(ticks: u64) -> f64 {
+    // USER_HZ, the unit of /proc/*/stat, is 100 on Linux.
+    ticks as f64 * 10_000.0
+}
+
+/// The echo server: a thread per connection, each batch of requests read
+/// together answered with one write.
+fn serve() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
+    // Exit when the parent closes our stdin.
+    thread::spawn(|| {
+        let _ = std::io::stdin().read_to_end(&mut Vec::new());
+        std::process::exit(0);
+    });
+    for stream in listener.incoming() {
+        let stream = stream.unwrap();
+        thread::spawn(move || echo(stream));
+    }
+}
+
+fn echo(mut stream: TcpStream) {
+    stream.set_nodelay(true).unwrap();
+    let mut decoder = Decoder::new(Side::Server, FrameLimits::default());
+    let mut buf = BytesMut::with_capacity(64 * 1024);
+    let mut chunk = vec![0u8; 64 * 1024];
+    let mut enc = Encoder::with_capacity(64 * 1024);
+    let ok = ResponseMeta::new(Code::OK);
+    loop {
+        let n = match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        while let Ok(Some(Decoded::Frame(f))) = decoder.decode(&mut buf) {
+            match f.header.frame_type {
+                FrameType::Request => enc
+                    .response(f.header.request_id, f.header.flags, &ok, &f.body)
+                    .unwrap(),
+                FrameType::Ping => enc.pong(f.header.request_id),
+                _ => {}
+            }
+        }
+        if !enc.is_empty() {
+            if stream.write_all(enc.as_slice()).is_err() {
+                return;
+            }
+            enc.clear();
+        }
+    }
+}
