@@ -153,6 +153,9 @@ impl<E> Shared<E> {
             Shared::finish_one(&mut st, &self.idle);
         }
         st.running -= 1;
+        if st.running == 0 {
+            self.idle.notify_all();
+        }
     }
 }
 
@@ -403,6 +406,7 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
             if st.running > 0 {
                 return;
             }
+            self.shared.idle.notify_all();
             st.queue.drain(..).collect()
         };
         self.shared.record(E::from(err), &self.cancel);
@@ -424,16 +428,17 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
 }
 
 impl<E> TaskGroup<E> {
-    /// Waits for every task, joins the threads and ends the context.
+    /// Waits for every task and every worker loop, joins the threads and
+    /// ends the context.
     fn join_all(&self) {
         let threads = {
             let mut st = self.shared.lock();
-            while st.unfinished > 0 {
+            while st.unfinished > 0 || st.running > 0 {
                 st = self.shared.idle.wait(st).unwrap_or_else(|e| e.into_inner());
             }
             std::mem::take(&mut st.threads)
         };
-        // Every worker is past its last task and exiting.
+        // Every worker has left its loop and is exiting.
         for t in threads {
             let _ = t.join();
         }
