@@ -24,6 +24,8 @@ pub mod client;
 pub mod codec;
 mod context;
 mod error;
+#[doc(hidden)]
+pub mod fuzzing;
 mod latch;
 mod metadata;
 pub mod pool;

@@ -1,5 +1,6 @@
 //! Typed bodies: MessagePack values written by `rmp-serde`, structs as maps
-//! keyed by field name (spec 1.4), read back through the structural check.
+//! keyed by field name (`docs/protocol.md`, "Body"), read back through the
+//! structural check.
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;

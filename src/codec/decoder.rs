@@ -27,11 +27,11 @@ use super::header::{Header, HEADER_LEN};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameLimits {
     /// Largest body, as sent and after decompression. Default 10 MiB
-    /// (spec section 4). A larger body is discarded unbuffered and its
-    /// request answered `RESOURCE_EXHAUSTED`.
+    /// (`docs/protocol.md`, "Limits"). A larger body is discarded
+    /// unbuffered and its request answered `RESOURCE_EXHAUSTED`.
     pub max_body: usize,
-    /// Largest meta section. Default 16 KiB (spec section 4). A larger one
-    /// is a connection error.
+    /// Largest meta section. Default 16 KiB (`docs/protocol.md`,
+    /// "Limits"). A larger one is a connection error.
     pub max_meta: usize,
 }
 

@@ -52,7 +52,7 @@ impl std::error::Error for EncodeError {}
 /// let meta = RequestMeta { timeout_ms: 250, ..RequestMeta::new("/echo.Echo/Say") };
 /// enc.request(RequestId(7), Flags::default(), &meta, b"\x81\xa4text\xa2hi").unwrap();
 /// enc.ping(RequestId(42));
-/// assert_eq!(enc.len(), 53 + 16);
+/// assert_eq!(enc.len(), (16 + 36 + 9) + 16); // header + meta + body, then a PING
 /// enc.consume(enc.len()); // as if the socket took it all
 /// assert!(enc.is_empty());
 /// ```

@@ -5,8 +5,9 @@ use std::fmt;
 
 use super::header::FrameType;
 
-/// A connection-level protocol violation (spec section 4). The server
-/// answers it with GOAWAY INTERNAL carrying this error's text, then closes.
+/// A connection-level protocol violation (`docs/protocol.md`, "Connection
+/// errors"). The server answers it with GOAWAY INTERNAL carrying this
+/// error's text, then closes.
 ///
 /// # Examples
 ///

@@ -86,7 +86,7 @@ impl FrameType {
         matches!(self, FrameType::Cancel | FrameType::Ping | FrameType::Pong)
     }
 
-    /// The name used in the spec (`"REQUEST"`, ...).
+    /// The name used in `docs/protocol.md` (`"REQUEST"`, ...).
     pub fn name(self) -> &'static str {
         match self {
             FrameType::Request => "REQUEST",

@@ -4,7 +4,9 @@
 //! `rmp-serde` as maps keyed by field name. Decoding first runs the
 //! structural check of [`super::msgpack`] (depth, declared lengths, trailing
 //! bytes, duplicate keys), then lets `rmp-serde` fill the struct, borrowing
-//! strings from the frame instead of copying them. Unknown keys are ignored.
+//! strings from the frame instead of copying them. Unknown keys are ignored,
+//! nil for an optional key reads as absent, and an error names the key whose
+//! value was wrong.
 
 use std::fmt;
 
@@ -14,9 +16,9 @@ use super::msgpack;
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 
-/// The deepest nesting a meta map may have (spec 1.3).
+/// The deepest nesting a meta map may have (`docs/protocol.md`, "Meta").
 pub const MAX_META_DEPTH: usize = 32;
-/// The longest `trace_id`, in bytes (spec 1.3).
+/// The longest `trace_id`, in bytes (`docs/protocol.md`, "Meta").
 pub const MAX_TRACE_ID_LEN: usize = 64;
 
 /// Why a meta section was rejected. The request is answered
@@ -63,19 +65,37 @@ fn is_zero(v: &u32) -> bool {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RequestMeta<'a> {
     /// Full method name, `/{service}/{method}`.
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "key::method")]
     pub method: &'a str,
     /// The caller's remaining budget in milliseconds; 0 means none.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(
+        default,
+        deserialize_with = "key::timeout_ms",
+        skip_serializing_if = "is_zero"
+    )]
     pub timeout_ms: u32,
     /// The trace id, at most 64 bytes.
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "key::trace_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub trace_id: Option<&'a str>,
     /// Name of the calling service, for logs.
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "key::caller",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub caller: Option<&'a str>,
     /// Application metadata.
-    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "key::md",
+        skip_serializing_if = "Metadata::is_empty"
+    )]
     pub md: Metadata,
 }
 
@@ -113,21 +133,37 @@ impl<'a> RequestMeta<'a> {
 /// use syncrpc::Code;
 ///
 /// let meta = ResponseMeta { message: Some("unknown method"), ..ResponseMeta::new(Code::UNIMPLEMENTED) };
-/// let back = ResponseMeta::decode(&meta.to_vec()).unwrap();
+/// let bytes = meta.to_vec();
+/// let back = ResponseMeta::decode(&bytes).unwrap();
 /// assert_eq!(back.code(), Code::UNIMPLEMENTED);
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResponseMeta<'a> {
     /// Status code number, see [`Code`].
+    #[serde(deserialize_with = "key::code")]
     pub code: u32,
     /// Human-readable error text.
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "key::message",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub message: Option<&'a str>,
     /// The trace id the request ran under.
-    #[serde(default, borrow, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        borrow,
+        deserialize_with = "key::trace_id",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub trace_id: Option<&'a str>,
     /// Application metadata from the handler.
-    #[serde(default, skip_serializing_if = "Metadata::is_empty")]
+    #[serde(
+        default,
+        deserialize_with = "key::md",
+        skip_serializing_if = "Metadata::is_empty"
+    )]
     pub md: Metadata,
 }
 
@@ -179,9 +215,10 @@ impl<'a> ResponseMeta<'a> {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GoawayMeta<'a> {
     /// Status code number, see [`Code`].
+    #[serde(deserialize_with = "key::code")]
     pub code: u32,
     /// Why the server is going away.
-    #[serde(default, borrow)]
+    #[serde(default, borrow, deserialize_with = "key::goaway_message")]
     pub message: &'a str,
 }
 
@@ -207,6 +244,80 @@ impl<'a> GoawayMeta<'a> {
     /// Encodes the meta as a MessagePack map.
     pub fn to_vec(&self) -> Vec<u8> {
         to_vec(self)
+    }
+}
+
+/// Readers for the known keys. Each names its key in an error, so the peer
+/// learns which value was wrong, and each optional key reads nil as absent:
+/// MessagePack writers in other languages often send nil for an unset field.
+mod key {
+    use std::fmt;
+
+    use serde::de::{self, Deserialize, Deserializer, Unexpected, Visitor};
+
+    use crate::metadata::Metadata;
+
+    fn named<T, E: de::Error>(key: &str, r: Result<T, E>) -> Result<T, E> {
+        r.map_err(|e| E::custom(format_args!("key `{key}`: {e}")))
+    }
+
+    /// A MessagePack uint that fits in 32 bits, read from any integer
+    /// marker, with an error that says what arrived instead.
+    struct U32(u32);
+
+    impl<'de> Deserialize<'de> for U32 {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<U32, D::Error> {
+            struct V;
+            impl Visitor<'_> for V {
+                type Value = U32;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("an unsigned integer of at most 4294967295")
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<U32, E> {
+                    u32::try_from(v)
+                        .map(U32)
+                        .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<U32, E> {
+                    u32::try_from(v)
+                        .map(U32)
+                        .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    pub(super) fn method<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
+        named("method", <&str>::deserialize(d))
+    }
+
+    pub(super) fn code<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        named("code", U32::deserialize(d)).map(|v| v.0)
+    }
+
+    pub(super) fn timeout_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        named("timeout_ms", Option::<U32>::deserialize(d)).map(|v| v.map_or(0, |v| v.0))
+    }
+
+    pub(super) fn trace_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+        named("trace_id", Option::deserialize(d))
+    }
+
+    pub(super) fn caller<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+        named("caller", Option::deserialize(d))
+    }
+
+    pub(super) fn message<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
+        named("message", Option::deserialize(d))
+    }
+
+    pub(super) fn goaway_message<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
+        named("message", Option::deserialize(d)).map(Option::unwrap_or_default)
+    }
+
+    pub(super) fn md<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
+        named("md", Option::<Metadata>::deserialize(d)).map(Option::unwrap_or_default)
     }
 }
 
@@ -239,4 +350,69 @@ pub(crate) fn write_to<W: std::io::Write, T: Serialize>(out: &mut W, meta: &T) {
     // Serializing these structs cannot fail: every field is a string,
     // integer or string-keyed map, and the writers here are in memory.
     rmp_serde::encode::write_named(out, meta).expect("meta serialization is infallible");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{"method": "/a.A/b", <key>: nil}`.
+    fn with_nil(key: &str) -> Vec<u8> {
+        let mut v = vec![0x82, 0xa6];
+        v.extend_from_slice(b"method");
+        v.push(0xa6);
+        v.extend_from_slice(b"/a.A/b");
+        v.push(0xa0 | key.len() as u8);
+        v.extend_from_slice(key.as_bytes());
+        v.push(0xc0);
+        v
+    }
+
+    #[test]
+    fn nil_reads_as_absent_for_every_optional_key() {
+        for key in ["timeout_ms", "trace_id", "caller", "md"] {
+            let bytes = with_nil(key);
+            assert_eq!(
+                RequestMeta::decode(&bytes),
+                Ok(RequestMeta::new("/a.A/b")),
+                "{key}"
+            );
+        }
+        // {"code": 14, "message": nil, "trace_id": nil, "md": nil}
+        let resp = b"\x84\xa4code\x0e\xa7message\xc0\xa8trace_id\xc0\xa2md\xc0";
+        assert_eq!(
+            ResponseMeta::decode(resp),
+            Ok(ResponseMeta::new(Code::UNAVAILABLE))
+        );
+        // {"code": 14, "message": nil}
+        let goaway = b"\x82\xa4code\x0e\xa7message\xc0";
+        assert_eq!(
+            GoawayMeta::decode(goaway),
+            Ok(GoawayMeta::new(Code::UNAVAILABLE, ""))
+        );
+    }
+
+    #[test]
+    fn required_keys_reject_nil_and_errors_name_the_key() {
+        // {"method": nil}
+        let e = RequestMeta::decode(b"\x81\xa6method\xc0").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid meta: key `method`: invalid type: unit value, expected a borrowed string"
+        );
+        // {"code": -1}
+        let e = ResponseMeta::decode(b"\x81\xa4code\xff").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid meta: key `code`: invalid value: integer `-1`, \
+             expected an unsigned integer of at most 4294967295"
+        );
+        // {"code": "0"}
+        let e = GoawayMeta::decode(b"\x81\xa4code\xa10").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid meta: key `code`: invalid type: string \"0\", \
+             expected an unsigned integer of at most 4294967295"
+        );
+    }
 }
