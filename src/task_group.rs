@@ -98,6 +98,10 @@ struct State<E> {
     queue: VecDeque<Job>,
     /// Worker threads alive.
     running: usize,
+    /// Workers waiting for a task.
+    waiting: usize,
+    /// No more tasks will come: workers exit once the queue is empty.
+    closed: bool,
     /// Tasks spawned and not yet finished (queued or running).
     unfinished: usize,
     first_error: Option<E>,
@@ -107,7 +111,10 @@ struct State<E> {
 
 struct Shared<E> {
     state: Mutex<State<E>>,
+    /// Signalled when the group may have become idle.
     idle: Condvar,
+    /// Signalled when a task is queued or the group closes.
+    work: Condvar,
 }
 
 impl<E> Shared<E> {
@@ -143,14 +150,26 @@ impl<E> Shared<E> {
         }
     }
 
-    /// A worker: runs queued tasks until the queue is empty, then exits.
+    /// A worker: runs queued tasks, waits for more while the group is
+    /// open, exits once it is closed and the queue is empty. Reusing
+    /// workers keeps a group of many short tasks from starting a thread
+    /// for each.
     fn work(&self) {
         let mut st = self.lock();
-        while let Some(job) = st.queue.pop_front() {
-            drop(st);
-            job(false);
-            st = self.lock();
-            Shared::finish_one(&mut st, &self.idle);
+        loop {
+            if let Some(job) = st.queue.pop_front() {
+                drop(st);
+                job(false);
+                st = self.lock();
+                Shared::finish_one(&mut st, &self.idle);
+                continue;
+            }
+            if st.closed {
+                break;
+            }
+            st.waiting += 1;
+            st = self.work.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.waiting -= 1;
         }
         st.running -= 1;
         if st.running == 0 {
@@ -308,12 +327,15 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
                 state: Mutex::new(State {
                     queue: VecDeque::new(),
                     running: 0,
+                    waiting: 0,
+                    closed: false,
                     unfinished: 0,
                     first_error: None,
                     threads: Vec::new(),
                     spawned: 0,
                 }),
                 idle: Condvar::new(),
+                work: Condvar::new(),
             }),
             limit: usize::MAX,
             name: "syncrpc-task".to_owned(),
@@ -321,7 +343,7 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
     }
 
     /// Runs at most `n` tasks at once (0 is taken as 1); the rest wait in
-    /// a queue. Default: no limit, one thread per task.
+    /// a queue. Default: no limit, one thread per task running at once.
     pub fn limit(mut self, n: usize) -> TaskGroup<E> {
         self.limit = n.max(1);
         self
@@ -378,6 +400,11 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
         let mut st = self.shared.lock();
         st.unfinished += 1;
         st.queue.push_back(job);
+        if st.queue.len() <= st.waiting {
+            // A waiting worker takes it.
+            self.shared.work.notify_one();
+            return handle;
+        }
         if st.running >= self.limit {
             return handle;
         }
@@ -404,6 +431,8 @@ impl<E: From<TaskError> + Send + 'static> TaskGroup<E> {
             let mut st = self.shared.lock();
             st.running -= 1;
             if st.running > 0 {
+                // A live worker takes the task, now or when it is free.
+                self.shared.work.notify_one();
                 return;
             }
             self.shared.idle.notify_all();
@@ -433,6 +462,8 @@ impl<E> TaskGroup<E> {
     fn join_all(&self) {
         let threads = {
             let mut st = self.shared.lock();
+            st.closed = true;
+            self.shared.work.notify_all();
             while st.unfinished > 0 || st.running > 0 {
                 st = self.shared.idle.wait(st).unwrap_or_else(|e| e.into_inner());
             }
