@@ -201,7 +201,6 @@ impl Context {
     }
 
     /// The context of a request a server read (crate-internal).
-    #[allow(dead_code)] // until the server module lands
     pub(crate) fn for_request(
         method: Arc<str>,
         deadline: Option<Instant>,
@@ -425,7 +424,6 @@ impl Context {
 
     /// Takes the response metadata set so far (crate-internal: the server
     /// does this when it writes the response).
-    #[allow(dead_code)] // until the server module lands
     pub(crate) fn take_response_metadata(&self) -> Metadata {
         std::mem::take(&mut *lock(&self.root().inner.response_md))
     }

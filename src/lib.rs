@@ -1,6 +1,37 @@
 //! syncrpc: a synchronous, thread-based RPC runtime.
 //!
-//! Calling a service from any number of threads:
+//! No async, no futures: handlers are plain functions run by a fixed pool
+//! of worker threads, and the sockets are driven by a few mio event loops
+//! (see [`server`]). A [`Client`] blocks the calling thread while calls
+//! from any number of threads share its connections (see [`client`]).
+//! Requests and responses are framed as described in [`codec`].
+//!
+//! ```
+//! use syncrpc::{Context, Server, Service, Status};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Say { text: String }
+//!
+//! fn say(ctx: &Context, req: Say) -> Result<Say, Status> {
+//!     ctx.check()?; // stop early if the caller gave up
+//!     Ok(Say { text: req.text.to_uppercase() })
+//! }
+//!
+//! let server = Server::builder()
+//!     .service(Service::new("echo.Echo").method("Say", say))
+//!     .filter(syncrpc::filters::AccessLog::new())
+//!     .bind("127.0.0.1:0")?;
+//! println!("serving on {}", server.local_addr());
+//! server.shutdown();
+//! # Ok::<(), syncrpc::Error>(())
+//! ```
+//!
+//! Calling it: every call takes a [`Context`] first. Top-level code
+//! starts from [`Context::background`]; a handler passes its own, so its
+//! remaining deadline, cancellation and trace id follow the call, and a
+//! chain of services stops everywhere when the first caller's budget runs
+//! out. [`TaskGroup`] fans calls out over threads and stops them all at
+//! the first error.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -10,13 +41,14 @@
 //! struct Say { text: String }
 //!
 //! let client = Client::connect("127.0.0.1:7000")?;
-//! // Top-level code starts from the background context; a handler passes
-//! // its own, so its deadline, cancellation and trace id follow the call.
 //! let ctx = Context::background().with_timeout(Duration::from_secs(1));
 //! let reply: Say = client.call(&ctx, "/echo.Echo/Say", &Say { text: "hi".into() })?;
 //! println!("{}", reply.text);
 //! # Ok::<(), syncrpc::Error>(())
 //! ```
+//!
+//! Non-goals: async integration, streaming calls, TLS (terminate it in
+//! front), and service discovery.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -24,11 +56,14 @@ pub mod client;
 pub mod codec;
 mod context;
 mod error;
+mod filter;
+pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
 mod latch;
 mod metadata;
 pub mod pool;
+pub mod server;
 mod status;
 mod task_group;
 mod trace;
@@ -36,8 +71,10 @@ mod trace;
 pub use client::{CallOptions, Client};
 pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
 pub use error::{Error, ErrorKind, Execution};
+pub use filter::{Filter, Next, Reply, Request, Response};
 pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
+pub use server::{Server, ServerBuilder, ServerHandle, Service};
 pub use status::{Code, Status};
 pub use task_group::{TaskError, TaskGroup, TaskHandle};
 pub use trace::TraceId;

@@ -330,10 +330,12 @@ impl<T: Task> WorkerPool<T> {
                 q.task.abandon();
             }
         }
-        // Idle workers exit promptly now that the queue is empty.
-        self.shared.alive.wait_timeout(Duration::from_millis(100));
+        // Idle workers exit promptly now that the queue is empty. Once the
+        // latch is at zero every worker is past its last task and joining
+        // is immediate, even if a thread has not quite finished exiting.
+        let all_done = self.shared.alive.wait_timeout(Duration::from_millis(100));
         for (name, handle) in self.lock_threads().drain(..) {
-            if handle.is_finished() {
+            if all_done || handle.is_finished() {
                 let _ = handle.join();
             } else {
                 report.stuck.push(name);

@@ -1,0 +1,380 @@
+//! The server builder and every knob it has, with the defaults in one place.
+
+use std::fmt;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use super::Server;
+use crate::error::Error;
+use crate::filter::Filter;
+use crate::server::service::Service;
+
+/// Size and count limits (spec section 4). Every limit is enforced without
+/// allocating first: a declared length is checked before any buffer is
+/// sized from it.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::server::Limits;
+///
+/// let limits = Limits { max_connections: 100, ..Limits::default() };
+/// assert_eq!(limits.max_body, 10 * 1024 * 1024);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body, as sent and after decompression. Default
+    /// 10 MiB (spec). A larger one is answered `RESOURCE_EXHAUSTED`; on the
+    /// wire it is discarded as it arrives, never buffered, and the
+    /// connection stays open.
+    pub max_body: usize,
+    /// Largest meta section. Default 16 KiB (spec). A larger one is a
+    /// connection error: GOAWAY `INTERNAL`, then close.
+    pub max_meta: usize,
+    /// Deepest nesting of a MessagePack request body. Default 128: deep
+    /// enough for any sane message, shallow enough that decoding cannot
+    /// exhaust a worker's stack.
+    pub max_body_depth: usize,
+    /// Requests (and ONEWAYs) read and not yet answered, per connection.
+    /// Default 1024 (spec). Past it the server stops reading that
+    /// connection until some finish.
+    pub max_in_flight_per_connection: usize,
+    /// Response bytes waiting to be written, per connection. Default
+    /// 16 MiB (spec). Past it the server stops reading that connection
+    /// until they drain: a client that does not read its responses cannot
+    /// make the server buffer without bound.
+    pub max_pending_response_bytes: usize,
+    /// Request bytes held by the server (partial frames plus requests
+    /// queued or running), all connections together. Default 256 MiB
+    /// (spec). Past it the server stops reading until they drain.
+    pub max_buffered_request_bytes: usize,
+    /// Open connections. Default 10000 (spec). A connection past it gets
+    /// GOAWAY `RESOURCE_EXHAUSTED` and is closed.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: 10 * 1024 * 1024,
+            max_meta: 16 * 1024,
+            max_body_depth: crate::codec::DEFAULT_MAX_BODY_DEPTH,
+            max_in_flight_per_connection: 1024,
+            max_pending_response_bytes: 16 * 1024 * 1024,
+            max_buffered_request_bytes: 256 * 1024 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Timeouts, each named after the phase it bounds (spec sections 4 and 5).
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use syncrpc::server::Timeouts;
+///
+/// let t = Timeouts { idle: Duration::from_secs(300), ..Timeouts::default() };
+/// assert_eq!(t.frame, Duration::from_secs(30));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    /// A connection with nothing in flight that receives nothing for this
+    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (spec).
+    pub idle: Duration,
+    /// Time to receive one whole frame, from its first byte; past it the
+    /// connection is closed (a slow-loris defence). Default 30 s (spec).
+    pub frame: Duration,
+    /// Responses are waiting and the socket has accepted no byte for this
+    /// long: the connection is closed. Default 30 s (spec).
+    pub write_stall: Duration,
+    /// How long shutdown waits for requests already read to finish before
+    /// answering the queued ones `UNAVAILABLE` and cancelling the running
+    /// ones. Default 10 s (spec).
+    pub shutdown: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            idle: Duration::from_secs(60),
+            frame: Duration::from_secs(30),
+            write_stall: Duration::from_secs(30),
+            shutdown: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Everything a server is configured with.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::server::ServerConfig;
+///
+/// let cfg = ServerConfig { workers: 4, ..ServerConfig::default() };
+/// assert_eq!(cfg.queue_capacity, 4096);
+/// assert_eq!(cfg.event_loops, 1);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Worker threads running handlers. Default: the number of CPUs, at
+    /// least 4, since handlers may block on I/O.
+    pub workers: usize,
+    /// Requests that may wait for a worker. Default 4096; past it a request
+    /// is answered `RESOURCE_EXHAUSTED` at once, so the event loop never
+    /// blocks and a flood is refused rather than queued for seconds.
+    pub queue_capacity: usize,
+    /// Event-loop threads doing the socket I/O. Default 1: one loop moves
+    /// several hundred thousand small requests a second, and leaves the
+    /// cores to the handlers.
+    pub event_loops: usize,
+    /// Listen backlog. Default 1024.
+    pub backlog: i32,
+    /// Sets `TCP_NODELAY` on accepted sockets. Default true: responses are
+    /// already batched per write, Nagle's delay only adds latency.
+    pub nodelay: bool,
+    /// Prefix of the threads' names. Default `"syncrpc"`: workers are
+    /// `syncrpc-worker-N`, loops `syncrpc-loop-N`.
+    pub thread_name: String,
+    /// Size and count limits.
+    pub limits: Limits,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            workers: thread::available_parallelism().map_or(4, |n| n.get().max(4)),
+            queue_capacity: 4096,
+            event_loops: 1,
+            backlog: 1024,
+            nodelay: true,
+            thread_name: "syncrpc".to_owned(),
+            limits: Limits::default(),
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// Where a group of services listens.
+pub(crate) struct ListenerSpec {
+    pub addrs: Vec<SocketAddr>,
+    pub services: Vec<Service>,
+}
+
+/// Builds a [`Server`]: services, filters, threads, limits and timeouts.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::{Context, Server, Service, Status};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Say { text: String }
+///
+/// let echo = Service::new("echo.Echo")
+///     .method("Say", |_ctx: &Context, req: Say| Ok::<_, Status>(req));
+///
+/// let server = Server::builder()
+///     .service(echo)
+///     .workers(8)
+///     .bind("127.0.0.1:0")?;
+/// println!("listening on {}", server.local_addr());
+/// server.shutdown();
+/// # Ok::<(), syncrpc::Error>(())
+/// ```
+pub struct ServerBuilder {
+    config: ServerConfig,
+    services: Vec<Service>,
+    own: Vec<(Vec<SocketAddr>, Service)>,
+    filters: Vec<Arc<dyn Filter>>,
+    errors: Vec<String>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        ServerBuilder::new()
+    }
+}
+
+impl ServerBuilder {
+    /// A builder with the default configuration and no services.
+    pub fn new() -> ServerBuilder {
+        ServerBuilder {
+            config: ServerConfig::default(),
+            services: Vec::new(),
+            own: Vec::new(),
+            filters: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Serves `service` on the address given to [`ServerBuilder::bind`].
+    pub fn service(mut self, service: Service) -> ServerBuilder {
+        self.services.push(service);
+        self
+    }
+
+    /// Serves `service` on a listener of its own at `addr`. Services given
+    /// the same address (as resolved) share one listener.
+    pub fn service_on(mut self, addr: impl ToSocketAddrs, service: Service) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.own.push((addrs, service)),
+            Err(e) => self.errors.push(format!(
+                "cannot resolve the address of {}: {e}",
+                service.name()
+            )),
+        }
+        self
+    }
+
+    /// Appends a filter that runs around every method of every service,
+    /// before the services' own filters.
+    pub fn filter(mut self, filter: impl Filter) -> ServerBuilder {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// Sets the number of worker threads; see [`ServerConfig::workers`].
+    pub fn workers(mut self, n: usize) -> ServerBuilder {
+        self.config.workers = n;
+        self
+    }
+
+    /// Sets the work queue's capacity; see [`ServerConfig::queue_capacity`].
+    pub fn queue_capacity(mut self, n: usize) -> ServerBuilder {
+        self.config.queue_capacity = n;
+        self
+    }
+
+    /// Sets the number of event-loop threads; see
+    /// [`ServerConfig::event_loops`].
+    pub fn event_loops(mut self, n: usize) -> ServerBuilder {
+        self.config.event_loops = n;
+        self
+    }
+
+    /// Sets the listen backlog; see [`ServerConfig::backlog`].
+    pub fn backlog(mut self, n: i32) -> ServerBuilder {
+        self.config.backlog = n;
+        self
+    }
+
+    /// Sets the size and count limits.
+    pub fn limits(mut self, limits: Limits) -> ServerBuilder {
+        self.config.limits = limits;
+        self
+    }
+
+    /// Sets the timeouts.
+    pub fn timeouts(mut self, timeouts: Timeouts) -> ServerBuilder {
+        self.config.timeouts = timeouts;
+        self
+    }
+
+    /// Replaces the whole configuration.
+    pub fn config(mut self, config: ServerConfig) -> ServerBuilder {
+        self.config = config;
+        self
+    }
+
+    /// The configuration so far.
+    pub fn config_ref(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Binds the listeners, starts the event loops and the workers, and
+    /// returns the running server.
+    ///
+    /// Fails with an [`Error`] of kind `Usage` for a bad configuration (a
+    /// service registered twice on one address, a zero limit) and of kind
+    /// `Io` if a listener cannot be bound.
+    pub fn bind(self, addr: impl ToSocketAddrs) -> Result<Server, Error> {
+        if let Some(e) = self.errors.first() {
+            return Err(Error::usage(e.clone()));
+        }
+        let addrs = resolve(addr).map_err(|e| Error::io("cannot resolve the listen address", e))?;
+        let mut specs = vec![ListenerSpec {
+            addrs,
+            services: self.services,
+        }];
+        for (addrs, svc) in self.own {
+            match specs[1..].iter_mut().find(|s| s.addrs == addrs) {
+                Some(spec) => spec.services.push(svc),
+                None => specs.push(ListenerSpec {
+                    addrs,
+                    services: vec![svc],
+                }),
+            }
+        }
+        check(&self.config, &specs)?;
+        Server::start(self.config, specs, self.filters)
+    }
+}
+
+fn resolve(addr: impl ToSocketAddrs) -> std::io::Result<Vec<SocketAddr>> {
+    let addrs: Vec<SocketAddr> = addr.to_socket_addrs()?.collect();
+    if addrs.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the address resolved to nothing",
+        ));
+    }
+    Ok(addrs)
+}
+
+fn check(config: &ServerConfig, specs: &[ListenerSpec]) -> Result<(), Error> {
+    let l = &config.limits;
+    for (name, v) in [
+        ("max_body", l.max_body),
+        ("max_meta", l.max_meta),
+        ("max_body_depth", l.max_body_depth),
+        (
+            "max_in_flight_per_connection",
+            l.max_in_flight_per_connection,
+        ),
+        ("max_pending_response_bytes", l.max_pending_response_bytes),
+        ("max_buffered_request_bytes", l.max_buffered_request_bytes),
+        ("max_connections", l.max_connections),
+        ("workers", config.workers),
+        ("queue_capacity", config.queue_capacity),
+        ("event_loops", config.event_loops),
+    ] {
+        if v == 0 {
+            return Err(Error::usage(format!("{name} must be at least 1")));
+        }
+    }
+    if l.max_body > u32::MAX as usize {
+        return Err(Error::usage(format!(
+            "max_body {} is more than a frame can carry (4294967295)",
+            l.max_body
+        )));
+    }
+    for spec in specs {
+        let mut names: Vec<&str> = spec.services.iter().map(|s| s.name()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::usage(format!(
+                "service {} registered twice on {:?}",
+                w[0], spec.addrs
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("config", &self.config)
+            .field("services", &self.services)
+            .field("own", &self.own.len())
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}

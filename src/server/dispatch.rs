@@ -1,0 +1,749 @@
+//! Per-request dispatch, independent of how the bytes are read and written.
+//!
+//! A driver (the mio event loop, or any other I/O mode) decodes frames and
+//! hands each to [`Dispatcher::on_frame`], which decodes the meta, routes
+//! the method, computes the deadline, refuses duplicate ids, records the
+//! request in the connection's in-flight table and queues a
+//! [`RequestTask`] on the worker pool. Everything that answers a request,
+//! the worker's result, the deadline timer ([`DeadlineQueue`]), a full
+//! queue, a bad meta, appends its RESPONSE to the connection's output
+//! buffer here; the driver only moves bytes.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use super::buffer_pool;
+use super::builder::ServerConfig;
+use super::connection::{ConnShared, InFlight};
+use super::service::{MethodEntry, Registry};
+use crate::codec::{
+    compress, Compression, Decoded, Encoder, Flags, FrameLimits, FrameType, Header, RequestId,
+    RequestMeta, ResponseMeta, HEADER_LEN,
+};
+use crate::context::{CancelReason, Context};
+use crate::filter::{Next, Reply, Request};
+use crate::latch::{Latch, LatchGuard};
+use crate::metadata::Metadata;
+use crate::pool::{panic_message, SubmitError, Task, WorkerPool};
+use crate::status::{Code, Status};
+use crate::trace::TraceId;
+
+/// State every connection and worker of one server shares.
+pub(crate) struct ServerShared {
+    pub config: ServerConfig,
+    pub pool: WorkerPool<RequestTask>,
+    /// Request bytes held: partial frames in read buffers, and requests
+    /// queued or running.
+    pub buffered: AtomicUsize,
+    pub connections: AtomicUsize,
+    /// One count per request read and not yet answered; shutdown drains it.
+    pub requests: Latch,
+    pub shutting_down: AtomicBool,
+    next_conn_id: AtomicU64,
+    /// Responses dropped because their request had already been answered
+    /// (deadline) or cancelled, or the connection had closed.
+    pub dropped_responses: AtomicU64,
+    /// Requests answered CANCELLED because the shutdown timeout ran out
+    /// while they ran.
+    pub shutdown_cancelled: AtomicU64,
+    /// Requests answered UNAVAILABLE by the shutdown without running.
+    pub shutdown_unavailable: AtomicU64,
+}
+
+impl ServerShared {
+    pub fn new(config: ServerConfig, pool: WorkerPool<RequestTask>) -> ServerShared {
+        ServerShared {
+            config,
+            pool,
+            buffered: AtomicUsize::new(0),
+            connections: AtomicUsize::new(0),
+            requests: Latch::new(),
+            shutting_down: AtomicBool::new(false),
+            next_conn_id: AtomicU64::new(1),
+            dropped_responses: AtomicU64::new(0),
+            shutdown_cancelled: AtomicU64::new(0),
+            shutdown_unavailable: AtomicU64::new(0),
+        }
+    }
+
+    pub fn frame_limits(&self) -> FrameLimits {
+        FrameLimits {
+            max_body: self.config.limits.max_body,
+            max_meta: self.config.limits.max_meta,
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// True while the request-byte budget shared by all connections has
+    /// room for more reading.
+    pub fn has_read_budget(&self) -> bool {
+        self.buffered.load(Ordering::Relaxed) < self.config.limits.max_buffered_request_bytes
+    }
+}
+
+/// Request bytes counted against the shared budget while this lives.
+pub(crate) struct Held {
+    server: Arc<ServerShared>,
+    bytes: usize,
+}
+
+impl Held {
+    pub fn new(server: &Arc<ServerShared>, bytes: usize) -> Held {
+        server.buffered.fetch_add(bytes, Ordering::Relaxed);
+        Held {
+            server: server.clone(),
+            bytes,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.server
+            .buffered
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Appends a RESPONSE carrying `status` (empty body) for request `id`.
+pub(crate) fn write_status(
+    out: &mut Encoder,
+    id: RequestId,
+    flags: Flags,
+    status: &Status,
+    trace_id: Option<&TraceId>,
+    md: Metadata,
+) {
+    let message = status.message();
+    let mut meta = ResponseMeta {
+        message: (!message.is_empty()).then_some(message),
+        trace_id: trace_id.map(TraceId::as_str),
+        md,
+        ..ResponseMeta::new(status.code())
+    };
+    if meta.md.is_empty() && !status.metadata().is_empty() {
+        meta.md = status.metadata().clone();
+    }
+    if let Err(e) = out.response(id, flags, &meta, &[]) {
+        // Only a message or metadata over 64 KiB gets here.
+        log::error!("cannot encode the response to request {id}: {e}");
+        let fallback = ResponseMeta {
+            message: Some("the response meta was too large to encode"),
+            trace_id: trace_id.map(TraceId::as_str),
+            ..ResponseMeta::new(Code::INTERNAL)
+        };
+        let _ = out.response(id, flags, &fallback, &[]);
+    }
+}
+
+fn write_ok(
+    out: &mut Encoder,
+    id: RequestId,
+    flags: Flags,
+    body: &[u8],
+    trace_id: Option<&TraceId>,
+    md: Metadata,
+) {
+    let meta = ResponseMeta {
+        trace_id: trace_id.map(TraceId::as_str),
+        md,
+        ..ResponseMeta::new(Code::OK)
+    };
+    if let Err(e) = out.response(id, flags, &meta, body) {
+        log::error!("cannot encode the response to request {id}: {e}");
+        let status = Status::internal(format!("cannot encode the response: {e}"));
+        write_status(out, id, flags, &status, trace_id, Metadata::new());
+    }
+}
+
+/// Routes the frames of the connections of one listener.
+pub(crate) struct Dispatcher {
+    pub server: Arc<ServerShared>,
+    pub registry: Arc<Registry>,
+}
+
+impl Dispatcher {
+    /// Handles one decoded frame of `conn`, read at `read_at`. Answers that
+    /// need no handler (errors, PONG) are appended to the connection's
+    /// output; the driver writes it after the batch.
+    pub fn on_frame(
+        &self,
+        conn: &Arc<ConnShared>,
+        decoded: Decoded,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) {
+        match decoded {
+            Decoded::Frame(frame) => match frame.header.frame_type {
+                FrameType::Request | FrameType::Oneway => {
+                    self.request(conn, frame.header, &frame.meta, frame.body, read_at, timers)
+                }
+                FrameType::Cancel => cancel(conn, frame.header.request_id),
+                FrameType::Ping => {
+                    let mut st = conn.lock();
+                    if !st.closed {
+                        st.out.pong(frame.header.request_id);
+                    }
+                }
+                // An answer to a PING we never send: nothing to do.
+                FrameType::Pong => {}
+                // The decoder refuses frames sent in the wrong direction.
+                FrameType::Response | FrameType::Goaway => {}
+            },
+            Decoded::BodyTooLarge { header, meta } => {
+                let limit = self.server.config.limits.max_body;
+                log::debug!(
+                    "conn {}: request {} body too large: {} > {limit} bytes",
+                    conn.id,
+                    header.request_id,
+                    header.body_len
+                );
+                if header.frame_type == FrameType::Request {
+                    let trace = RequestMeta::decode(&meta)
+                        .ok()
+                        .and_then(|m| m.trace_id.and_then(TraceId::new));
+                    let status = Status::resource_exhausted(format!(
+                        "body too large: {} > {limit} bytes",
+                        header.body_len
+                    ));
+                    let mut st = conn.lock();
+                    if !st.closed {
+                        write_status(
+                            &mut st.out,
+                            header.request_id,
+                            header.flags,
+                            &status,
+                            trace.as_ref(),
+                            Metadata::new(),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn request(
+        &self,
+        conn: &Arc<ConnShared>,
+        header: Header,
+        meta_bytes: &Bytes,
+        body: Bytes,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) {
+        let id = header.request_id;
+        let flags = header.flags;
+        let oneway = header.frame_type == FrameType::Oneway;
+        // Answers a request that is refused before it is in flight.
+        let refuse = |status: Status, trace: Option<&TraceId>| {
+            log::debug!("conn {}: request {id} refused: {status}", conn.id);
+            if oneway {
+                return;
+            }
+            let mut st = conn.lock();
+            if !st.closed {
+                write_status(&mut st.out, id, flags, &status, trace, Metadata::new());
+            }
+        };
+        let meta = match RequestMeta::decode(meta_bytes) {
+            Ok(m) => m,
+            Err(e) => return refuse(e.to_status(), None),
+        };
+        // check_trace_id in decode() bounds the length, so this is Some.
+        let trace_id = meta
+            .trace_id
+            .and_then(TraceId::new)
+            .unwrap_or_else(TraceId::generate);
+        if let Err(v) = flags.compression() {
+            return refuse(
+                Status::unimplemented(format!("compression {v} is reserved")),
+                Some(&trace_id),
+            );
+        }
+        if let Err(v) = flags.encoding() {
+            return refuse(
+                Status::unimplemented(format!("body encoding {v} is reserved")),
+                Some(&trace_id),
+            );
+        }
+        let method = match self.registry.lookup(meta.method) {
+            Ok(m) => m.clone(),
+            Err(status) => return refuse(status, Some(&trace_id)),
+        };
+        let timeout = [
+            (meta.timeout_ms > 0).then(|| Duration::from_millis(u64::from(meta.timeout_ms))),
+            method.timeout,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let deadline = timeout.and_then(|t| read_at.checked_add(t));
+        let ctx = Context::for_request(
+            method.full_name.clone(),
+            deadline,
+            trace_id,
+            meta.caller,
+            conn.peer,
+            meta.md,
+        );
+        let held = Held::new(&self.server, HEADER_LEN + meta_bytes.len() + body.len());
+
+        let seq = {
+            let mut st = conn.lock();
+            if st.closed {
+                return;
+            }
+            if st.draining {
+                drop(st);
+                return refuse(
+                    Status::unavailable("the server is shutting down; the request was not run"),
+                    Some(&trace_id),
+                );
+            }
+            if oneway {
+                st.oneway_running += 1;
+                0
+            } else if st.in_flight.contains_key(&id) {
+                drop(st);
+                return refuse(
+                    Status::invalid_argument(format!("request id {id} is already in flight")),
+                    Some(&trace_id),
+                );
+            } else {
+                let seq = st.next_seq();
+                st.in_flight.insert(
+                    id,
+                    InFlight {
+                        seq,
+                        ctx: ctx.clone(),
+                        started: false,
+                        read_at,
+                        timeout,
+                        flags,
+                        _count: self.server.requests.guard(),
+                    },
+                );
+                seq
+            }
+        };
+        let task = RequestTask {
+            conn: conn.clone(),
+            method,
+            ctx,
+            id,
+            seq,
+            flags,
+            body,
+            held,
+            oneway_count: oneway.then(|| self.server.requests.guard()),
+        };
+        match self.server.pool.try_submit(task) {
+            Ok(()) => {
+                if let (Some(at), false) = (deadline, oneway) {
+                    timers.push(at, conn, id, seq);
+                }
+            }
+            Err(e) => {
+                let status = match &e {
+                    SubmitError::Full(_) => Status::resource_exhausted(format!(
+                        "work queue full ({} requests waiting)",
+                        self.server.config.queue_capacity
+                    )),
+                    SubmitError::Closed(_) => {
+                        Status::unavailable("the server is shutting down; the request was not run")
+                    }
+                };
+                log::debug!("conn {}: request {id} not queued: {status}", conn.id);
+                e.into_inner().finish(Err(status));
+            }
+        }
+    }
+}
+
+/// CANCEL: the request leaves the in-flight table (so it is never
+/// answered) and its context is cancelled; a queued task then does not run.
+fn cancel(conn: &ConnShared, id: RequestId) {
+    let entry = conn.lock().in_flight.remove(&id);
+    match entry {
+        Some(e) => e.ctx.cancel(CancelReason::Cancelled),
+        None => log::debug!("conn {}: CANCEL for request {id}, not in flight", conn.id),
+    }
+}
+
+/// Answers request `id` DEADLINE_EXCEEDED if it is still in flight as
+/// `seq`, and cancels its context: whatever its handler returns later is
+/// dropped. Returns true if a response was appended.
+pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -> bool {
+    let entry = {
+        let mut st = conn.lock();
+        match st.in_flight.get(&id) {
+            Some(e) if e.seq == seq && !st.closed => {}
+            _ => return false,
+        }
+        let Some(e) = st.in_flight.remove(&id) else {
+            return false;
+        };
+        let status = deadline_status(&e, now);
+        write_status(
+            &mut st.out,
+            id,
+            e.flags,
+            &status,
+            e.ctx.trace_id().as_ref(),
+            Metadata::new(),
+        );
+        e
+    };
+    entry.ctx.cancel(CancelReason::DeadlineExceeded);
+    true
+}
+
+fn deadline_status(e: &InFlight, now: Instant) -> Status {
+    let timeout = e.timeout.unwrap_or_default().as_millis();
+    let waited = now.saturating_duration_since(e.read_at).as_millis();
+    if e.started {
+        Status::deadline_exceeded(format!(
+            "deadline exceeded: the handler did not finish within {timeout} ms"
+        ))
+    } else {
+        Status::deadline_exceeded(format!(
+            "deadline exceeded after waiting {waited} ms in the queue (timeout {timeout} ms); not run"
+        ))
+    }
+}
+
+fn recycle(reply: Reply) {
+    if let Some(buf) = reply.ok().and_then(|r| r.into_vec()) {
+        buffer_pool::give(buf);
+    }
+}
+
+/// Ends what is still in flight on `conn` when the shutdown timeout ran
+/// out: requests a worker is running are answered CANCELLED and their
+/// contexts cancelled; requests still queued are answered UNAVAILABLE (they
+/// did not run, so a retry is safe).
+pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
+    let ended: Vec<InFlight> = {
+        let mut st = conn.lock();
+        if st.closed {
+            return;
+        }
+        let ids: Vec<RequestId> = st.in_flight.keys().copied().collect();
+        let mut ended = Vec::with_capacity(ids.len());
+        for id in ids {
+            let Some(e) = st.in_flight.remove(&id) else {
+                continue;
+            };
+            let status = if e.started {
+                server.shutdown_cancelled.fetch_add(1, Ordering::Relaxed);
+                CancelReason::Shutdown.to_status()
+            } else {
+                server.shutdown_unavailable.fetch_add(1, Ordering::Relaxed);
+                Status::unavailable("the server is shutting down; the request was not run")
+            };
+            let trace = e.ctx.trace_id();
+            write_status(
+                &mut st.out,
+                id,
+                e.flags,
+                &status,
+                trace.as_ref(),
+                Metadata::new(),
+            );
+            ended.push(e);
+        }
+        ended
+    };
+    for e in ended {
+        e.ctx.cancel(CancelReason::Shutdown);
+    }
+}
+
+/// One request on its way through the worker pool.
+pub(crate) struct RequestTask {
+    conn: Arc<ConnShared>,
+    method: Arc<MethodEntry>,
+    ctx: Context,
+    id: RequestId,
+    /// 0 for a ONEWAY, which is not in the in-flight table.
+    seq: u64,
+    flags: Flags,
+    body: Bytes,
+    held: Held,
+    /// A ONEWAY's count on the drain latch (a REQUEST's is in its entry).
+    oneway_count: Option<LatchGuard>,
+}
+
+impl RequestTask {
+    fn is_oneway(&self) -> bool {
+        self.oneway_count.is_some()
+    }
+
+    /// Marks the request started; false if it is no longer wanted
+    /// (cancelled, answered by the deadline timer, or the connection closed).
+    fn claim(&self) -> bool {
+        let mut st = self.conn.lock();
+        if st.closed {
+            return false;
+        }
+        if self.is_oneway() {
+            return !self.ctx.is_cancelled();
+        }
+        match st.in_flight.get_mut(&self.id) {
+            Some(e) if e.seq == self.seq => {
+                e.started = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Delivers the outcome: appends the RESPONSE if the request is still
+    /// in flight, and wakes the driver if it needs to know.
+    fn finish(self, reply: Reply) {
+        if self.is_oneway() {
+            let wake = {
+                let mut st = self.conn.lock();
+                st.oneway_running -= 1;
+                st.should_wake()
+            };
+            if wake {
+                self.conn.wake();
+            }
+            recycle(reply);
+            return;
+        }
+        let md = self.ctx.take_response_metadata();
+        let trace = self.ctx.trace_id();
+        // Compressing under the lock would hold up the other workers
+        // answering on this connection.
+        let compression = self.flags.compression().unwrap_or_default();
+        let packed = match (&reply, compression) {
+            (Ok(resp), c) if c != Compression::None => {
+                let mut packed = buffer_pool::take();
+                compress(c, resp.body(), &mut packed);
+                Some(packed)
+            }
+            _ => None,
+        };
+        let mut st = self.conn.lock();
+        let live = !st.closed && matches!(st.in_flight.get(&self.id), Some(e) if e.seq == self.seq);
+        if !live {
+            drop(st);
+            if let Some(p) = packed {
+                buffer_pool::give(p);
+            }
+            self.drop_result(reply);
+            return;
+        }
+        let entry = st.in_flight.remove(&self.id);
+        // A result that comes at or after the deadline is dropped even if
+        // the timer has not fired yet: the answer is DEADLINE_EXCEEDED.
+        let now = Instant::now();
+        let late = match (&entry, self.ctx.deadline()) {
+            (Some(e), Some(d)) if now >= d => Some(deadline_status(e, now)),
+            _ => None,
+        };
+        if late.is_some() {
+            self.held
+                .server
+                .dropped_responses
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        match (&reply, &late) {
+            (_, Some(status)) => write_status(
+                &mut st.out,
+                self.id,
+                self.flags,
+                status,
+                trace.as_ref(),
+                Metadata::new(),
+            ),
+            (Ok(resp), None) => {
+                let body = packed.as_deref().unwrap_or(resp.body());
+                write_ok(&mut st.out, self.id, self.flags, body, trace.as_ref(), md);
+            }
+            (Err(status), None) => {
+                write_status(&mut st.out, self.id, self.flags, status, trace.as_ref(), md)
+            }
+        }
+        let wake = st.should_wake();
+        drop(st);
+        // The entry holds a count on the drain latch: release it only once
+        // the response is in the output buffer.
+        drop(entry);
+        if wake {
+            self.conn.wake();
+        }
+        if let Some(p) = packed {
+            buffer_pool::give(p);
+        }
+        recycle(reply);
+    }
+
+    fn drop_result(&self, reply: Reply) {
+        self.held
+            .server
+            .dropped_responses
+            .fetch_add(1, Ordering::Relaxed);
+        recycle(reply);
+        // The driver may be waiting for a slot to free up.
+        let wake = self.conn.lock().should_wake();
+        if wake {
+            self.conn.wake();
+        }
+    }
+
+    fn call(&mut self) -> Reply {
+        let req = Request::new(self.flags, std::mem::take(&mut self.body), self.is_oneway());
+        let next = Next::new(&self.method.filters, &*self.method.endpoint);
+        match panic::catch_unwind(AssertUnwindSafe(|| next.run(&self.ctx, req))) {
+            Ok(reply) => reply,
+            Err(payload) => {
+                let msg = panic_message(&*payload);
+                log::error!(
+                    "handler for {} panicked (trace id {}): {msg}",
+                    self.method.full_name,
+                    self.ctx.trace_id().unwrap_or_else(TraceId::generate)
+                );
+                Err(Status::internal(format!("the handler panicked: {msg}")))
+            }
+        }
+    }
+}
+
+impl Task for RequestTask {
+    fn run(mut self) {
+        if !self.claim() {
+            if self.is_oneway() {
+                self.finish(Err(Status::cancelled("not run")));
+            } else {
+                self.drop_result(Err(Status::cancelled("not run")));
+            }
+            return;
+        }
+        let reply = self.call();
+        self.finish(reply);
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.ctx.deadline()
+    }
+
+    fn expire(self, queued_for: Duration) {
+        let status = Status::deadline_exceeded(format!(
+            "deadline exceeded after waiting {} ms in the queue; not run",
+            queued_for.as_millis()
+        ));
+        self.ctx.cancel(CancelReason::DeadlineExceeded);
+        self.finish(Err(status));
+    }
+
+    fn abandon(self) {
+        self.finish(Err(Status::unavailable(
+            "the server is shutting down; the request was not run",
+        )));
+    }
+}
+
+struct Timer {
+    at: Instant,
+    seq: u64,
+    id: RequestId,
+    conn: Weak<ConnShared>,
+}
+
+impl PartialEq for Timer {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.seq) == (other.at, other.seq)
+    }
+}
+impl Eq for Timer {}
+impl PartialOrd for Timer {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Timer {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.seq).cmp(&(other.at, other.seq))
+    }
+}
+
+/// Request deadlines of the connections one driver thread serves.
+///
+/// Entries are not removed when their request finishes; instead the heap
+/// is swept of finished requests whenever it has doubled since the last
+/// sweep, which keeps it proportional to the requests in flight.
+pub(crate) struct DeadlineQueue {
+    heap: BinaryHeap<Reverse<Timer>>,
+    sweep_at: usize,
+}
+
+const MIN_SWEEP: usize = 1024;
+
+impl DeadlineQueue {
+    pub fn new() -> DeadlineQueue {
+        DeadlineQueue {
+            heap: BinaryHeap::new(),
+            sweep_at: MIN_SWEEP,
+        }
+    }
+
+    pub fn push(&mut self, at: Instant, conn: &Arc<ConnShared>, id: RequestId, seq: u64) {
+        if self.heap.len() >= self.sweep_at {
+            self.sweep();
+        }
+        self.heap.push(Reverse(Timer {
+            at,
+            seq,
+            id,
+            conn: Arc::downgrade(conn),
+        }));
+    }
+
+    fn sweep(&mut self) {
+        let mut timers = std::mem::take(&mut self.heap).into_vec();
+        timers.retain(|Reverse(t)| {
+            t.conn.upgrade().is_some_and(|c| {
+                let st = c.lock();
+                !st.closed && st.in_flight.get(&t.id).is_some_and(|e| e.seq == t.seq)
+            })
+        });
+        self.heap = BinaryHeap::from(timers);
+        self.sweep_at = (self.heap.len() * 2).max(MIN_SWEEP);
+    }
+
+    /// The earliest deadline, if any.
+    pub fn next(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse(t)| t.at)
+    }
+
+    /// Answers DEADLINE_EXCEEDED every request whose deadline is at or
+    /// before `now`, calling `touched` for each connection that got a
+    /// response.
+    pub fn expire_due(&mut self, now: Instant, mut touched: impl FnMut(&Arc<ConnShared>)) {
+        while let Some(Reverse(t)) = self.heap.peek() {
+            if t.at > now {
+                break;
+            }
+            let Some(Reverse(t)) = self.heap.pop() else {
+                break;
+            };
+            if let Some(conn) = t.conn.upgrade() {
+                if expire(&conn, t.id, t.seq, now) {
+                    touched(&conn);
+                }
+            }
+        }
+    }
+}

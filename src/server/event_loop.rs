@@ -1,0 +1,807 @@
+//! Event mode: mio event loops that accept, read, decode and write without
+//! blocking, and hand requests to the worker pool.
+//!
+//! Each loop owns its connections. Reads go into one loop-wide buffer and
+//! are copied into an arena that complete frames are cut from, so a request
+//! costs no allocation of its own; only a partial frame is kept per
+//! connection, in a buffer sized to what actually arrived, which is what
+//! lets thousands of stalled connections cost next to nothing. Workers
+//! append responses to the connection's shared output buffer and wake the
+//! loop once per batch; the loop writes every response produced meanwhile
+//! in one `write`.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
+
+use super::connection::{ConnShared, Wake};
+use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
+use crate::codec::{Decoder, Encoder, GoawayMeta, ProtocolError, Side};
+use crate::latch::LatchGuard;
+use crate::status::Code;
+
+const WAKER: Token = Token(usize::MAX);
+/// Listener `i` has token `LISTENER_BASE - i`.
+const LISTENER_BASE: usize = usize::MAX - 1;
+/// One read takes at most this much.
+const READ_CHUNK: usize = 64 * 1024;
+/// The arena frames are cut from is replaced in steps of this size.
+const ARENA_SIZE: usize = 256 * 1024;
+/// A partial-frame buffer that grew past this is released once empty.
+const KEEP_PARTIAL: usize = 4 * 1024;
+/// Output buffers that grew past this are released once drained.
+const KEEP_OUTPUT: usize = 256 * 1024;
+/// Recheck interval while reading is paused for the shared byte budget.
+const BUDGET_RECHECK: Duration = Duration::from_millis(5);
+/// First and longest pause of accepting after an accept error (out of
+/// file descriptors, out of memory).
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// How long a stopping loop keeps trying to flush before closing.
+const FINAL_FLUSH: Duration = Duration::from_secs(1);
+
+/// Lifecycle of a loop, set by the server's shutdown.
+pub(crate) const RUNNING: u8 = 0;
+/// Listeners closed, GOAWAY sent, new requests answered UNAVAILABLE.
+pub(crate) const DRAINING: u8 = 1;
+/// Answer what is left, flush, close everything, exit.
+pub(crate) const STOPPING: u8 = 2;
+
+/// What the server and the workers share with one loop.
+pub(crate) struct LoopShared {
+    ready: Mutex<Vec<Arc<ConnShared>>>,
+    waker: Waker,
+    phase: AtomicU8,
+}
+
+impl LoopShared {
+    pub fn set_phase(&self, phase: u8) {
+        self.phase.fetch_max(phase, Ordering::SeqCst);
+        self.poke();
+    }
+
+    fn poke(&self) {
+        if let Err(e) = self.waker.wake() {
+            log::error!("cannot wake an event loop: {e}");
+        }
+    }
+}
+
+impl Wake for LoopShared {
+    fn wake(&self, conn: &Arc<ConnShared>) {
+        let first = {
+            let mut ready = self.ready.lock().unwrap_or_else(|e| e.into_inner());
+            ready.push(conn.clone());
+            ready.len() == 1
+        };
+        // One wake-up per batch: the loop takes the whole list at once.
+        if first {
+            self.poke();
+        }
+    }
+}
+
+/// A listening socket as one loop sees it (each loop has its own clone).
+pub(crate) struct ListenerEntry {
+    pub listener: TcpListener,
+    pub dispatcher: Arc<Dispatcher>,
+}
+
+enum Flushed {
+    Gone,
+    Failed,
+    Done { drained: bool },
+}
+
+struct Conn {
+    shared: Arc<ConnShared>,
+    stream: TcpStream,
+    dispatcher: Arc<Dispatcher>,
+    decoder: Decoder,
+    /// A partial frame carried over between reads (usually empty).
+    partial: BytesMut,
+    /// Bytes of `partial` counted in the server's budget.
+    counted: usize,
+    /// Output taken from the shared buffer, being written.
+    writing: BytesMut,
+    last_activity: Instant,
+    frame_started: Option<Instant>,
+    write_blocked_since: Option<Instant>,
+    closing_since: Option<Instant>,
+    /// The peer may still send (no EOF, no protocol error).
+    read_open: bool,
+    /// Reading stopped at a limit; resume when the limit clears.
+    paused: bool,
+    /// Close once everything in flight is answered and written.
+    closing: bool,
+    _count: LatchGuard,
+}
+
+pub(crate) struct EventLoop {
+    name: String,
+    poll: Poll,
+    shared: Arc<LoopShared>,
+    server: Arc<ServerShared>,
+    listeners: Vec<Option<ListenerEntry>>,
+    conns: Slab<Conn>,
+    timers: DeadlineQueue,
+    read_buf: Vec<u8>,
+    arena: BytesMut,
+    ready: Vec<Arc<ConnShared>>,
+    touched: Vec<usize>,
+    accept_backoff: Duration,
+    accept_resume: Option<Instant>,
+    budget_paused: bool,
+    next_sweep: Instant,
+    sweep_every: Duration,
+    phase: u8,
+    stop_deadline: Option<Instant>,
+    conn_latch: crate::latch::Latch,
+}
+
+impl EventLoop {
+    pub fn new(
+        name: String,
+        server: Arc<ServerShared>,
+        listeners: Vec<ListenerEntry>,
+        conn_latch: crate::latch::Latch,
+    ) -> io::Result<(EventLoop, Arc<LoopShared>)> {
+        let poll = Poll::new()?;
+        let waker = Waker::new(poll.registry(), WAKER)?;
+        let shared = Arc::new(LoopShared {
+            ready: Mutex::new(Vec::new()),
+            waker,
+            phase: AtomicU8::new(RUNNING),
+        });
+        let mut entries = Vec::with_capacity(listeners.len());
+        for (i, mut l) in listeners.into_iter().enumerate() {
+            poll.registry().register(
+                &mut l.listener,
+                Token(LISTENER_BASE - i),
+                Interest::READABLE,
+            )?;
+            entries.push(Some(l));
+        }
+        let t = &server.config.timeouts;
+        let shortest = t.idle.min(t.frame).min(t.write_stall);
+        let sweep_every = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        let lp = EventLoop {
+            name,
+            poll,
+            shared: shared.clone(),
+            server,
+            listeners: entries,
+            conns: Slab::new(),
+            timers: DeadlineQueue::new(),
+            read_buf: vec![0; READ_CHUNK],
+            arena: BytesMut::with_capacity(ARENA_SIZE),
+            ready: Vec::new(),
+            touched: Vec::new(),
+            accept_backoff: ACCEPT_BACKOFF_MIN,
+            accept_resume: None,
+            budget_paused: false,
+            next_sweep: Instant::now() + sweep_every,
+            sweep_every,
+            phase: RUNNING,
+            stop_deadline: None,
+            conn_latch,
+        };
+        Ok((lp, shared))
+    }
+
+    /// Runs until the server stops.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    log::error!("{}: poll failed: {e}", self.name);
+                    self.phase = STOPPING;
+                }
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                        self.accept(LISTENER_BASE - t);
+                    }
+                    Token(slot) => {
+                        if event.is_writable() {
+                            self.flush(slot);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(slot);
+                        }
+                    }
+                }
+            }
+            self.take_ready();
+            let now = Instant::now();
+            self.fire_timers(now);
+            if self.handle_phase(now) {
+                break;
+            }
+        }
+        self.close_all();
+    }
+
+    fn poll_timeout(&self) -> Option<Duration> {
+        let now = Instant::now();
+        let mut next = Some(self.next_sweep);
+        let mut at = |t: Option<Instant>| {
+            if let Some(t) = t {
+                next = Some(next.map_or(t, |n: Instant| n.min(t)));
+            }
+        };
+        at(self.timers.next());
+        at(self.accept_resume);
+        at(self.stop_deadline);
+        if self.budget_paused {
+            at(Some(now + BUDGET_RECHECK));
+        }
+        next.map(|t| t.saturating_duration_since(now))
+    }
+
+    fn accept(&mut self, index: usize) {
+        if self.accept_resume.is_some() || self.phase != RUNNING {
+            return;
+        }
+        loop {
+            let Some(Some(entry)) = self.listeners.get(index) else {
+                return;
+            };
+            match entry.listener.accept() {
+                Ok((stream, peer)) => {
+                    self.accept_backoff = ACCEPT_BACKOFF_MIN;
+                    let dispatcher = entry.dispatcher.clone();
+                    self.add_conn(stream, peer, dispatcher);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    // Out of file descriptors or memory: accepting again at
+                    // once would spin. Wait, or until a connection closes.
+                    log::error!(
+                        "{}: accept failed, pausing for {:?}: {e}",
+                        self.name,
+                        self.accept_backoff
+                    );
+                    self.accept_resume = Some(Instant::now() + self.accept_backoff);
+                    self.accept_backoff = (self.accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_accepting(&mut self) {
+        if self.accept_resume.take().is_some() {
+            for i in 0..self.listeners.len() {
+                self.accept(i);
+            }
+        }
+    }
+
+    fn add_conn(&mut self, mut stream: TcpStream, peer: SocketAddr, dispatcher: Arc<Dispatcher>) {
+        let server = &self.server;
+        let count = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
+        if count > server.config.limits.max_connections {
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            log::debug!("{}: refusing {peer}: {count} connections", self.name);
+            let mut enc = Encoder::new();
+            let msg = format!(
+                "too many connections (limit {})",
+                server.config.limits.max_connections
+            );
+            let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, &msg));
+            // Best effort: a fresh socket's send buffer takes a few bytes.
+            let _ = stream.write(enc.as_slice());
+            let _ = stream.shutdown(std::net::Shutdown::Write);
+            return;
+        }
+        if server.config.nodelay {
+            if let Err(e) = stream.set_nodelay(true) {
+                log::debug!("{}: set_nodelay for {peer}: {e}", self.name);
+            }
+        }
+        let entry = self.conns.vacant_entry();
+        let slot = entry.key();
+        let wake: Arc<dyn Wake> = self.shared.clone();
+        let shared = Arc::new(ConnShared::new(
+            server.next_conn_id(),
+            slot,
+            Some(peer),
+            wake,
+        ));
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(slot),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("{}: cannot register {peer}: {e}", self.name);
+            server.connections.fetch_sub(1, Ordering::SeqCst);
+            return;
+        }
+        log::trace!("{}: conn {} from {peer}", self.name, shared.id);
+        let now = Instant::now();
+        entry.insert(Conn {
+            shared,
+            stream,
+            dispatcher,
+            decoder: Decoder::new(Side::Server, server.frame_limits()),
+            partial: BytesMut::new(),
+            counted: 0,
+            writing: BytesMut::new(),
+            last_activity: now,
+            frame_started: None,
+            write_blocked_since: None,
+            closing_since: None,
+            read_open: true,
+            paused: false,
+            closing: false,
+            _count: self.conn_latch.guard(),
+        });
+        if self.phase != RUNNING {
+            self.goaway_draining(slot);
+        }
+    }
+
+    /// Whether `slot` may read now; if not, marks it paused so that the
+    /// next finished request or drained buffer resumes it.
+    fn may_read(&mut self, slot: usize) -> bool {
+        let budget = self.server.has_read_budget();
+        let limits = &self.server.config.limits;
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if !conn.read_open || self.phase == STOPPING {
+            return false;
+        }
+        let mut st = conn.shared.lock();
+        let full = st.active() >= limits.max_in_flight_per_connection
+            || st.out.len() + conn.writing.len() >= limits.max_pending_response_bytes;
+        if full || !budget {
+            st.read_paused = full;
+            conn.paused = true;
+            if !budget {
+                self.budget_paused = true;
+            }
+            return false;
+        }
+        st.read_paused = false;
+        conn.paused = false;
+        true
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        // Frames left over from a paused batch go first.
+        if !self.decode_partial(slot) {
+            return;
+        }
+        loop {
+            if !self.may_read(slot) {
+                break;
+            }
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return;
+            };
+            let n = match conn.stream.read(&mut self.read_buf) {
+                Ok(0) => {
+                    self.peer_closed(slot);
+                    break;
+                }
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    log::debug!("{}: conn {} read: {e}", self.name, conn.shared.id);
+                    self.close(slot);
+                    return;
+                }
+            };
+            conn.last_activity = Instant::now();
+            let ok = if conn.partial.is_empty() {
+                if self.arena.capacity() < n {
+                    self.arena.reserve(ARENA_SIZE.max(n));
+                }
+                self.arena.extend_from_slice(&self.read_buf[..n]);
+                self.decode(slot, true)
+            } else {
+                conn.partial.extend_from_slice(&self.read_buf[..n]);
+                self.decode(slot, false)
+            };
+            if !ok {
+                return;
+            }
+        }
+        self.flush(slot);
+    }
+
+    /// Decodes whatever the partial buffer holds; false if the connection
+    /// closed.
+    fn decode_partial(&mut self, slot: usize) -> bool {
+        match self.conns.get(slot) {
+            Some(c) if !c.partial.is_empty() => self.decode(slot, false),
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// Cuts frames off the arena (`from_arena`) or the connection's partial
+    /// buffer and dispatches them, stopping early at the in-flight and
+    /// pending-bytes limits. Whatever is left is kept in the partial
+    /// buffer. Returns false if the connection was closed.
+    fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
+        let now = Instant::now();
+        let mut failed = None;
+        loop {
+            let Some(conn) = self.conns.get_mut(slot) else {
+                return false;
+            };
+            let buf = if from_arena {
+                &mut self.arena
+            } else {
+                &mut conn.partial
+            };
+            if buf.is_empty() && !conn.decoder.is_mid_frame(buf) {
+                break;
+            }
+            let decoded = match conn.decoder.decode(buf) {
+                Ok(Some(d)) => d,
+                Ok(None) => break,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
+            let dispatcher = conn.dispatcher.clone();
+            let shared = conn.shared.clone();
+            dispatcher.on_frame(&shared, decoded, now, &mut self.timers);
+            if !self.may_read(slot) {
+                break;
+            }
+        }
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return false;
+        };
+        if from_arena && !self.arena.is_empty() {
+            // Keep the rest in a buffer of its own, sized to it, so the
+            // arena stays shared by every connection.
+            conn.partial.reserve(self.arena.len());
+            conn.partial.extend_from_slice(&self.arena);
+            self.arena.clear();
+        }
+        if conn.partial.is_empty() && conn.partial.capacity() > KEEP_PARTIAL {
+            conn.partial = BytesMut::new();
+        }
+        let held = conn.partial.len();
+        if held != conn.counted {
+            let budget = &self.server.buffered;
+            if held > conn.counted {
+                budget.fetch_add(held - conn.counted, Ordering::Relaxed);
+            } else {
+                budget.fetch_sub(conn.counted - held, Ordering::Relaxed);
+            }
+            conn.counted = held;
+        }
+        conn.frame_started = if conn.decoder.is_mid_frame(&conn.partial) {
+            conn.frame_started.or(Some(now))
+        } else {
+            None
+        };
+        if let Some(e) = failed {
+            self.protocol_error(slot, e);
+            return self.conns.contains(slot);
+        }
+        true
+    }
+
+    fn protocol_error(&mut self, slot: usize, e: ProtocolError) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        log::debug!(
+            "{}: conn {} ({:?}) protocol error: {e}",
+            self.name,
+            conn.shared.id,
+            conn.shared.peer
+        );
+        conn.read_open = false;
+        self.goaway(slot, Code::INTERNAL, &e.to_string());
+        self.start_closing(slot);
+    }
+
+    fn peer_closed(&mut self, slot: usize) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        conn.read_open = false;
+        if let Err(e) = conn.decoder.finish(&conn.partial) {
+            log::debug!("{}: conn {}: {e}", self.name, conn.shared.id);
+            self.goaway(slot, Code::INTERNAL, &e.to_string());
+        }
+        // Every request read is still answered; then the connection closes.
+        self.start_closing(slot);
+    }
+
+    fn goaway(&mut self, slot: usize, code: Code, message: &str) {
+        if let Some(conn) = self.conns.get(slot) {
+            let mut st = conn.shared.lock();
+            if !st.closed {
+                // A GOAWAY meta is a code and a message: it fits unless the
+                // message is over 64 KiB, which ours never are.
+                let _ = st.out.goaway(&GoawayMeta::new(code, message));
+            }
+        }
+    }
+
+    fn goaway_draining(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get(slot) {
+            conn.shared.lock().draining = true;
+        }
+        self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
+        self.flush(slot);
+    }
+
+    fn start_closing(&mut self, slot: usize) {
+        if let Some(conn) = self.conns.get_mut(slot) {
+            conn.closing = true;
+            conn.closing_since.get_or_insert_with(Instant::now);
+        }
+        self.flush(slot);
+    }
+
+    /// Writes what the connection has to write, until the socket would
+    /// block; closes it if it is closing and done.
+    fn flush(&mut self, slot: usize) {
+        match self.write_out(slot) {
+            Flushed::Gone => {}
+            Flushed::Failed => self.close(slot),
+            Flushed::Done { drained } => {
+                let Some(conn) = self.conns.get(slot) else {
+                    return;
+                };
+                if conn.closing && drained && conn.shared.lock().active() == 0 {
+                    self.close(slot);
+                } else if conn.paused && self.phase != STOPPING {
+                    // Room may have opened up; the socket will not say so.
+                    self.on_readable_resume(slot);
+                }
+            }
+        }
+    }
+
+    fn write_out(&mut self, slot: usize) -> Flushed {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return Flushed::Gone;
+        };
+        loop {
+            if conn.writing.is_empty() {
+                let mut st = conn.shared.lock();
+                st.notified = false;
+                if st.out.is_empty() {
+                    st.out.shrink_if_idle(KEEP_OUTPUT);
+                    break;
+                }
+                conn.writing = st.out.split();
+            }
+            match (&conn.stream).write(&conn.writing) {
+                Ok(0) => return Flushed::Failed,
+                Ok(n) => {
+                    conn.writing.advance(n);
+                    conn.write_blocked_since = None;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.write_blocked_since.get_or_insert_with(Instant::now);
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    log::debug!("{}: conn {} write: {e}", self.name, conn.shared.id);
+                    return Flushed::Failed;
+                }
+            }
+        }
+        let drained = conn.writing.is_empty();
+        if drained && conn.writing.capacity() > 0 {
+            // Drop our share of the output allocation so the shared
+            // buffer can reclaim it in place.
+            conn.writing = BytesMut::new();
+        }
+        Flushed::Done { drained }
+    }
+
+    fn on_readable_resume(&mut self, slot: usize) {
+        let can = match self.conns.get(slot) {
+            Some(c) => c.read_open,
+            None => false,
+        };
+        if can && self.may_read(slot) {
+            self.on_readable(slot);
+        }
+    }
+
+    fn close(&mut self, slot: usize) {
+        let Some(conn) = self.conns.try_remove(slot) else {
+            return;
+        };
+        let cancelled = conn.shared.close();
+        if cancelled > 0 {
+            log::debug!(
+                "{}: conn {} closed with {cancelled} requests in flight",
+                self.name,
+                conn.shared.id
+            );
+        }
+        let mut stream = conn.stream;
+        let _ = self.poll.registry().deregister(&mut stream);
+        self.server
+            .buffered
+            .fetch_sub(conn.counted, Ordering::Relaxed);
+        self.server.connections.fetch_sub(1, Ordering::SeqCst);
+        drop(stream);
+        // A file descriptor came free: accepting may work again.
+        if self.accept_resume.is_some() {
+            self.resume_accepting();
+        }
+    }
+
+    /// Takes the connections workers woke the loop for, and writes their
+    /// output or resumes their reading.
+    fn take_ready(&mut self) {
+        {
+            let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+            if ready.is_empty() {
+                return;
+            }
+            std::mem::swap(&mut *ready, &mut self.ready);
+        }
+        let mut ready = std::mem::take(&mut self.ready);
+        for conn in ready.drain(..) {
+            // The slot may have been reused by a newer connection: only the
+            // connection the worker held is served.
+            match self.conns.get(conn.slot) {
+                Some(c) if Arc::ptr_eq(&c.shared, &conn) => self.flush(conn.slot),
+                _ => {}
+            }
+        }
+        self.ready = ready;
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        let mut touched = std::mem::take(&mut self.touched);
+        let conns = &self.conns;
+        self.timers.expire_due(now, |c| match conns.get(c.slot) {
+            Some(conn) if Arc::ptr_eq(&conn.shared, c) => touched.push(c.slot),
+            _ => {}
+        });
+        for slot in touched.drain(..) {
+            self.flush(slot);
+        }
+        self.touched = touched;
+        if self.accept_resume.is_some_and(|t| t <= now) {
+            self.accept_resume = Some(now);
+            self.resume_accepting();
+        }
+        if self.budget_paused && self.server.has_read_budget() {
+            self.budget_paused = false;
+            let paused: Vec<usize> = self
+                .conns
+                .iter()
+                .filter(|(_, c)| c.paused)
+                .map(|(k, _)| k)
+                .collect();
+            for slot in paused {
+                self.on_readable_resume(slot);
+            }
+        }
+        if now >= self.next_sweep {
+            self.next_sweep = now + self.sweep_every;
+            self.sweep(now);
+        }
+    }
+
+    /// Enforces the idle, whole-frame, write-stall and closing timeouts.
+    fn sweep(&mut self, now: Instant) {
+        let t = self.server.config.timeouts.clone();
+        let mut stalled = Vec::new();
+        let mut idle = Vec::new();
+        for (slot, c) in self.conns.iter() {
+            let since = |at: Option<Instant>| at.map(|a| now.saturating_duration_since(a));
+            if since(c.write_blocked_since).is_some_and(|d| d >= t.write_stall) {
+                log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
+                stalled.push(slot);
+            } else if since(c.frame_started).is_some_and(|d| d >= t.frame) {
+                log::debug!(
+                    "{}: conn {} sent no whole frame in {:?}, closing",
+                    self.name,
+                    c.shared.id,
+                    t.frame
+                );
+                stalled.push(slot);
+            } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {
+                stalled.push(slot);
+            } else if !c.closing
+                && c.frame_started.is_none()
+                && now.saturating_duration_since(c.last_activity) >= t.idle
+                && c.writing.is_empty()
+            {
+                let st = c.shared.lock();
+                if st.active() == 0 && st.out.is_empty() {
+                    idle.push(slot);
+                }
+            }
+        }
+        for slot in stalled {
+            self.close(slot);
+        }
+        for slot in idle {
+            if let Some(c) = self.conns.get_mut(slot) {
+                c.read_open = false;
+            }
+            let msg = format!("idle for {} ms", t.idle.as_millis());
+            self.goaway(slot, Code::UNAVAILABLE, &msg);
+            self.start_closing(slot);
+        }
+    }
+
+    /// Follows the server's shutdown; true when the loop should exit.
+    fn handle_phase(&mut self, now: Instant) -> bool {
+        let phase = self.shared.phase.load(Ordering::SeqCst);
+        if phase == self.phase {
+            return self.phase == STOPPING && self.stopped(now);
+        }
+        if self.phase == RUNNING && phase >= DRAINING {
+            self.phase = DRAINING;
+            for entry in self.listeners.iter_mut() {
+                if let Some(mut e) = entry.take() {
+                    let _ = self.poll.registry().deregister(&mut e.listener);
+                }
+            }
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for slot in slots {
+                self.goaway_draining(slot);
+            }
+        }
+        if phase == STOPPING {
+            self.phase = STOPPING;
+            self.stop_deadline = Some(now + FINAL_FLUSH);
+            let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+            for slot in slots {
+                if let Some(c) = self.conns.get_mut(slot) {
+                    c.read_open = false;
+                    c.closing = true;
+                    dispatch::end_for_shutdown(&c.shared, &self.server);
+                }
+                self.flush(slot);
+            }
+            return self.stopped(now);
+        }
+        false
+    }
+
+    fn stopped(&self, now: Instant) -> bool {
+        self.conns.is_empty() || self.stop_deadline.is_some_and(|d| now >= d)
+    }
+
+    fn close_all(&mut self) {
+        let slots: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for slot in slots {
+            self.close(slot);
+        }
+    }
+}

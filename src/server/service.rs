@@ -1,0 +1,321 @@
+//! Services, their methods, and the registry a listener routes requests by.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use super::handler::{BodyLimits, Raw, RawHandler, Typed, UnaryHandler};
+use crate::filter::{Endpoint, Filter};
+use crate::status::Status;
+
+type MakeEndpoint = Box<dyn FnOnce(BodyLimits) -> Arc<dyn Endpoint> + Send>;
+
+struct MethodDef {
+    name: String,
+    timeout: Option<Duration>,
+    make: MakeEndpoint,
+}
+
+/// A named group of methods, reached as `/{service}/{method}`.
+///
+/// A service carries its own timeout and filters; both apply to each of
+/// its methods, after the server's.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use syncrpc::{Context, Service, Status};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Say { text: String }
+///
+/// let echo = Service::new("echo.Echo")
+///     .method("Say", |_ctx: &Context, req: Say| Ok::<_, Status>(req))
+///     .method_timeout("Say", Duration::from_millis(500))
+///     .timeout(Duration::from_secs(2));
+/// assert_eq!(echo.name(), "echo.Echo");
+/// assert_eq!(echo.method_names().collect::<Vec<_>>(), ["Say"]);
+/// ```
+pub struct Service {
+    name: String,
+    methods: Vec<MethodDef>,
+    timeout: Option<Duration>,
+    filters: Vec<Arc<dyn Filter>>,
+}
+
+fn check_name(kind: &str, name: &str) {
+    assert!(
+        !name.is_empty() && !name.contains('/'),
+        "invalid {kind} name {name:?}: it must be non-empty and contain no '/'"
+    );
+}
+
+impl Service {
+    /// A service named `name` (e.g. `"echo.Echo"`), with no methods yet.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is empty or contains `/`.
+    pub fn new(name: impl Into<String>) -> Service {
+        let name = name.into();
+        check_name("service", &name);
+        Service {
+            name,
+            methods: Vec::new(),
+            timeout: None,
+            filters: Vec::new(),
+        }
+    }
+
+    /// The service's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The names of its methods, in the order they were added.
+    pub fn method_names(&self) -> impl Iterator<Item = &str> {
+        self.methods.iter().map(|m| m.name.as_str())
+    }
+
+    fn add(mut self, name: String, make: MakeEndpoint) -> Service {
+        check_name("method", &name);
+        assert!(
+            self.methods.iter().all(|m| m.name != name),
+            "method {name:?} defined twice in service {:?}",
+            self.name
+        );
+        self.methods.push(MethodDef {
+            name,
+            timeout: None,
+            make,
+        });
+        self
+    }
+
+    /// Adds a method with a typed handler: the request body is decoded
+    /// from MessagePack into `Req`, the `Resp` returned is encoded back.
+    ///
+    /// # Panics
+    ///
+    /// If `name` is empty, contains `/`, or is already a method here.
+    pub fn method<Req, Resp, H>(self, name: impl Into<String>, handler: H) -> Service
+    where
+        H: UnaryHandler<Req, Resp>,
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+    {
+        self.add(
+            name.into(),
+            Box::new(move |limits| Arc::new(Typed::new(handler, limits))),
+        )
+    }
+
+    /// Adds a method with a raw handler: bodies are bytes (encoding 1),
+    /// passed through untouched apart from decompression.
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn raw_method<H: RawHandler>(self, name: impl Into<String>, handler: H) -> Service {
+        self.add(
+            name.into(),
+            Box::new(move |limits| Arc::new(Raw::new(handler, limits))),
+        )
+    }
+
+    /// Sets a timeout for one method, counted from when the request was
+    /// read. The effective deadline is the earliest of the caller's, the
+    /// method's and the service's.
+    ///
+    /// # Panics
+    ///
+    /// If the service has no method `method`.
+    pub fn method_timeout(mut self, method: &str, timeout: Duration) -> Service {
+        let service = &self.name;
+        let def = self
+            .methods
+            .iter_mut()
+            .find(|m| m.name == method)
+            .unwrap_or_else(|| panic!("service {service:?} has no method {method:?}"));
+        def.timeout = Some(timeout);
+        self
+    }
+
+    /// Sets a timeout for every method of the service. No timeout by
+    /// default.
+    pub fn timeout(mut self, timeout: Duration) -> Service {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Appends a filter that runs around every method of this service,
+    /// after the server's filters.
+    pub fn filter(mut self, filter: impl Filter) -> Service {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+}
+
+impl fmt::Debug for Service {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Service")
+            .field("name", &self.name)
+            .field("methods", &self.method_names().collect::<Vec<_>>())
+            .field("timeout", &self.timeout)
+            .field("filters", &self.filters.len())
+            .finish()
+    }
+}
+
+/// One routable method, with everything dispatch needs.
+pub(crate) struct MethodEntry {
+    /// `/{service}/{method}`, shared with every request's context.
+    pub full_name: Arc<str>,
+    /// The earlier of the method's and the service's timeouts.
+    pub timeout: Option<Duration>,
+    /// Server filters, then service filters.
+    pub filters: Box<[Arc<dyn Filter>]>,
+    pub endpoint: Arc<dyn Endpoint>,
+}
+
+/// The methods one listener serves, by full name.
+pub(crate) struct Registry {
+    methods: HashMap<Box<str>, Arc<MethodEntry>>,
+    services: Vec<String>,
+}
+
+fn min_timeout(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+impl Registry {
+    /// Builds the routing table of `services`, each method behind
+    /// `server_filters` and then its service's filters.
+    pub(crate) fn new(
+        services: Vec<Service>,
+        server_filters: &[Arc<dyn Filter>],
+        limits: BodyLimits,
+    ) -> Registry {
+        let mut methods = HashMap::new();
+        let mut names = Vec::with_capacity(services.len());
+        for svc in services {
+            let filters: Box<[Arc<dyn Filter>]> = server_filters
+                .iter()
+                .chain(svc.filters.iter())
+                .cloned()
+                .collect();
+            for def in svc.methods {
+                let full_name: Arc<str> = format!("/{}/{}", svc.name, def.name).into();
+                let entry = MethodEntry {
+                    full_name: full_name.clone(),
+                    timeout: min_timeout(def.timeout, svc.timeout),
+                    filters: filters.clone(),
+                    endpoint: (def.make)(limits),
+                };
+                methods.insert(Box::from(&*full_name), Arc::new(entry));
+            }
+            names.push(svc.name);
+        }
+        Registry {
+            methods,
+            services: names,
+        }
+    }
+
+    /// The method named `name`, or the UNIMPLEMENTED status that answers a
+    /// request for it.
+    pub(crate) fn lookup(&self, name: &str) -> Result<&Arc<MethodEntry>, Status> {
+        if let Some(m) = self.methods.get(name) {
+            return Ok(m);
+        }
+        let mut parts = name.strip_prefix('/').map(|rest| rest.split('/'));
+        let well_formed = match &mut parts {
+            Some(p) => {
+                let segs: [Option<&str>; 3] = [p.next(), p.next(), p.next()];
+                matches!(segs, [Some(s), Some(m), None] if !s.is_empty() && !m.is_empty())
+            }
+            None => false,
+        };
+        if !well_formed {
+            return Err(Status::unimplemented(format!(
+                "malformed method name {name:?}: expected /service/method"
+            )));
+        }
+        let service = name[1..].split('/').next().unwrap_or_default();
+        if self.services.iter().any(|s| s == service) {
+            Err(Status::unimplemented(format!("unknown method {name}")))
+        } else {
+            Err(Status::unimplemented(format!(
+                "unknown service {service} (method {name})"
+            )))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::DEFAULT_MAX_BODY_DEPTH;
+    use crate::context::Context;
+    use crate::status::Code;
+
+    fn registry() -> Registry {
+        let svc = Service::new("echo.Echo")
+            .method("Say", |_: &Context, s: String| Ok::<_, Status>(s))
+            .method_timeout("Say", Duration::from_secs(3))
+            .timeout(Duration::from_secs(1));
+        Registry::new(
+            vec![svc],
+            &[],
+            BodyLimits {
+                max_body: 1024,
+                max_depth: DEFAULT_MAX_BODY_DEPTH,
+            },
+        )
+    }
+
+    #[test]
+    fn routes_by_full_name_with_the_earliest_timeout() {
+        let r = registry();
+        let m = r.lookup("/echo.Echo/Say").unwrap();
+        assert_eq!(&*m.full_name, "/echo.Echo/Say");
+        assert_eq!(m.timeout, Some(Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn unknown_and_malformed_names_are_unimplemented() {
+        let r = registry();
+        for (name, text) in [
+            ("/echo.Echo/Nope", "unknown method /echo.Echo/Nope"),
+            (
+                "/other.Svc/Say",
+                "unknown service other.Svc (method /other.Svc/Say)",
+            ),
+            ("echo.Echo/Say", "malformed method name"),
+            ("/echo.Echo/Say/x", "malformed method name"),
+            ("//Say", "malformed method name"),
+            ("/echo.Echo/", "malformed method name"),
+            ("", "malformed method name"),
+        ] {
+            let err = r.lookup(name).err().unwrap();
+            assert_eq!(err.code(), Code::UNIMPLEMENTED, "{name}");
+            assert!(err.message().starts_with(text), "{name}: {}", err.message());
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "defined twice")]
+    fn duplicate_methods_are_refused() {
+        let _ = Service::new("a.B")
+            .raw_method("M", |_: &Context, b: bytes::Bytes| Ok::<_, Status>(b))
+            .raw_method("M", |_: &Context, b: bytes::Bytes| Ok::<_, Status>(b));
+    }
+}

@@ -1,0 +1,151 @@
+//! Slow, cancelled and orphaned requests, across connections.
+
+mod util;
+
+use std::time::Duration;
+
+use syncrpc::codec::{Flags, RequestMeta};
+use syncrpc::CancelReason;
+use util::{echo_service, encode, gate_service, say, Mode, RawClient};
+
+per_mode!(
+    a_slow_handler_does_not_block_other_connections,
+    cancel_of_a_queued_request_means_it_never_runs,
+    cancel_of_a_running_request_cancels_its_context,
+    a_closed_connection_never_leaks_its_response_to_a_newcomer,
+    closing_a_connection_cancels_what_it_had_in_flight,
+    a_half_closed_connection_is_answered_before_it_closes,
+);
+
+fn a_slow_handler_does_not_block_other_connections(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .workers(2)
+        .service(gate)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut slow = RawClient::connect(server.local_addr());
+    slow.call(1, "/gate.Gate/Block", &());
+    g.wait_started(1);
+    let mut others: Vec<RawClient> = (0..5)
+        .map(|_| RawClient::connect(server.local_addr()))
+        .collect();
+    for (i, c) in others.iter_mut().enumerate() {
+        c.call(i as u32, "/echo.Echo/Say", &say("quick"));
+    }
+    for c in others.iter_mut() {
+        assert_eq!(c.response().decode::<util::Say>(), say("quick"));
+    }
+    g.release(1);
+    assert_eq!(slow.response().decode::<String>(), "done");
+}
+
+fn cancel_of_a_queued_request_means_it_never_runs(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .workers(1)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    c.call(1, "/gate.Gate/Block", &());
+    g.wait_started(1);
+    c.call(2, "/gate.Gate/Count", &());
+    util::eventually("the request to be queued", || {
+        server.stats().pool.queued == 1
+    });
+    c.cancel(2);
+    // The cancelled request leaves the in-flight table at once.
+    util::eventually("the cancel to land", || {
+        server.stats().requests_in_flight == 1
+    });
+    g.release(1);
+    assert_eq!(c.response().id, 1);
+    c.call(3, "/gate.Gate/Count", &());
+    // No response for 2: the next frame answers 3.
+    assert_eq!(c.response().id, 3);
+    assert_eq!(g.calls(), 1);
+}
+
+fn cancel_of_a_running_request_cancels_its_context(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    c.call(1, "/gate.Gate/Wait", &());
+    g.wait_started(1);
+    c.cancel(1);
+    assert_eq!(
+        g.cancelled.recv_timeout(util::WAIT).unwrap(),
+        Some(CancelReason::Cancelled)
+    );
+    c.call(2, "/gate.Gate/Count", &());
+    assert_eq!(c.response().id, 2, "a cancelled request is not answered");
+}
+
+fn a_closed_connection_never_leaks_its_response_to_a_newcomer(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut old = RawClient::connect(server.local_addr());
+    old.call_raw(7, "/gate.Gate/BlockRaw", b"old response");
+    g.wait_started(1);
+    old.abort();
+    util::eventually("the old connection to close", || {
+        server.stats().connections == 0
+    });
+    // The newcomer takes the freed slot, and uses the same request id.
+    let mut new = RawClient::connect(server.local_addr());
+    new.call(1, "/echo.Echo/Say", &say("hello"));
+    assert_eq!(new.response().id, 1);
+    g.release(1);
+    util::eventually("the orphaned result to be dropped", || {
+        server.stats().dropped_responses == 1
+    });
+    new.call_raw(7, "/echo.Echo/Raw", b"new response");
+    let r = new.response();
+    assert_eq!((r.id, &r.body[..]), (7, &b"new response"[..]));
+    new.expect_silence(Duration::from_millis(100));
+}
+
+fn closing_a_connection_cancels_what_it_had_in_flight(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    let meta = RequestMeta::new("/gate.Gate/Wait");
+    c.call_meta(1, &meta, Flags::default(), &encode(&()));
+    g.wait_started(1);
+    c.abort();
+    assert_eq!(
+        g.cancelled.recv_timeout(util::WAIT).unwrap(),
+        Some(CancelReason::Cancelled)
+    );
+    util::eventually("nothing in flight", || {
+        server.stats().requests_in_flight == 0
+    });
+}
+
+fn a_half_closed_connection_is_answered_before_it_closes(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    c.call(1, "/gate.Gate/Block", &());
+    g.wait_started(1);
+    c.stream.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(server.stats().connections, 1);
+    g.release(1);
+    assert_eq!(c.response().decode::<String>(), "done");
+    c.expect_closed();
+}
