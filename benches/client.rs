@@ -1,11 +1,13 @@
 //! Client throughput and cost: one call at a time on one connection versus
 //! many threads pipelining on one connection.
 //!
-//! The server is this same binary started again as a child process (with
-//! `SYNCRPC_BENCH_SERVER=1`): a minimal echo server on the codec that
-//! answers each batch of requests it reads with one write. Keeping it in
-//! another process means this process's CPU time, read from
-//! `/proc/self/stat`, is the client's alone: callers and IO thread.
+//! The server is this same binary started again as a child process, so
+//! that this process's CPU time, read from `/proc/self/stat`, is the
+//! client's alone: callers and IO thread. `BENCH_SERVER` picks it: `real`
+//! (default) is the crate's `Server` with an echo service; `raw` is a
+//! minimal echo on the codec that answers each batch of requests it reads
+//! with one write, to see the client with a server that costs nearly
+//! nothing.
 //!
 //! Run with `cargo bench --bench client`. `BENCH_SECS` sets the length of
 //! each case (default 3), `BENCH_THREADS` the pipelined thread counts
@@ -22,7 +24,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use serde::{Deserialize, Serialize};
 use syncrpc::codec::{Decoded, Decoder, Encoder, FrameLimits, FrameType, ResponseMeta, Side};
-use syncrpc::{Client, Code, Context};
+use syncrpc::{Client, Code, Context, Server, Service, Status};
 
 #[derive(Serialize, Deserialize)]
 struct Say {
@@ -30,10 +32,11 @@ struct Say {
 }
 
 fn main() {
-    if std::env::var_os("SYNCRPC_BENCH_SERVER").is_some() {
-        serve();
+    if let Ok(kind) = std::env::var("SYNCRPC_BENCH_SERVER") {
+        serve(&kind);
         return;
     }
+    let server_kind = env_or("BENCH_SERVER", "real");
     let secs: u64 = env_or("BENCH_SECS", "3").parse().expect("BENCH_SECS");
     let threads: Vec<usize> = env_or("BENCH_THREADS", "16,64")
         .split(',')
@@ -42,7 +45,7 @@ fn main() {
     let run_for = Duration::from_secs(secs);
 
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .env("SYNCRPC_BENCH_SERVER", "1")
+        .env("SYNCRPC_BENCH_SERVER", &server_kind)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -58,7 +61,9 @@ fn main() {
     // Warm up: connect, fill buffers and caches.
     measure(&client, 4, Duration::from_millis(300), server_pid);
 
-    println!("client benchmark: echo of a 1-field struct over one connection to {addr}");
+    println!(
+        "client benchmark: echo of a 1-field struct over one connection to a {server_kind} server at {addr}"
+    );
     println!(
         "{:<28} {:>12} {:>16} {:>16}",
         "case", "req/s", "client CPU/call", "server CPU/call"
@@ -158,17 +163,38 @@ fn ticks_to_us(ticks: u64) -> f64 {
     ticks as f64 * 10_000.0
 }
 
-/// The echo server: a thread per connection, each batch of requests read
-/// together answered with one write.
-fn serve() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    println!("{}", listener.local_addr().unwrap());
-    std::io::stdout().flush().unwrap();
+/// The server process: prints its address, serves until stdin closes.
+fn serve(kind: &str) {
     // Exit when the parent closes our stdin.
     thread::spawn(|| {
         let _ = std::io::stdin().read_to_end(&mut Vec::new());
         std::process::exit(0);
     });
+    match kind {
+        "raw" => serve_raw(),
+        "real" => serve_real(),
+        other => panic!("BENCH_SERVER must be raw or real, not {other}"),
+    }
+}
+
+fn serve_real() {
+    let server = Server::builder()
+        .service(
+            Service::new("echo.Echo").method("Say", |_: &Context, req: Say| Ok::<_, Status>(req)),
+        )
+        .bind("127.0.0.1:0")
+        .unwrap();
+    println!("{}", server.local_addr());
+    std::io::stdout().flush().unwrap();
+    server.wait();
+}
+
+/// The raw echo server: a thread per connection, each batch of requests
+/// read together answered with one write.
+fn serve_raw() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    println!("{}", listener.local_addr().unwrap());
+    std::io::stdout().flush().unwrap();
     for stream in listener.incoming() {
         let stream = stream.unwrap();
         thread::spawn(move || echo(stream));

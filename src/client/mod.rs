@@ -255,7 +255,41 @@ impl Client {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        self.call_with(ctx, method, req, &CallOptions::new().timeout(timeout))
+        match Instant::now().checked_add(timeout) {
+            Some(deadline) => self.call_deadline(ctx, method, req, deadline),
+            // So far off that it is no deadline at all.
+            None => self.call(ctx, method, req),
+        }
+    }
+
+    /// [`Client::call`] that gives up at `deadline` (or the context's
+    /// deadline, if earlier).
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use std::time::{Duration, Instant};
+    /// use syncrpc::client::Client;
+    /// use syncrpc::Context;
+    ///
+    /// let client = Client::connect("127.0.0.1:7000")?;
+    /// let deadline = Instant::now() + Duration::from_millis(100);
+    /// let n: u64 = client.call_deadline(
+    ///     &Context::background(), "/counter.Counter/Get", &(), deadline)?;
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn call_deadline<Req, Resp>(
+        &self,
+        ctx: &Context,
+        method: &str,
+        req: &Req,
+        deadline: Instant,
+    ) -> Result<Resp, Error>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.call_with(ctx, method, req, &CallOptions::new().deadline(deadline))
             .map(Response::into_body)
     }
 
@@ -415,7 +449,7 @@ impl Client {
     /// ```
     pub fn ping(&self, ctx: &Context) -> Result<Duration, Error> {
         let start = Instant::now();
-        let deadline = self.deadline(ctx, None, start);
+        let deadline = self.deadline(ctx, &CallOptions::new(), start);
         check_live(ctx, deadline, start)?;
         let conn = self.inner.balancer.pick(None, deadline, ctx, false)?;
         let sent = Instant::now();
@@ -423,14 +457,15 @@ impl Client {
         Ok(sent.elapsed())
     }
 
-    /// The earliest of the context's deadline, the call's timeout and the
-    /// client's default timeout.
-    fn deadline(&self, ctx: &Context, timeout: Option<Duration>, now: Instant) -> Option<Instant> {
-        [timeout, self.inner.config.timeouts.call]
+    /// The earliest of the context's deadline, the call's deadline and
+    /// timeout, and the client's default timeout.
+    fn deadline(&self, ctx: &Context, opts: &CallOptions, now: Instant) -> Option<Instant> {
+        [opts.get_timeout(), self.inner.config.timeouts.call]
             .into_iter()
             .flatten()
             .filter_map(|t| now.checked_add(t))
             .chain(ctx.deadline())
+            .chain(opts.get_deadline())
             .min()
     }
 
@@ -460,7 +495,7 @@ impl Client {
         let config = &self.inner.config;
         check_method(method)?;
         let start = Instant::now();
-        let deadline = self.deadline(ctx, opts.get_timeout(), start);
+        let deadline = self.deadline(ctx, opts, start);
         check_live(ctx, deadline, start)?;
         if body.len() > config.max_body {
             return Err(too_large("request body", body.len(), config.max_body));
@@ -698,21 +733,22 @@ mod tests {
             .unwrap();
         let now = Instant::now();
         let bg = Context::background();
-        assert_eq!(
-            client.deadline(&bg, None, now),
-            Some(now + Duration::from_secs(10))
-        );
-        assert_eq!(
-            client.deadline(&bg, Some(Duration::from_secs(1)), now),
-            Some(now + Duration::from_secs(1))
-        );
+        let none = CallOptions::new();
+        let secs = |n| now + Duration::from_secs(n);
+        assert_eq!(client.deadline(&bg, &none, now), Some(secs(10)));
+        let opts = CallOptions::new().timeout(Duration::from_secs(1));
+        assert_eq!(client.deadline(&bg, &opts, now), Some(secs(1)));
+        let opts = CallOptions::new()
+            .deadline(secs(2))
+            .timeout(Duration::from_secs(3));
+        assert_eq!(client.deadline(&bg, &opts, now), Some(secs(2)));
         let ctx = bg.with_deadline(now + Duration::from_millis(5));
         assert_eq!(
-            client.deadline(&ctx, Some(Duration::from_secs(1)), now),
+            client.deadline(&ctx, &opts, now),
             Some(now + Duration::from_millis(5))
         );
         let plain = Client::connect("127.0.0.1:1").unwrap();
-        assert_eq!(plain.deadline(&bg, None, now), None);
+        assert_eq!(plain.deadline(&bg, &none, now), None);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Per-call options and the response a call returns.
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::retry::RetryPolicy;
 use crate::codec::Compression;
@@ -12,7 +12,8 @@ use crate::trace::TraceId;
 /// client's configuration.
 ///
 /// The call's deadline is the earliest of the context's deadline, this
-/// timeout and the client's default timeout; the trace id is this one, else
+/// deadline or timeout and the client's default timeout; the trace id is
+/// this one, else
 /// the context's, else none (the server assigns one and sends it back in
 /// [`Response::trace_id`]).
 ///
@@ -35,6 +36,7 @@ use crate::trace::TraceId;
 #[derive(Clone, Debug, Default)]
 pub struct CallOptions {
     timeout: Option<Duration>,
+    deadline: Option<Instant>,
     metadata: Metadata,
     compression: Option<Compression>,
     compress_min_size: Option<usize>,
@@ -55,6 +57,13 @@ impl CallOptions {
     /// answers, and the server is sent CANCEL.
     pub fn timeout(mut self, timeout: Duration) -> CallOptions {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// Gives the call until `deadline`; like [`CallOptions::timeout`], as
+    /// an instant.
+    pub fn deadline(mut self, deadline: Instant) -> CallOptions {
+        self.deadline = Some(deadline);
         self
     }
 
@@ -114,6 +123,11 @@ impl CallOptions {
     /// The timeout set with [`CallOptions::timeout`].
     pub fn get_timeout(&self) -> Option<Duration> {
         self.timeout
+    }
+
+    /// The deadline set with [`CallOptions::deadline`].
+    pub fn get_deadline(&self) -> Option<Instant> {
+        self.deadline
     }
 
     /// The request metadata.
