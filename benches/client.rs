@@ -9,9 +9,13 @@
 //! with one write, to see the client with a server that costs nearly
 //! nothing.
 //!
-//! Run with `cargo bench --bench client`. `BENCH_SECS` sets the length of
-//! each case (default 3), `BENCH_THREADS` the pipelined thread counts
-//! (default `16,64`).
+//! The cases run interleaved for `BENCH_ROUNDS` rounds (default 5) of
+//! `BENCH_SECS` seconds each (default 2), and the medians are reported with
+//! their range: on a shared machine a burst of other work then slows every
+//! case alike instead of skewing one of them. `BENCH_THREADS` sets the
+//! pipelined thread counts (default `16,64`).
+//!
+//! Run with `cargo bench --bench client`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -37,12 +41,15 @@ fn main() {
         return;
     }
     let server_kind = env_or("BENCH_SERVER", "real");
-    let secs: u64 = env_or("BENCH_SECS", "3").parse().expect("BENCH_SECS");
-    let threads: Vec<usize> = env_or("BENCH_THREADS", "16,64")
-        .split(',')
-        .map(|n| n.trim().parse().expect("BENCH_THREADS"))
-        .collect();
-    let run_for = Duration::from_secs(secs);
+    let secs: f64 = env_or("BENCH_SECS", "2").parse().expect("BENCH_SECS");
+    let rounds: usize = env_or("BENCH_ROUNDS", "5").parse().expect("BENCH_ROUNDS");
+    let mut threads: Vec<usize> = vec![1];
+    threads.extend(
+        env_or("BENCH_THREADS", "16,64")
+            .split(',')
+            .map(|n| n.trim().parse::<usize>().expect("BENCH_THREADS")),
+    );
+    let run_for = Duration::from_secs_f64(secs);
 
     let mut child = Command::new(std::env::current_exe().unwrap())
         .env("SYNCRPC_BENCH_SERVER", &server_kind)
@@ -62,40 +69,62 @@ fn main() {
     measure(&client, 4, Duration::from_millis(300), server_pid);
 
     println!(
-        "client benchmark: echo of a 1-field struct over one connection to a {server_kind} server at {addr}"
+        "client benchmark: echo of a 1-field struct over one connection to a {server_kind} \
+         server at {addr}; {rounds} interleaved rounds of {secs} s, medians [min-max]"
     );
+    let mut results: Vec<Vec<Result>> = threads.iter().map(|_| Vec::new()).collect();
+    for _ in 0..rounds {
+        for (i, &n) in threads.iter().enumerate() {
+            results[i].push(measure(&client, n, run_for, server_pid));
+        }
+    }
     println!(
-        "{:<28} {:>12} {:>16} {:>16}",
-        "case", "req/s", "client CPU/call", "server CPU/call"
+        "{:<26} {:>24} {:>16} {:>16} {:>10}",
+        "case", "req/s", "client CPU/call", "server CPU/call", "vs 1 thr"
     );
-    let base = measure(&client, 1, run_for, server_pid);
-    base.print("1 thread, one at a time");
-    for &n in &threads {
-        let r = measure(&client, n, run_for, server_pid);
-        r.print(&format!("{n} threads, pipelined"));
+    let base = median(results[0].iter().map(|r| r.rate));
+    for (i, &n) in threads.iter().enumerate() {
+        let rs = &results[i];
+        let rates: Vec<f64> = rs.iter().map(|r| r.rate).collect();
+        let (lo, hi) = (
+            rates.iter().cloned().fold(f64::INFINITY, f64::min),
+            rates.iter().cloned().fold(0.0, f64::max),
+        );
+        let rate = median(rates.iter().cloned());
+        let name = if n == 1 {
+            "1 thread, one at a time".to_owned()
+        } else {
+            format!("{n} threads, pipelined")
+        };
         println!(
-            "{:<28} {:>12.2}x",
-            format!("  speed-up over 1 thread"),
-            r.rate / base.rate
+            "{name:<26} {:>8.0} [{:>6.0}-{:>6.0}] {:>13.1} us {:>13.1} us {:>9.2}x",
+            rate,
+            lo,
+            hi,
+            median(rs.iter().map(|r| r.client_cpu_us)),
+            median(rs.iter().map(|r| r.server_cpu_us)),
+            rate / base
         );
     }
     drop(child.stdin.take());
     let _ = child.wait();
 }
 
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
 struct Result {
     rate: f64,
     client_cpu_us: f64,
     server_cpu_us: f64,
-}
-
-impl Result {
-    fn print(&self, name: &str) {
-        println!(
-            "{name:<28} {:>12.0} {:>13.1} us {:>13.1} us",
-            self.rate, self.client_cpu_us, self.server_cpu_us
-        );
-    }
 }
 
 fn measure(client: &Client, threads: usize, run_for: Duration, server_pid: u32) -> Result {
