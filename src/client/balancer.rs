@@ -251,3 +251,39 @@ fn unavailable(mut failures: Vec<Unreachable>) -> Error {
     };
     Error::new(kind, status).with_execution(Execution::NotRun)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resolving_again_keeps_the_endpoints_that_remain() {
+        let config = ClientConfig {
+            resolve_interval: Duration::ZERO,
+            ..ClientConfig::default()
+        };
+        let b = Balancer::new(vec!["localhost:7000".to_owned()], &config).unwrap();
+        let before = b.snapshot();
+        assert!(before.iter().any(|e| e.addr().ip().is_loopback()));
+        b.maybe_resolve();
+        let after = b.snapshot();
+        assert_eq!(before.len(), after.len());
+        for (x, y) in before.iter().zip(after.iter()) {
+            assert!(
+                Arc::ptr_eq(x, y),
+                "{x:?} was replaced, losing its connections"
+            );
+        }
+    }
+
+    #[test]
+    fn literal_addresses_are_deduplicated_and_never_resolved_again() {
+        let b = Balancer::new(
+            vec!["127.0.0.1:7000".to_owned(), "127.0.0.1:7000".to_owned()],
+            &ClientConfig::default(),
+        )
+        .unwrap();
+        assert_eq!(b.addrs(), vec!["127.0.0.1:7000".parse().unwrap()]);
+        assert!(b.targets.iter().all(|t| t.literal));
+    }
+}
