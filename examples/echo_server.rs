@@ -1,58 +1,93 @@
-//! A minimal echo server for `examples/client.rs`: `/echo.Echo/Say`
-//! answers with the text it was sent.
+//! An echo server for trying syncrpc from any client that speaks the
+//! protocol.
 //!
 //! ```text
-//! cargo run --example echo_server -- --addr 127.0.0.1:7000
+//! cargo run --release --example echo_server -- 127.0.0.1:7000
+//! RUST_LOG=syncrpc::access=info cargo run --example echo_server
 //! ```
 //!
-//! Ctrl-C shuts it down gracefully.
+//! Methods of `echo.Echo`:
+//!
+//! - `Say` (MessagePack `{"text": str}`): answers the same message;
+//! - `Raw` (raw bytes): answers the same bytes;
+//! - `Sleep` (MessagePack `{"ms": uint}`): waits that long, or until the
+//!   call is cancelled or its deadline passes, then answers `{"slept_ms"}`;
+//! - `Fail` (MessagePack `{"code": uint, "message": str}`): answers that
+//!   status.
+//!
+//! Ctrl-C (or SIGTERM) shuts it down gracefully and prints the metrics.
 
-use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-use syncrpc::{Context, Server, Service, Status};
+use syncrpc::filters::{AccessLog, Metrics};
+use syncrpc::{Code, Context, Server, Service, Status};
 
 #[derive(Serialize, Deserialize)]
 struct Say {
     text: String,
 }
 
-fn say(ctx: &Context, req: Say) -> Result<Say, Status> {
-    ctx.check()?;
-    Ok(req)
+#[derive(Deserialize)]
+struct Sleep {
+    ms: u64,
 }
 
-fn main() -> ExitCode {
-    let mut addr = "127.0.0.1:7000".to_owned();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match (flag.as_str(), args.next()) {
-            ("--addr", Some(a)) => addr = a,
-            _ => {
-                eprintln!("usage: echo_server [--addr HOST:PORT]");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    let server = match Server::builder()
-        .service(Service::new("echo.Echo").method("Say", say))
-        .bind(&addr)
-    {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("serving echo.Echo on {}", server.local_addr());
-    let handle = server.handle();
-    if let Err(e) = ctrlc::set_handler(move || {
-        handle.shutdown();
-    }) {
-        eprintln!("error: cannot handle Ctrl-C: {e}");
-        return ExitCode::FAILURE;
-    }
-    let report = server.wait();
-    println!("stopped: {report:?}");
-    ExitCode::SUCCESS
+#[derive(Serialize)]
+struct Slept {
+    slept_ms: u64,
+}
+
+#[derive(Deserialize)]
+struct Fail {
+    code: u32,
+    #[serde(default)]
+    message: String,
+}
+
+fn sleep(ctx: &Context, req: Sleep) -> Result<Slept, Status> {
+    let start = Instant::now();
+    ctx.wait_cancelled(Duration::from_millis(req.ms));
+    ctx.check()?;
+    Ok(Slept {
+        slept_ms: start.elapsed().as_millis() as u64,
+    })
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:7000".to_owned());
+    let metrics = Metrics::new();
+    let echo = Service::new("echo.Echo")
+        .method("Say", |_: &Context, req: Say| Ok::<_, Status>(req))
+        .raw_method("Raw", |_: &Context, body: Bytes| Ok::<_, Status>(body))
+        .method("Sleep", sleep)
+        .method("Fail", |_: &Context, req: Fail| -> Result<(), Status> {
+            Err(Status::new(Code::from(req.code), req.message))
+        });
+    let server = Server::builder()
+        .filter(AccessLog::new().ok_level(log::Level::Debug))
+        .filter(metrics.clone())
+        .service(echo)
+        .bind(addr.as_str())?;
+    log::info!("echo server listening on {}", server.local_addr());
+
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    ctrlc::set_handler(move || {
+        let _ = tx.try_send(());
+    })?;
+    let _ = rx.recv();
+    log::info!("shutting down");
+    let report = server.shutdown();
+    let snap = metrics.snapshot();
+    log::info!(
+        "{} requests, {} errors, p99 <= {:?}; shutdown: {report:?}",
+        snap.requests,
+        snap.errors,
+        snap.latency.quantile(0.99)
+    );
+    Ok(())
 }

@@ -1,11 +1,15 @@
 //! A WaitGroup-style latch: count work up and down, wait for zero.
 
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 struct Inner {
-    count: Mutex<usize>,
+    /// The count itself: counting up and down is one atomic operation.
+    count: AtomicUsize,
+    /// Taken only to wait, and to wake the waiters when the count hits zero.
+    lock: Mutex<()>,
     zero: Condvar,
 }
 
@@ -49,19 +53,20 @@ impl Latch {
     pub fn new() -> Latch {
         Latch {
             inner: Arc::new(Inner {
-                count: Mutex::new(0),
+                count: AtomicUsize::new(0),
+                lock: Mutex::new(()),
                 zero: Condvar::new(),
             }),
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, usize> {
-        self.inner.count.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.inner.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Adds `n` to the count.
     pub fn add(&self, n: usize) {
-        *self.lock() += n;
+        self.inner.count.fetch_add(n, Ordering::SeqCst);
     }
 
     /// Takes one off the count, waking waiters when it reaches zero.
@@ -70,11 +75,19 @@ impl Latch {
     ///
     /// If the count is already zero: a `done` without its `add` is a bug.
     pub fn done(&self) {
-        let mut c = self.lock();
-        assert!(*c > 0, "Latch::done called more times than add");
-        *c -= 1;
-        if *c == 0 {
-            self.inner.zero.notify_all();
+        let prev = self
+            .inner
+            .count
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
+        match prev {
+            Err(_) => panic!("Latch::done called more times than add"),
+            Ok(1) => {
+                // Taking the lock orders this wake-up after any waiter's
+                // check of the count, so none sleeps through it.
+                drop(self.lock());
+                self.inner.zero.notify_all();
+            }
+            Ok(_) => {}
         }
     }
 
@@ -89,14 +102,14 @@ impl Latch {
 
     /// The current count.
     pub fn count(&self) -> usize {
-        *self.lock()
+        self.inner.count.load(Ordering::SeqCst)
     }
 
     /// Blocks until the count is zero.
     pub fn wait(&self) {
-        let mut c = self.lock();
-        while *c > 0 {
-            c = self.inner.zero.wait(c).unwrap_or_else(|e| e.into_inner());
+        let mut g = self.lock();
+        while self.count() > 0 {
+            g = self.inner.zero.wait(g).unwrap_or_else(|e| e.into_inner());
         }
     }
 
@@ -115,16 +128,16 @@ impl Latch {
     /// Blocks until the count is zero or `deadline` passes; true if it
     /// reached zero.
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
-        let mut c = self.lock();
-        while *c > 0 {
+        let mut g = self.lock();
+        while self.count() > 0 {
             let now = Instant::now();
             if now >= deadline {
                 return false;
             }
-            c = self
+            g = self
                 .inner
                 .zero
-                .wait_timeout(c, deadline - now)
+                .wait_timeout(g, deadline - now)
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }

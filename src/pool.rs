@@ -12,11 +12,11 @@ use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 
 use crate::latch::Latch;
 
@@ -162,10 +162,29 @@ struct Queued<T> {
     at: Instant,
 }
 
+#[derive(Default)]
+struct Idle {
+    /// The pool is shutting down: sleepers wake for good.
+    closed: bool,
+    sleepers: usize,
+    /// Wake-ups sent and not yet taken by a sleeper.
+    wakeups: usize,
+}
+
 struct Shared<T> {
     sender: RwLock<Option<Sender<Queued<T>>>>,
     receiver: Receiver<Queued<T>>,
     busy: AtomicUsize,
+    /// Workers asleep waiting for work. Workers sleep on `idle` rather than
+    /// in the channel's own blocking receive, whose back-off yields the CPU
+    /// a few times before sleeping: on a busy core each yield can cost the
+    /// worker a whole scheduler slice while a task waits.
+    idle_lock: Mutex<Idle>,
+    idle: Condvar,
+    /// Sleeping workers not yet woken (`sleepers - wakeups`), readable
+    /// without the lock: a submit with nobody to wake costs no system call,
+    /// and a burst of submits wakes a sleeper once, not once per task.
+    unwoken: AtomicUsize,
     completed: AtomicU64,
     expired: AtomicU64,
     panicked: AtomicU64,
@@ -221,6 +240,9 @@ impl<T: Task> WorkerPool<T> {
                 sender: RwLock::new(Some(tx)),
                 receiver: rx,
                 busy: AtomicUsize::new(0),
+                idle_lock: Mutex::new(Idle::default()),
+                idle: Condvar::new(),
+                unwoken: AtomicUsize::new(0),
                 completed: AtomicU64::new(0),
                 expired: AtomicU64::new(0),
                 panicked: AtomicU64::new(0),
@@ -266,7 +288,10 @@ impl<T: Task> WorkerPool<T> {
             task,
             at: Instant::now(),
         }) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.wake_one();
+                Ok(())
+            }
             Err(TrySendError::Full(q)) => Err(SubmitError::Full(q.task)),
             Err(TrySendError::Disconnected(q)) => Err(SubmitError::Closed(q.task)),
         }
@@ -287,7 +312,25 @@ impl<T: Task> WorkerPool<T> {
             task,
             at: Instant::now(),
         })
-        .map_err(|e| SubmitError::Closed(e.into_inner().task))
+        .map_err(|e| SubmitError::Closed(e.into_inner().task))?;
+        self.wake_one();
+        Ok(())
+    }
+
+    /// Wakes a sleeping worker, if one is not already being woken, for a
+    /// task just queued.
+    fn wake_one(&self) {
+        // Pairs with the worker's announce-then-check in `next_task`: either
+        // the worker sees the task, or this sees the worker.
+        let sh = &self.shared;
+        if sh.unwoken.load(Ordering::SeqCst) > 0 {
+            let mut idle = sh.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+            if idle.sleepers > idle.wakeups {
+                idle.wakeups += 1;
+                sh.unwoken.fetch_sub(1, Ordering::SeqCst);
+                sh.idle.notify_one();
+            }
+        }
     }
 
     /// The pool's counts.
@@ -322,6 +365,15 @@ impl<T: Task> WorkerPool<T> {
         // Dropping the only sender lets the workers run the queue dry and
         // then see the channel disconnected.
         drop(tx);
+        {
+            let mut idle = self
+                .shared
+                .idle_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            idle.closed = true;
+            self.shared.idle.notify_all();
+        }
         let mut report = PoolReport::default();
         if !self.shared.alive.wait_deadline(deadline) {
             // Out of time: whatever is still queued will not run.
@@ -353,8 +405,36 @@ impl<T: Task> fmt::Debug for WorkerPool<T> {
     }
 }
 
+/// The next task, sleeping while there is none; `None` once the pool is
+/// shut down and the queue is empty.
+fn next_task<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
+    loop {
+        match shared.receiver.try_recv() {
+            Ok(q) => return Some(q),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let mut idle = shared.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+        idle.sleepers += 1;
+        shared.unwoken.fetch_add(1, Ordering::SeqCst);
+        // Announced before this check: a submit that did not see us
+        // queued its task before it looked, so the check sees the task.
+        while !idle.closed && idle.wakeups == 0 && shared.receiver.is_empty() {
+            idle = shared.idle.wait(idle).unwrap_or_else(|e| e.into_inner());
+        }
+        idle.sleepers -= 1;
+        // Keep `unwoken == sleepers - wakeups`: leaving takes a wake-up if
+        // one is pending, or else stops counting as unwoken.
+        if idle.wakeups > 0 {
+            idle.wakeups -= 1;
+        } else {
+            shared.unwoken.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
 fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
-    while let Ok(q) = shared.receiver.recv() {
+    while let Some(q) = next_task(shared) {
         if let Some(deadline) = q.task.deadline() {
             let now = Instant::now();
             if now >= deadline {

@@ -28,6 +28,7 @@ per_mode!(
     filters_run_in_order_and_can_answer_alone,
     metrics_and_access_log_count_requests,
     half_closed_client_still_gets_its_answers,
+    several_event_loops_share_the_work,
 );
 
 fn typed_and_raw_handlers_answer(mode: Mode) {
@@ -126,7 +127,6 @@ fn context_carries_request_details(mode: Mode) {
     c.call_meta(1, &meta, Flags::default(), &encode(&()));
     let r = c.response();
     assert_eq!(r.code, Code::OK, "{r:?}");
-    assert_eq!(r.trace_id.as_deref(), Some("trace-123"));
     assert_eq!(r.md.get_str("served-by"), Some("test"));
     let seen = seen.lock().unwrap().clone().unwrap();
     assert_eq!(seen.method, "/ctx.Ctx/Look");
@@ -140,20 +140,43 @@ fn context_carries_request_details(mode: Mode) {
 }
 
 fn trace_id_is_generated_when_absent(mode: Mode) {
+    let svc = Service::new("t.T")
+        .method("Id", |ctx: &Context, _: ()| {
+            Ok::<_, Status>(ctx.trace_id().unwrap().to_string())
+        })
+        .method("Fail", |_: &Context, _: ()| -> Result<(), Status> {
+            Err(Status::not_found("nope"))
+        });
     let server = util::builder(mode)
-        .service(echo_service())
+        .service(svc)
         .bind("127.0.0.1:0")
         .unwrap();
     let mut c = RawClient::connect(server.local_addr());
-    c.call(1, "/echo.Echo/Say", &say("x"));
-    c.call(2, "/echo.Echo/Say", &say("x"));
-    let a = c.response().trace_id.unwrap();
-    let b = c.response().trace_id.unwrap();
+    c.call(1, "/t.T/Id", &());
+    c.call(2, "/t.T/Id", &());
+    let a = c.response().decode::<String>();
+    let b = c.response().decode::<String>();
     assert_ne!(a, b);
     for t in [a, b] {
         let u = uuid::Uuid::parse_str(&t).expect("a UUID");
         assert_eq!(u.get_version_num(), 4);
     }
+    // Errors carry the trace id back, so the caller can find the logs.
+    c.call(3, "/t.T/Fail", &());
+    let r = c.response();
+    assert_eq!(r.code, Code::NOT_FOUND);
+    assert_eq!(
+        uuid::Uuid::parse_str(r.trace_id.as_deref().unwrap())
+            .unwrap()
+            .get_version_num(),
+        4
+    );
+    let meta = RequestMeta {
+        trace_id: Some("mine"),
+        ..RequestMeta::new("/t.T/Fail")
+    };
+    c.call_meta(4, &meta, Flags::default(), &encode(&()));
+    assert_eq!(c.response().trace_id.as_deref(), Some("mine"));
 }
 
 fn many_requests_multiplexed_on_one_connection(mode: Mode) {
@@ -433,4 +456,27 @@ fn half_closed_client_still_gets_its_answers(mode: Mode) {
         assert_eq!(c.response().code, Code::OK);
     }
     c.expect_closed();
+}
+
+fn several_event_loops_share_the_work(mode: Mode) {
+    let server = util::builder(mode)
+        .event_loops(3)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut clients: Vec<RawClient> = (0..12)
+        .map(|_| RawClient::connect(server.local_addr()))
+        .collect();
+    for round in 0..3 {
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.call(round, "/echo.Echo/Say", &say(&format!("{i}/{round}")));
+        }
+        for (i, c) in clients.iter_mut().enumerate() {
+            assert_eq!(c.response().decode::<Say>(), say(&format!("{i}/{round}")));
+        }
+    }
+    assert_eq!(server.stats().connections, 12);
+    drop(clients);
+    let report = server.shutdown();
+    assert!(report.stuck_threads.is_empty(), "{report:?}");
 }

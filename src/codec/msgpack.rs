@@ -130,14 +130,53 @@ fn item(buf: &[u8], pos: usize) -> Result<(Item, usize), MsgpackError> {
     })
 }
 
+/// The open levels of [`skip_value`]: the first few inline, so checking a
+/// meta map or a flat body allocates nothing.
+struct Stack {
+    inline: [u64; 8],
+    len: usize,
+    spill: Vec<u64>,
+}
+
+impl Stack {
+    fn new() -> Stack {
+        Stack {
+            inline: [0; 8],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn push(&mut self, v: u64) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = v,
+            None => self.spill.push(v),
+        }
+        self.len += 1;
+    }
+
+    fn pop(&mut self) -> Option<u64> {
+        self.len = self.len.checked_sub(1)?;
+        match self.inline.get(self.len) {
+            Some(v) => Some(*v),
+            None => self.spill.pop(),
+        }
+    }
+}
+
 /// Skips one complete value starting at `pos`, checking its structure, and
 /// returns the offset just past it.
 ///
 /// Runs in time linear in the bytes it skips and allocates only when
-/// containers nest (a stack of at most `max_depth` counters).
+/// containers nest more than 8 deep (a stack of at most `max_depth`
+/// counters).
 pub fn skip_value(buf: &[u8], pos: usize, max_depth: usize) -> Result<usize, MsgpackError> {
     // Values still to read at each open level; the innermost is `pending`.
-    let mut stack: Vec<u64> = Vec::new();
+    let mut stack = Stack::new();
     let mut pending: u64 = 1;
     let mut pos = pos;
     loop {

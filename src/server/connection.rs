@@ -2,26 +2,36 @@
 //!
 //! A worker that finishes a request holds the `Arc` of the connection the
 //! request came from, never a slot number or token, so its response cannot
-//! reach another connection, even one that reuses the same slot. Under the
-//! lock it checks that the request is still in flight with the same
-//! sequence number (the deadline timer, a CANCEL or the connection closing
-//! may have ended it), appends the encoded RESPONSE to the connection's
-//! output buffer and, only if the driver was not already told, wakes it:
-//! one wake-up carries every response produced meanwhile.
+//! reach another connection, even one that reuses the same slot or file
+//! descriptor number (the socket itself lives here, so its descriptor is
+//! not reused while any worker still holds the connection). Under the lock
+//! it checks that the request is still in flight with the same sequence
+//! number (the deadline timer, a CANCEL or the connection closing may have
+//! ended it) and appends the encoded RESPONSE to the output buffer.
+//!
+//! Output is written by whichever thread gets to it first, one at a time:
+//! a worker about to go idle writes what it and others appended meanwhile
+//! (many responses in one `write`); when the socket's buffer is full the
+//! rest waits for the driver, which resumes once the socket is writable.
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::hash::{BuildHasher, Hasher};
+use std::io::{self, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
 
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::latch::LatchGuard;
 
-/// How a driver is told that a connection has output to write or room to
-/// read again. Event mode pushes the connection on its loop's ready list
-/// and wakes the loop's poll.
+/// How a driver is told that a connection needs it: reading may resume,
+/// a write failed, or a closing connection has nothing left in flight.
+/// Event mode pushes the connection on its loop's ready list and wakes the
+/// loop's poll.
 pub(crate) trait Wake: Send + Sync {
     fn wake(&self, conn: &Arc<ConnShared>);
 }
@@ -44,9 +54,23 @@ pub(crate) struct InFlight {
 
 /// State guarded by the connection's lock.
 pub(crate) struct ConnState {
-    /// Frames waiting to be written.
+    /// Frames waiting to be written, after `unsent`.
     pub out: Encoder,
-    pub in_flight: HashMap<RequestId, InFlight>,
+    /// Bytes the socket would not take yet; they go before `out`.
+    unsent: BytesMut,
+    /// Bytes a thread is writing right now, outside the lock.
+    in_write: usize,
+    /// A thread is writing; others only append.
+    writer_active: bool,
+    /// The driver learned the socket is writable while another thread was
+    /// writing: that writer retries once before giving up on a full buffer,
+    /// so the wake-up is not lost.
+    retry_write: bool,
+    /// When a write last hit a full socket buffer, while it still is.
+    pub write_blocked_since: Option<Instant>,
+    /// A write failed: the driver closes the connection.
+    pub write_failed: bool,
+    pub in_flight: HashMap<RequestId, InFlight, IdHash>,
     /// ONEWAY requests queued or running: they count against the
     /// in-flight limit but have no id to track.
     pub oneway_running: usize,
@@ -58,6 +82,9 @@ pub(crate) struct ConnState {
     /// The driver stopped reading (a limit was reached) and wants a wake-up
     /// when a request finishes.
     pub read_paused: bool,
+    /// The driver closes the connection once nothing is in flight and
+    /// everything is written, and wants a wake-up then.
+    pub closing: bool,
     /// The server is shutting down: new requests are answered UNAVAILABLE.
     pub draining: bool,
     next_seq: u64,
@@ -74,18 +101,41 @@ impl ConnState {
         self.next_seq
     }
 
-    /// Whether a worker that just changed this state must wake the driver:
-    /// it has output to write, or is waiting for room to read.
+    /// Response bytes not yet accepted by the socket.
+    pub fn pending_bytes(&self) -> usize {
+        self.out.len() + self.unsent.len() + self.in_write
+    }
+
+    /// Nothing waits to be written and nobody is writing.
+    pub fn is_flushed(&self) -> bool {
+        self.out.is_empty() && self.unsent.is_empty() && !self.writer_active
+    }
+
+    /// Whether a thread that just changed this state must wake the driver.
     pub fn should_wake(&mut self) -> bool {
         if self.notified || self.closed {
             return false;
         }
-        if !self.out.is_empty() || self.read_paused {
+        let wanted = self.read_paused
+            || self.write_failed
+            || (self.closing && self.active() == 0 && self.is_flushed());
+        if wanted {
             self.notified = true;
-            return true;
         }
-        false
+        wanted
     }
+}
+
+/// What [`ConnShared::flush`] achieved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Flush {
+    /// Everything was written (or another thread is writing and will
+    /// write what was appended).
+    Done,
+    /// The socket's buffer is full; the driver resumes when it is writable.
+    Blocked,
+    /// The write failed, or the connection is closed.
+    Failed,
 }
 
 /// One connection's shared half.
@@ -96,24 +146,41 @@ pub(crate) struct ConnShared {
     /// a pointer comparison of the `Arc`, never alone.
     pub slot: usize,
     pub peer: Option<SocketAddr>,
+    /// The socket, non-blocking. The driver reads it; whoever flushes
+    /// writes it.
+    pub stream: TcpStream,
     waker: Arc<dyn Wake>,
     state: Mutex<ConnState>,
 }
 
 impl ConnShared {
-    pub fn new(id: u64, slot: usize, peer: Option<SocketAddr>, waker: Arc<dyn Wake>) -> ConnShared {
+    pub fn new(
+        id: u64,
+        slot: usize,
+        peer: Option<SocketAddr>,
+        stream: TcpStream,
+        waker: Arc<dyn Wake>,
+    ) -> ConnShared {
         ConnShared {
             id,
             slot,
             peer,
+            stream,
             waker,
             state: Mutex::new(ConnState {
                 out: Encoder::new(),
-                in_flight: HashMap::new(),
+                unsent: BytesMut::new(),
+                in_write: 0,
+                writer_active: false,
+                retry_write: false,
+                write_blocked_since: None,
+                write_failed: false,
+                in_flight: HashMap::with_hasher(IdHash::new()),
                 oneway_running: 0,
                 closed: false,
                 notified: false,
                 read_paused: false,
+                closing: false,
                 draining: false,
                 next_seq: 0,
             }),
@@ -130,16 +197,85 @@ impl ConnShared {
         self.waker.wake(self);
     }
 
-    /// Marks the connection closed and cancels every request still in
-    /// flight on it; their results will be dropped. Returns how many were
-    /// cancelled.
+    /// Writes the pending output until the socket would block, unless
+    /// another thread is writing (it will pick up what was appended) or
+    /// the socket is known to be full and `writable` is false (only the
+    /// driver, told the socket became writable, resumes then).
+    pub fn flush(&self, writable: bool) -> Flush {
+        let mut st = self.lock();
+        if st.closed || st.write_failed {
+            return Flush::Failed;
+        }
+        if st.writer_active {
+            st.retry_write |= writable;
+            return Flush::Done;
+        }
+        if st.write_blocked_since.is_some() && !writable {
+            return Flush::Blocked;
+        }
+        loop {
+            let mut chunk = if st.unsent.is_empty() {
+                if st.out.is_empty() {
+                    st.write_blocked_since = None;
+                    st.out.shrink_if_idle(KEEP_OUTPUT);
+                    return Flush::Done;
+                }
+                st.out.split()
+            } else {
+                std::mem::take(&mut st.unsent)
+            };
+            st.writer_active = true;
+            st.in_write = chunk.len();
+            drop(st);
+            let result = write_nonblocking(&self.stream, &mut chunk);
+            st = self.lock();
+            st.writer_active = false;
+            st.in_write = 0;
+            match result {
+                Ok((true, _)) => {
+                    st.write_blocked_since = None;
+                    // Dropped before the next split, so the encoder can
+                    // reclaim the allocation instead of making a new one.
+                    drop(chunk);
+                }
+                Ok((false, progressed)) => {
+                    st.unsent = chunk;
+                    if std::mem::take(&mut st.retry_write) {
+                        continue;
+                    }
+                    // The stall clock counts time without a single byte
+                    // accepted, so any progress restarts it.
+                    if progressed || st.write_blocked_since.is_none() {
+                        st.write_blocked_since = Some(Instant::now());
+                    }
+                    return Flush::Blocked;
+                }
+                Err(e) => {
+                    log::debug!("conn {}: write failed: {e}", self.id);
+                    st.write_failed = true;
+                    return Flush::Failed;
+                }
+            }
+            if st.closed {
+                return Flush::Failed;
+            }
+        }
+    }
+
+    /// Marks the connection closed, shuts the socket down and cancels every
+    /// request still in flight on it; their results will be dropped.
+    /// Returns how many were cancelled.
     pub fn close(&self) -> usize {
         let entries: Vec<InFlight> = {
             let mut st = self.lock();
             st.closed = true;
             st.out.clear();
+            st.unsent = BytesMut::new();
             st.in_flight.drain().map(|(_, e)| e).collect()
         };
+        // The descriptor stays open while workers hold the connection;
+        // shutting it down tells the peer now.
+        let _ = self.stream.shutdown(Shutdown::Both);
         let n = entries.len();
         // Outside the lock: cancelling runs the contexts' listeners.
         for e in entries {
@@ -147,6 +283,82 @@ impl ConnShared {
         }
         n
     }
+}
+
+/// Hashes request ids for the in-flight table: a folded multiply with a
+/// random per-process key. A few cycles rather than SipHash's dozens, and a
+/// peer that does not know the key cannot choose ids that collide.
+#[derive(Clone, Copy)]
+pub(crate) struct IdHash {
+    key: u64,
+}
+
+impl IdHash {
+    fn new() -> IdHash {
+        static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let key =
+            *KEY.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64));
+        IdHash { key }
+    }
+}
+
+impl BuildHasher for IdHash {
+    type Hasher = IdHasher;
+
+    fn build_hasher(&self) -> IdHasher {
+        IdHasher {
+            key: self.key,
+            state: 0,
+        }
+    }
+}
+
+pub(crate) struct IdHasher {
+    key: u64,
+    state: u64,
+}
+
+fn fold_mul(x: u64) -> u64 {
+    let p = u128::from(x) * 0x9E37_79B9_7F4A_7C15_u128;
+    (p as u64) ^ ((p >> 64) as u64)
+}
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.state = fold_mul(self.state ^ u64::from(*b) ^ self.key);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.state = fold_mul(self.state ^ u64::from(n) ^ self.key);
+    }
+
+    fn finish(&self) -> u64 {
+        self.state
+    }
+}
+
+/// Output buffers that grew past this are released once drained.
+const KEEP_OUTPUT: usize = 256 * 1024;
+
+/// Writes `buf` until done or the socket would block, advancing `buf`
+/// past what was written. Returns (done, whether any byte was written).
+fn write_nonblocking(mut stream: &TcpStream, buf: &mut BytesMut) -> io::Result<(bool, bool)> {
+    let mut progressed = false;
+    while !buf.is_empty() {
+        match stream.write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf.advance(n);
+                progressed = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((false, progressed)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((true, progressed))
 }
 
 impl fmt::Debug for ConnShared {

@@ -6,9 +6,11 @@
 //! costs no allocation of its own; only a partial frame is kept per
 //! connection, in a buffer sized to what actually arrived, which is what
 //! lets thousands of stalled connections cost next to nothing. Workers
-//! append responses to the connection's shared output buffer and wake the
-//! loop once per batch; the loop writes every response produced meanwhile
-//! in one `write`.
+//! append responses to the connection's shared output buffer; a worker with
+//! nothing else queued writes the buffer itself, otherwise it wakes the
+//! loop once per batch and the loop writes every response produced
+//! meanwhile in one `write`. When a socket's buffer is full the loop
+//! finishes the write once the socket is writable again.
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -16,12 +18,15 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use std::os::fd::AsRawFd;
+
+use bytes::BytesMut;
 use mio::net::{TcpListener, TcpStream};
+use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
-use super::connection::{ConnShared, Wake};
+use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use crate::codec::{Decoder, Encoder, GoawayMeta, ProtocolError, Side};
 use crate::latch::LatchGuard;
@@ -36,8 +41,6 @@ const READ_CHUNK: usize = 64 * 1024;
 const ARENA_SIZE: usize = 256 * 1024;
 /// A partial-frame buffer that grew past this is released once empty.
 const KEEP_PARTIAL: usize = 4 * 1024;
-/// Output buffers that grew past this are released once drained.
-const KEEP_OUTPUT: usize = 256 * 1024;
 /// Recheck interval while reading is paused for the shared byte budget.
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 /// First and longest pause of accepting after an accept error (out of
@@ -94,26 +97,16 @@ pub(crate) struct ListenerEntry {
     pub dispatcher: Arc<Dispatcher>,
 }
 
-enum Flushed {
-    Gone,
-    Failed,
-    Done { drained: bool },
-}
-
 struct Conn {
     shared: Arc<ConnShared>,
-    stream: TcpStream,
     dispatcher: Arc<Dispatcher>,
     decoder: Decoder,
     /// A partial frame carried over between reads (usually empty).
     partial: BytesMut,
     /// Bytes of `partial` counted in the server's budget.
     counted: usize,
-    /// Output taken from the shared buffer, being written.
-    writing: BytesMut,
     last_activity: Instant,
     frame_started: Option<Instant>,
-    write_blocked_since: Option<Instant>,
     closing_since: Option<Instant>,
     /// The peer may still send (no EOF, no protocol error).
     read_open: bool,
@@ -215,10 +208,11 @@ impl EventLoop {
                     }
                     Token(slot) => {
                         if event.is_writable() {
-                            self.flush(slot);
+                            self.flush_with(slot, true);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(slot);
+                        let closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || closed {
+                            self.on_readable(slot, closed);
                         }
                     }
                 }
@@ -313,6 +307,7 @@ impl EventLoop {
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return;
         }
+        let stream = std::net::TcpStream::from(stream);
         if server.config.nodelay {
             if let Err(e) = stream.set_nodelay(true) {
                 log::debug!("{}: set_nodelay for {peer}: {e}", self.name);
@@ -320,15 +315,8 @@ impl EventLoop {
         }
         let entry = self.conns.vacant_entry();
         let slot = entry.key();
-        let wake: Arc<dyn Wake> = self.shared.clone();
-        let shared = Arc::new(ConnShared::new(
-            server.next_conn_id(),
-            slot,
-            Some(peer),
-            wake,
-        ));
         if let Err(e) = self.poll.registry().register(
-            &mut stream,
+            &mut SourceFd(&stream.as_raw_fd()),
             Token(slot),
             Interest::READABLE | Interest::WRITABLE,
         ) {
@@ -336,19 +324,24 @@ impl EventLoop {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             return;
         }
+        let wake: Arc<dyn Wake> = self.shared.clone();
+        let shared = Arc::new(ConnShared::new(
+            server.next_conn_id(),
+            slot,
+            Some(peer),
+            stream,
+            wake,
+        ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
         entry.insert(Conn {
             shared,
-            stream,
             dispatcher,
             decoder: Decoder::new(Side::Server, server.frame_limits()),
             partial: BytesMut::new(),
             counted: 0,
-            writing: BytesMut::new(),
             last_activity: now,
             frame_started: None,
-            write_blocked_since: None,
             closing_since: None,
             read_open: true,
             paused: false,
@@ -373,7 +366,7 @@ impl EventLoop {
         }
         let mut st = conn.shared.lock();
         let full = st.active() >= limits.max_in_flight_per_connection
-            || st.out.len() + conn.writing.len() >= limits.max_pending_response_bytes;
+            || st.pending_bytes() >= limits.max_pending_response_bytes;
         if full || !budget {
             st.read_paused = full;
             conn.paused = true;
@@ -387,7 +380,9 @@ impl EventLoop {
         true
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads and dispatches what `slot` has to offer. With `until_blocked`
+    /// false it may stop after a short read (see below).
+    fn on_readable(&mut self, slot: usize, until_blocked: bool) {
         // Frames left over from a paused batch go first.
         if !self.decode_partial(slot) {
             return;
@@ -399,7 +394,7 @@ impl EventLoop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return;
             };
-            let n = match conn.stream.read(&mut self.read_buf) {
+            let n = match (&conn.shared.stream).read(&mut self.read_buf) {
                 Ok(0) => {
                     self.peer_closed(slot);
                     break;
@@ -426,6 +421,14 @@ impl EventLoop {
             };
             if !ok {
                 return;
+            }
+            if n < READ_CHUNK && !until_blocked {
+                // A short read emptied the socket's receive queue, and
+                // whatever arrives after the poll returned raises a new
+                // event, so another read would only say WouldBlock (tokio
+                // reasons the same way). An EOF that came before the poll
+                // returned has no event of its own: then read to the end.
+                break;
             }
         }
         self.flush(slot);
@@ -561,6 +564,7 @@ impl EventLoop {
         if let Some(conn) = self.conns.get_mut(slot) {
             conn.closing = true;
             conn.closing_since.get_or_insert_with(Instant::now);
+            conn.shared.lock().closing = true;
         }
         self.flush(slot);
     }
@@ -568,61 +572,28 @@ impl EventLoop {
     /// Writes what the connection has to write, until the socket would
     /// block; closes it if it is closing and done.
     fn flush(&mut self, slot: usize) {
-        match self.write_out(slot) {
-            Flushed::Gone => {}
-            Flushed::Failed => self.close(slot),
-            Flushed::Done { drained } => {
-                let Some(conn) = self.conns.get(slot) else {
-                    return;
-                };
-                if conn.closing && drained && conn.shared.lock().active() == 0 {
-                    self.close(slot);
-                } else if conn.paused && self.phase != STOPPING {
-                    // Room may have opened up; the socket will not say so.
-                    self.on_readable_resume(slot);
-                }
-            }
-        }
+        self.flush_with(slot, false);
     }
 
-    fn write_out(&mut self, slot: usize) -> Flushed {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return Flushed::Gone;
+    /// `writable`: the poll said the socket accepts bytes again.
+    fn flush_with(&mut self, slot: usize, writable: bool) {
+        let Some(conn) = self.conns.get(slot) else {
+            return;
         };
-        loop {
-            if conn.writing.is_empty() {
-                let mut st = conn.shared.lock();
-                st.notified = false;
-                if st.out.is_empty() {
-                    st.out.shrink_if_idle(KEEP_OUTPUT);
-                    break;
-                }
-                conn.writing = st.out.split();
-            }
-            match (&conn.stream).write(&conn.writing) {
-                Ok(0) => return Flushed::Failed,
-                Ok(n) => {
-                    conn.writing.advance(n);
-                    conn.write_blocked_since = None;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.write_blocked_since.get_or_insert_with(Instant::now);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    log::debug!("{}: conn {} write: {e}", self.name, conn.shared.id);
-                    return Flushed::Failed;
-                }
-            }
+        if conn.shared.flush(writable) == Flush::Failed {
+            self.close(slot);
+            return;
         }
-        let drained = conn.writing.is_empty();
-        if drained && conn.writing.capacity() > 0 {
-            // Drop our share of the output allocation so the shared
-            // buffer can reclaim it in place.
-            conn.writing = BytesMut::new();
+        let done = conn.closing && {
+            let st = conn.shared.lock();
+            st.active() == 0 && st.is_flushed()
+        };
+        if done {
+            self.close(slot);
+        } else if conn.paused && self.phase != STOPPING {
+            // Room may have opened up; the socket will not say so again.
+            self.on_readable_resume(slot);
         }
-        Flushed::Done { drained }
     }
 
     fn on_readable_resume(&mut self, slot: usize) {
@@ -631,7 +602,7 @@ impl EventLoop {
             None => false,
         };
         if can && self.may_read(slot) {
-            self.on_readable(slot);
+            self.on_readable(slot, true);
         }
     }
 
@@ -639,6 +610,8 @@ impl EventLoop {
         let Some(conn) = self.conns.try_remove(slot) else {
             return;
         };
+        let fd = conn.shared.stream.as_raw_fd();
+        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
         let cancelled = conn.shared.close();
         if cancelled > 0 {
             log::debug!(
@@ -647,14 +620,12 @@ impl EventLoop {
                 conn.shared.id
             );
         }
-        let mut stream = conn.stream;
-        let _ = self.poll.registry().deregister(&mut stream);
         self.server
             .buffered
             .fetch_sub(conn.counted, Ordering::Relaxed);
         self.server.connections.fetch_sub(1, Ordering::SeqCst);
-        drop(stream);
-        // A file descriptor came free: accepting may work again.
+        drop(conn);
+        // A file descriptor may come free: accepting may work again.
         if self.accept_resume.is_some() {
             self.resume_accepting();
         }
@@ -675,7 +646,10 @@ impl EventLoop {
             // The slot may have been reused by a newer connection: only the
             // connection the worker held is served.
             match self.conns.get(conn.slot) {
-                Some(c) if Arc::ptr_eq(&c.shared, &conn) => self.flush(conn.slot),
+                Some(c) if Arc::ptr_eq(&c.shared, &conn) => {
+                    conn.lock().notified = false;
+                    self.flush(conn.slot);
+                }
                 _ => {}
             }
         }
@@ -722,7 +696,11 @@ impl EventLoop {
         let mut idle = Vec::new();
         for (slot, c) in self.conns.iter() {
             let since = |at: Option<Instant>| at.map(|a| now.saturating_duration_since(a));
-            if since(c.write_blocked_since).is_some_and(|d| d >= t.write_stall) {
+            let (blocked_since, quiet) = {
+                let st = c.shared.lock();
+                (st.write_blocked_since, st.active() == 0 && st.is_flushed())
+            };
+            if since(blocked_since).is_some_and(|d| d >= t.write_stall) {
                 log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
                 stalled.push(slot);
             } else if since(c.frame_started).is_some_and(|d| d >= t.frame) {
@@ -736,14 +714,11 @@ impl EventLoop {
             } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {
                 stalled.push(slot);
             } else if !c.closing
+                && quiet
                 && c.frame_started.is_none()
                 && now.saturating_duration_since(c.last_activity) >= t.idle
-                && c.writing.is_empty()
             {
-                let st = c.shared.lock();
-                if st.active() == 0 && st.out.is_empty() {
-                    idle.push(slot);
-                }
+                idle.push(slot);
             }
         }
         for slot in stalled {

@@ -12,6 +12,55 @@
 //! Per-request work that does not depend on the I/O mode (meta decoding,
 //! routing, deadlines, the in-flight table, the pool task, response
 //! encoding) lives in `dispatch`; `event_loop` is one driver of it.
+//!
+//! # A request's life
+//!
+//! The event loop reads and decodes the frame, decodes its meta, routes
+//! the method, computes the deadline (the earliest of the caller's
+//! `timeout_ms`, the method's and the service's timeouts, counted from when
+//! the request was read) and queues it on the worker pool without ever
+//! blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
+//! worker that picks up a request whose deadline already passed answers
+//! `DEADLINE_EXCEEDED` (saying how long it waited) without decompressing or
+//! decoding the body. Otherwise the filters run, then the handler's own
+//! step decompresses and decodes the body and calls the handler; a panic is
+//! answered `INTERNAL` and logged with the trace id. A handler still running
+//! at its deadline sees its context cancelled and its request is answered
+//! `DEADLINE_EXCEEDED` right then; what it returns later is dropped.
+//!
+//! # Limits and what happens past them
+//!
+//! | limit ([`Limits`], [`Timeouts`]) | default | past it |
+//! |---|---|---|
+//! | `max_body` | 10 MiB | `RESOURCE_EXHAUSTED`; the body is skipped as it arrives, never buffered |
+//! | `max_meta` | 16 KiB | GOAWAY `INTERNAL`, connection closed |
+//! | `max_in_flight_per_connection` | 1024 | that connection is not read until some finish |
+//! | `max_pending_response_bytes` | 16 MiB | that connection is not read until they drain |
+//! | `max_buffered_request_bytes` | 256 MiB | no connection is read until they drain |
+//! | `max_connections` | 10000 | GOAWAY `RESOURCE_EXHAUSTED`, connection closed |
+//! | `idle` | 60 s | GOAWAY `UNAVAILABLE`, connection closed |
+//! | `frame` | 30 s | connection closed (slow-loris) |
+//! | `write_stall` | 30 s | connection closed |
+//! | `shutdown` | 10 s | queued requests `UNAVAILABLE`, running ones `CANCELLED` |
+//!
+//! Any other protocol error (bad magic, version, frame type, reserved bits,
+//! a frame sent in the wrong direction) is answered GOAWAY `INTERNAL` with
+//! what was wrong, and the connection closes once the requests already read
+//! are answered. A bad meta, a malformed or unknown method, a reserved
+//! compression or encoding, or a duplicate in-flight id only fail that
+//! request. Running out of file descriptors on accept pauses accepting
+//! (5 ms, doubling to 1 s) instead of spinning, and accepting resumes as
+//! soon as a connection closes.
+//!
+//! # Threads
+//!
+//! `event_loops` loops (default 1) and `workers` workers, all named after
+//! [`ServerConfig::thread_name`]. A response is written by the worker that
+//! produced it when it has nothing else queued, or else by the loop, woken
+//! once for the whole batch; either way many responses go out in one
+//! `write`. A response never reaches another connection: it is tied to its
+//! connection's state, not to a slot or descriptor number, and dropped if
+//! that connection closed.
 
 mod buffer_pool;
 mod builder;
@@ -186,7 +235,13 @@ impl Server {
                     .name(name.clone())
                     .spawn(move || {
                         let _alive = alive;
-                        lp.run()
+                        let run = std::panic::AssertUnwindSafe(|| lp.run());
+                        if let Err(p) = std::panic::catch_unwind(run) {
+                            log::error!(
+                                "event loop panicked, its connections are lost: {}",
+                                crate::pool::panic_message(&*p)
+                            );
+                        }
                     })
                     .map_err(|e| Error::io("cannot start an event loop", e))?;
                 loops.push(ls);

@@ -116,7 +116,12 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl RawClient {
     #[track_caller]
     pub fn connect(addr: SocketAddr) -> RawClient {
-        let stream = TcpStream::connect(addr).expect("connect");
+        RawClient::connect_stream(TcpStream::connect(addr).expect("connect"))
+    }
+
+    /// A client over a socket connected elsewhere.
+    #[track_caller]
+    pub fn connect_stream(stream: TcpStream) -> RawClient {
         stream.set_read_timeout(Some(WAIT)).unwrap();
         stream.set_write_timeout(Some(WAIT)).unwrap();
         stream.set_nodelay(true).unwrap();
