@@ -848,3 +848,27 @@ fn a_server_that_stops_reading_cannot_hold_callers_past_their_deadline_or_the_st
     stop.send(()).unwrap();
     server.join().unwrap();
 }
+
+#[test]
+fn a_close_that_arrives_with_the_last_response_still_fails_the_other_calls() {
+    init_logging();
+    let server = FakeServer::start(|req: &Request, r: &Responder| {
+        if req.method == "/t.T/LastWords" {
+            // The response and the end of the stream leave together.
+            r.echo(req);
+            r.close();
+        }
+    });
+    for _ in 0..20 {
+        let client = client_for(&[server.addr()]);
+        let c = client.clone();
+        let hanging = thread::spawn(move || c.call::<Msg, Msg>(&bg(), "/t.T/Hang", &msg("x")));
+        server.wait_request();
+        // Answered or broken, depending on timing; either way it returns.
+        let _ = client.call::<Msg, Msg>(&bg(), "/t.T/LastWords", &msg("bye"));
+        server.wait_request();
+        // No deadline: only noticing the closed stream ends this call.
+        let err = within(EVENT_WAIT, move || hanging.join().unwrap().unwrap_err());
+        assert_eq!(err.code(), Code::UNAVAILABLE, "{err}");
+    }
+}

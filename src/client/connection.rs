@@ -821,6 +821,9 @@ impl IoThread {
     fn run(mut self) {
         let mut events = Events::with_capacity(8);
         let mut more_to_read = false;
+        // Once the poll reported the end of the stream, every read goes on
+        // to see it: that event does not come again.
+        let mut closing = false;
         loop {
             let timeout = match self.shared.stall_timeout() {
                 Ok(_) if more_to_read => Some(Duration::ZERO),
@@ -841,7 +844,8 @@ impl IoThread {
             let mut writable = false;
             for ev in events.iter() {
                 if ev.token() == STREAM {
-                    readable |= ev.is_readable() || ev.is_read_closed() || ev.is_error();
+                    closing |= ev.is_read_closed() || ev.is_error();
+                    readable |= ev.is_readable() || closing;
                     writable |= ev.is_writable();
                 }
             }
@@ -851,7 +855,7 @@ impl IoThread {
                 }
             }
             if readable {
-                let read = self.read();
+                let read = self.read(closing);
                 let flushed = self.shared.set_reader_busy(false);
                 match read.and_then(|more| flushed.map(|()| more)) {
                     Ok(more) => more_to_read = more,
@@ -868,8 +872,9 @@ impl IoThread {
     }
 
     /// Reads until the socket is empty or a burst is done; true if there
-    /// may be more to read.
-    fn read(&mut self) -> Result<bool, Broken> {
+    /// may be more to read. With `closing` (the poll reported the end of
+    /// the stream or an error), reads on until it sees it.
+    fn read(&mut self, closing: bool) -> Result<bool, Broken> {
         let mut total = 0;
         loop {
             match (&self.shared.stream).read(&mut self.scratch) {
@@ -893,7 +898,9 @@ impl IoThread {
                     // With epoll and kqueue a short read proves the socket
                     // was drained, and bytes arriving later raise a new
                     // event: the read that would say WouldBlock is saved.
-                    if cfg!(unix) && n < self.scratch.len() {
+                    // Not when the end of the stream came with the bytes:
+                    // its event is spent, so it must be read now.
+                    if cfg!(unix) && !closing && n < self.scratch.len() {
                         return Ok(false);
                     }
                 }
