@@ -159,6 +159,7 @@ fn deadline_is_honoured_when_the_server_never_answers_and_cancel_is_sent() {
     assert_eq!(err.code(), Code::DEADLINE_EXCEEDED, "{err}");
     assert!(err.is_timeout());
     assert_eq!(err.execution(), Execution::MayHaveRun);
+    assert_eq!(err.trace_id(), None, "none sent, none answered");
     assert!(elapsed >= timeout, "returned early: {elapsed:?}");
     assert!(
         elapsed < timeout + Duration::from_secs(2),
@@ -171,6 +172,14 @@ fn deadline_is_honoured_when_the_server_never_answers_and_cancel_is_sent() {
         _ => None,
     });
     assert_eq!(cancelled, req.id);
+
+    // A local deadline error names the trace the call was sent under.
+    let traced = bg().with_trace_id(TraceId::new("late-1").unwrap());
+    let err = client
+        .call_timeout::<Msg, Msg>(&traced, "/echo.Echo/Say", &msg("hi"), timeout)
+        .unwrap_err();
+    assert_eq!(err.trace_id().unwrap().as_str(), "late-1");
+    server.wait_request();
 }
 
 #[test]
@@ -709,7 +718,12 @@ fn oneway_reaches_the_server() {
 fn server_status_is_the_callers_error() {
     init_logging();
     let server = FakeServer::start(|req: &Request, r: &Responder| {
-        r.reply(req, Code::NOT_FOUND, Some("no such user"), &[]);
+        let meta = ResponseMeta {
+            message: Some("no such user"),
+            trace_id: Some("srv-1"),
+            ..ResponseMeta::new(Code::NOT_FOUND)
+        };
+        r.reply_meta(req.id, req.flags, &meta, &[]);
     });
     let client = client_for(&[server.addr()]);
     let err = client
@@ -719,6 +733,7 @@ fn server_status_is_the_callers_error() {
     assert_eq!(err.code(), Code::NOT_FOUND);
     assert_eq!(err.status().message(), "no such user");
     assert_eq!(err.execution(), Execution::Ran);
+    assert_eq!(err.trace_id().unwrap().as_str(), "srv-1");
 }
 
 #[test]

@@ -382,8 +382,11 @@ fn statuses_metadata_and_trace_ids_reach_the_caller(mode: Mode) {
         .unwrap();
     assert_eq!(resp.body(), "acme");
     assert_eq!(resp.metadata().get_str("echoed"), Some("acme"));
-    // No trace id sent: the server assigned a UUID and says so.
-    assert_eq!(resp.trace_id().unwrap().as_str().len(), 36);
+    let sent = TraceId::new("md-trace").unwrap();
+    let resp = client
+        .call_with::<_, String>(&bg(), "/md.Md/Echo", "tenant", &opts.trace_id(sent))
+        .unwrap();
+    assert_eq!(resp.trace_id(), Some(sent));
 
     let err = client
         .call::<_, ()>(&bg(), "/md.Md/Missing", &())
@@ -392,6 +395,9 @@ fn statuses_metadata_and_trace_ids_reach_the_caller(mode: Mode) {
     assert_eq!(err.code(), Code::NOT_FOUND);
     assert_eq!(err.status().message(), "no such user");
     assert_eq!(err.execution(), Execution::Ran);
+    // No trace id sent: the server assigned one, and reports it with errors.
+    let assigned = err.trace_id().expect("errors carry the trace id");
+    assert_eq!(assigned.as_str().len(), 36, "{assigned}");
 
     let err = client.call::<_, ()>(&bg(), "/md.Md/Nope", &()).unwrap_err();
     assert_eq!(err.code(), Code::UNIMPLEMENTED);

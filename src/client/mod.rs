@@ -545,8 +545,15 @@ impl Client {
             };
             drop(conn);
             let err = match result {
-                Ok(reply) => return Ok((reply, peer)),
-                Err(e) => e,
+                Ok(mut reply) => {
+                    // A server may leave the trace id out of OK answers.
+                    reply.trace_id = reply.trace_id.or(trace_id);
+                    return Ok((reply, peer));
+                }
+                Err(e) => match (e.trace_id(), trace_id) {
+                    (None, Some(t)) => e.with_trace_id(t),
+                    _ => e,
+                },
             };
             let live = check_live(ctx, deadline, Instant::now()).is_ok();
             if !live || !budget.take(&err) {
@@ -562,7 +569,11 @@ impl Client {
     fn check_reply(&self, method: &str, reply: Reply) -> Result<Reply, Error> {
         if reply.code != Code::OK {
             let status = Status::new(reply.code, reply.message).with_metadata(reply.metadata);
-            return Err(Error::from(status));
+            let err = Error::from(status);
+            return Err(match reply.trace_id {
+                Some(t) => err.with_trace_id(t),
+                None => err,
+            });
         }
         if let Some(len) = reply.body_too_large {
             let mut err = too_large(

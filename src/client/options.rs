@@ -13,9 +13,7 @@ use crate::trace::TraceId;
 ///
 /// The call's deadline is the earliest of the context's deadline, this
 /// deadline or timeout and the client's default timeout; the trace id is
-/// this one, else
-/// the context's, else none (the server assigns one and sends it back in
-/// [`Response::trace_id`]).
+/// this one, else the context's, else none (the server assigns one).
 ///
 /// # Examples
 ///
@@ -215,8 +213,12 @@ impl<T> Response<T> {
         &self.metadata
     }
 
-    /// The trace id the request ran under: the one sent, or the one the
-    /// server assigned.
+    /// The trace id the request ran under, when known: the one the server
+    /// reported, else the one sent. A server may leave it out of OK
+    /// answers, so a call sent without one may not learn the id the server
+    /// assigned (failed calls do: see [`Error::trace_id`]).
+    ///
+    /// [`Error::trace_id`]: crate::Error::trace_id
     pub fn trace_id(&self) -> Option<TraceId> {
         self.trace_id
     }
