@@ -329,7 +329,11 @@ impl Server {
         let spawned = thread::Builder::new().name(name).spawn(move || {
             let plan = plan_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(plan) = plan {
-                target.life.coordinate(&*target, plan);
+                let run = std::panic::AssertUnwindSafe(|| target.life.coordinate(&*target, plan));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    // Whoever waits for the report must not wait forever.
+                    target.life.fail(crate::pool::panic_message(&*p));
+                }
             }
         });
         match spawned {
