@@ -561,8 +561,9 @@ impl ServerHandle {
     }
 
     /// Shuts the server down gracefully within `timeout`, blocking until it
-    /// is done. The steps are spec section 5's, run by the server's
-    /// coordinator thread (see [`crate::shutdown`]):
+    /// is done. The steps are those of `docs/protocol.md` ("Graceful
+    /// shutdown"), run by the server's coordinator thread (see
+    /// [`crate::shutdown`]):
     ///
     /// 1. the health service says `NOT_SERVING`; after the drain delay,
     ///    the listeners close and every connection gets GOAWAY
