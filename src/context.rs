@@ -195,6 +195,11 @@ impl Context {
             .clone()
     }
 
+    /// True for [`Context::background`] itself, which is never cancelled.
+    pub(crate) fn is_background(&self) -> bool {
+        Arc::ptr_eq(&self.inner, &Context::background().inner)
+    }
+
     /// The context of a request a server read (crate-internal).
     pub(crate) fn for_request(
         method: Arc<str>,

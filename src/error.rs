@@ -14,6 +14,7 @@ use std::io;
 
 use crate::codec::ProtocolError;
 use crate::status::{Code, Status};
+use crate::trace::TraceId;
 
 /// Which layer an [`Error`] came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +34,8 @@ pub enum ErrorKind {
     Usage,
     /// The call's deadline passed before an answer arrived.
     Timeout,
+    /// The caller's context was cancelled before an answer arrived.
+    Cancelled,
 }
 
 /// Whether the remote handler may have run when a call failed: what a
@@ -67,6 +70,9 @@ pub struct Error {
     kind: ErrorKind,
     status: Status,
     execution: Execution,
+    // Boxed: a trace id is 65 bytes inline, and errors should stay small
+    // for the Results that carry them.
+    trace_id: Option<Box<TraceId>>,
     source: Option<Box<dyn StdError + Send + Sync + 'static>>,
 }
 
@@ -77,6 +83,7 @@ impl Error {
             kind,
             status,
             execution: Execution::MayHaveRun,
+            trace_id: None,
             source: None,
         }
     }
@@ -97,6 +104,12 @@ impl Error {
     /// Sets whether the request may have run.
     pub fn with_execution(mut self, execution: Execution) -> Error {
         self.execution = execution;
+        self
+    }
+
+    /// Sets the trace id of the call that failed.
+    pub fn with_trace_id(mut self, trace_id: TraceId) -> Error {
+        self.trace_id = Some(Box::new(trace_id));
         self
     }
 
@@ -124,6 +137,13 @@ impl Error {
     /// Shorthand for `self.status().code()`.
     pub fn code(&self) -> Code {
         self.status.code()
+    }
+
+    /// The trace id of the call that failed, when known: the one the
+    /// server reported with its answer, or the one the call sent. Search
+    /// the logs for it.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.trace_id.as_deref().copied()
     }
 
     /// Whether the request may have run on the server.
@@ -155,6 +175,11 @@ impl Error {
     pub fn is_timeout(&self) -> bool {
         self.kind == ErrorKind::Timeout || self.status.code() == Code::DEADLINE_EXCEEDED
     }
+
+    /// True when the caller's context was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.kind == ErrorKind::Cancelled
+    }
 }
 
 impl fmt::Debug for Error {
@@ -163,6 +188,9 @@ impl fmt::Debug for Error {
         d.field("kind", &self.kind)
             .field("status", &self.status)
             .field("execution", &self.execution);
+        if let Some(t) = &self.trace_id {
+            d.field("trace_id", t);
+        }
         if let Some(s) = &self.source {
             d.field("source", s);
         }

@@ -3,9 +3,11 @@
 //! No async, no futures: handlers are plain functions run by a fixed pool
 //! of worker threads, and the sockets are driven either by a few mio event
 //! loops or by plain blocking threads, one pair per connection (see
-//! [`server::Mode`]). Requests and responses are framed as described in
-//! [`codec`]. A shutdown, from SIGTERM or the application, loses no request
-//! it read: [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
+//! [`server::Mode`]). A [`Client`] blocks the calling thread while calls
+//! from any number of threads share its connections (see [`client`]).
+//! Requests and responses are framed as described in [`codec`]. A
+//! shutdown, from SIGTERM or the application, loses no request it read:
+//! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
 //!
 //! ```
@@ -25,6 +27,27 @@
 //!     .bind("127.0.0.1:0")?;
 //! println!("serving on {}", server.local_addr());
 //! server.shutdown();
+//! # Ok::<(), syncrpc::Error>(())
+//! ```
+//!
+//! Calling it: every call takes a [`Context`] first. Top-level code
+//! starts from [`Context::background`]; a handler passes its own, so its
+//! remaining deadline, cancellation and trace id follow the call, and a
+//! chain of services stops everywhere when the first caller's budget runs
+//! out. [`TaskGroup`] fans calls out over threads and stops them all at
+//! the first error.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use syncrpc::{Client, Context};
+//!
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct Say { text: String }
+//!
+//! let client = Client::connect("127.0.0.1:7000")?;
+//! let ctx = Context::background().with_timeout(Duration::from_secs(1));
+//! let reply: Say = client.call(&ctx, "/echo.Echo/Say", &Say { text: "hi".into() })?;
+//! println!("{}", reply.text);
 //! # Ok::<(), syncrpc::Error>(())
 //! ```
 //!
@@ -48,6 +71,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod client;
 pub mod codec;
 mod context;
 mod error;
@@ -61,8 +85,10 @@ pub mod pool;
 pub mod server;
 pub mod shutdown;
 mod status;
+mod task_group;
 mod trace;
 
+pub use client::{CallOptions, Client};
 pub use context::{CancelGuard, CancelHandle, CancelReason, Context};
 pub use error::{Error, ErrorKind, Execution};
 pub use filter::{Filter, Next, Reply, Request, Response};
@@ -71,4 +97,5 @@ pub use metadata::{Metadata, MetadataValue};
 pub use server::{Server, ServerBuilder, ServerHandle, Service};
 pub use shutdown::{ShutdownHandle, ShutdownReport};
 pub use status::{Code, Status};
+pub use task_group::{TaskError, TaskGroup, TaskHandle};
 pub use trace::TraceId;

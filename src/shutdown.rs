@@ -259,6 +259,23 @@ impl Lifecycle {
         }
     }
 
+    /// Publishes a report saying the shutdown failed, unless one is out:
+    /// the coordinator panicked (a bug), and its waiters must not hang.
+    pub fn fail(&self, why: &str) {
+        log::error!("shutdown: the coordinator failed: {why}");
+        *lock(&self.signals) = None;
+        let mut report = lock(&self.report);
+        if report.is_none() {
+            *report = Some(ShutdownReport {
+                forced: true,
+                timed_out: true,
+                ..ShutdownReport::default()
+            });
+        }
+        drop(report);
+        self.done.notify_all();
+    }
+
     /// Waits for the first trigger, then runs the shutdown (on the
     /// coordinator thread).
     pub fn coordinate(&self, target: &dyn Target, plan: Plan) {

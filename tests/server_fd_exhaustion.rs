@@ -49,15 +49,20 @@ fn nofile() -> (String, String) {
 }
 
 /// The schedstat file of the thread named `name`, opened now so that
-/// reading it later needs no new descriptor.
+/// reading it later needs no new descriptor. A new thread names itself
+/// once it runs, so it may take a moment to show up.
 fn thread_schedstat(name: &str) -> std::fs::File {
-    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.trim() == name {
-            return std::fs::File::open(task.path().join("schedstat")).unwrap();
+    let mut found = None;
+    util::eventually(&format!("a thread named {name}"), || {
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim() == name {
+                found = std::fs::File::open(task.path().join("schedstat")).ok();
+            }
         }
-    }
-    panic!("no thread {name}");
+        found.is_some()
+    });
+    found.unwrap()
 }
 
 fn cpu_time(f: &mut std::fs::File) -> Duration {
@@ -72,11 +77,13 @@ fn cpu_time(f: &mut std::fs::File) -> Duration {
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 fn accept_backs_off_when_out_of_descriptors(mode: Mode) {
+    // First: the other mode's descriptors, down to the pipes of its
+    // `prlimit` runs, must not come and go while this one counts.
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     if Command::new("prlimit").arg("--version").output().is_err() {
         eprintln!("prlimit not installed; nothing to test");
         return;
     }
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let server = util::builder(mode)
         .service(echo_service())
         .bind("127.0.0.1:0")

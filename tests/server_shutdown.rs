@@ -1,4 +1,4 @@
-//! Graceful shutdown (spec section 5) in every mode: nothing read is lost,
+//! Graceful shutdown (docs/protocol.md) in every mode: nothing read is lost,
 //! nothing holds the shutdown past its timeout, and the drain delay, the
 //! hooks and the report do what they say.
 

@@ -50,6 +50,14 @@ fn main() {
             "thread_mode::a_second_sigterm_forces_an_immediate_stop",
             || a_second_sigterm_forces_an_immediate_stop(Mode::Thread),
         ),
+        (
+            "every_server_of_a_process_gets_the_signal",
+            every_server_of_a_process_gets_the_signal,
+        ),
+        (
+            "a_ctrlc_handler_of_the_application_is_an_error_not_a_panic",
+            a_ctrlc_handler_of_the_application_is_an_error_not_a_panic,
+        ),
     ];
     // `cargo test -- NAME` runs the tests whose name contains NAME.
     let filters: Vec<String> = std::env::args()
@@ -87,9 +95,15 @@ fn main() {
 
 /// The server process: `MODE` or `MODE-stubborn`. It prints `listening
 /// ADDR`, `started` each time the stubborn handler starts, and at the end
-/// `executions N`; its exit code is the shutdown report's.
+/// `executions N`; its exit code is the shutdown report's. Two more roles
+/// check signal handling itself: `two` and `conflict`.
 fn serve(role: &str) {
     util::init_logging();
+    match role {
+        "two" => return serve_two(),
+        "conflict" => return conflict(),
+        _ => {}
+    }
     let (mode, stubborn) = match role.split_once('-') {
         Some((m, "stubborn")) => (m, true),
         _ => (role, false),
@@ -132,6 +146,42 @@ fn serve(role: &str) {
     println!("executions {}", executions.load(Ordering::SeqCst));
     println!("report {report:?}");
     std::process::exit(report.exit_code());
+}
+
+/// Two servers, one per mode, in one process: one signal stops both.
+fn serve_two() {
+    let servers: Vec<Server> = [Mode::Event, Mode::Thread]
+        .into_iter()
+        .map(|mode| {
+            Server::builder()
+                .mode(mode)
+                .workers(1)
+                .handle_signals(true)
+                .bind("127.0.0.1:0")
+                .expect("bind")
+        })
+        .collect();
+    for s in &servers {
+        println!("listening {}", s.local_addr());
+    }
+    let stopped: Vec<_> = servers
+        .into_iter()
+        .map(|s| thread::spawn(move || s.run()))
+        .collect();
+    for s in stopped {
+        let report = s.join().unwrap();
+        println!("stopped clean={}", report.is_clean());
+    }
+}
+
+/// The application set a ctrlc handler of its own: asking the server to
+/// handle signals too fails to bind, with a usage error.
+fn conflict() {
+    ctrlc::set_handler(|| {}).expect("the application's own handler");
+    match Server::builder().handle_signals(true).bind("127.0.0.1:0") {
+        Ok(_) => println!("bound"),
+        Err(e) => println!("refused {:?} {e}", e.kind()),
+    }
 }
 
 /// A server process, killed if the test ends without it having exited.
@@ -255,4 +305,31 @@ fn a_second_sigterm_forces_an_immediate_stop(mode: Mode) {
     c.response().expect_code(Code::CANCELLED, "shutting down");
     c.expect_closed();
     assert!(began.elapsed() < WAIT, "took {:?}", began.elapsed());
+}
+
+fn every_server_of_a_process_gets_the_signal() {
+    let mut server = ServerProcess::start("two");
+    let addrs = [server.line("listening "), server.line("listening ")];
+    // Both are up (and one SIGTERM is all they get).
+    for addr in &addrs {
+        let mut c = RawClient::connect(addr.parse().unwrap());
+        c.call(
+            1,
+            syncrpc::server::HEALTH_CHECK_METHOD,
+            &syncrpc::server::HealthCheckRequest::server(),
+        );
+        assert_eq!(c.response().code, Code::OK);
+    }
+    server.signal("TERM");
+    assert_eq!(server.line("stopped "), "clean=true");
+    assert_eq!(server.line("stopped "), "clean=true");
+    assert_eq!(server.exit_code(WAIT), 0);
+}
+
+fn a_ctrlc_handler_of_the_application_is_an_error_not_a_panic() {
+    let mut server = ServerProcess::start("conflict");
+    let line = server.line("refused ");
+    assert!(line.starts_with("Usage "), "{line}");
+    assert!(line.contains("ctrlc handler of its own"), "{line}");
+    assert_eq!(server.exit_code(WAIT), 0);
 }

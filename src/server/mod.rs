@@ -329,7 +329,11 @@ impl Server {
         let spawned = thread::Builder::new().name(name).spawn(move || {
             let plan = plan_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
             if let Some(plan) = plan {
-                target.life.coordinate(&*target, plan);
+                let run = std::panic::AssertUnwindSafe(|| target.life.coordinate(&*target, plan));
+                if let Err(p) = std::panic::catch_unwind(run) {
+                    // Whoever waits for the report must not wait forever.
+                    target.life.fail(crate::pool::panic_message(&*p));
+                }
             }
         });
         match spawned {
@@ -557,8 +561,9 @@ impl ServerHandle {
     }
 
     /// Shuts the server down gracefully within `timeout`, blocking until it
-    /// is done. The steps are spec section 5's, run by the server's
-    /// coordinator thread (see [`crate::shutdown`]):
+    /// is done. The steps are those of `docs/protocol.md` ("Graceful
+    /// shutdown"), run by the server's coordinator thread (see
+    /// [`crate::shutdown`]):
     ///
     /// 1. the health service says `NOT_SERVING`; after the drain delay,
     ///    the listeners close and every connection gets GOAWAY

@@ -51,7 +51,9 @@ const WAKER: Token = Token(usize::MAX);
 /// One read takes at most this much, as in event mode, so a frame that
 /// fits arrives whole even when the shared byte budget is nearly spent.
 const READ_CHUNK: usize = 64 * 1024;
-/// A partial-frame buffer that grew past this is released once empty.
+/// A read buffer left holding no more than this (a partial frame, or
+/// nothing) is replaced by one of its own size: an idle or stalled
+/// connection keeps no read-sized buffer.
 const KEEP_PARTIAL: usize = 4 * 1024;
 /// Recheck interval while reading is paused for the shared byte budget.
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
@@ -88,6 +90,9 @@ pub(crate) struct Threaded {
     waker: Waker,
     acceptor: Mutex<Option<(String, JoinHandle<()>)>>,
     acceptor_alive: Latch,
+    /// Accepting is paused after an accept error: a connection that
+    /// closes wakes the acceptor to try again.
+    accept_paused: AtomicBool,
     prefix: String,
     stack_size: Option<usize>,
     /// Granularity of the idle and whole-frame timeouts.
@@ -222,6 +227,7 @@ impl Threaded {
             waker,
             acceptor: Mutex::new(None),
             acceptor_alive: Latch::new(),
+            accept_paused: AtomicBool::new(false),
             prefix,
             tick,
         });
@@ -421,8 +427,12 @@ impl Acceptor {
             if self.threaded.phase() != RUNNING {
                 break;
             }
-            if self.resume.is_some_and(|at| Instant::now() >= at) {
+            // A closed connection freed a descriptor (it wakes us), or the
+            // pause is over: accepting may work again.
+            let woken = events.iter().any(|e| e.token() == WAKER);
+            if self.resume.is_some_and(|at| woken || Instant::now() >= at) {
                 self.resume = None;
+                self.threaded.accept_paused.store(false, Ordering::SeqCst);
                 for i in 0..self.listeners.len() {
                     self.accept(i);
                 }
@@ -467,6 +477,7 @@ impl Acceptor {
                     );
                     self.resume = Some(Instant::now() + self.backoff);
                     self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
+                    self.threaded.accept_paused.store(true, Ordering::SeqCst);
                     return;
                 }
             }
@@ -537,6 +548,13 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
     server.connections.fetch_sub(1, Ordering::SeqCst);
     lock(&t.links).remove(&link.conn.id);
     log::trace!("conn {} closed", link.conn.id);
+    drop(link);
+    // Its descriptor is free now.
+    if t.accept_paused.load(Ordering::SeqCst) {
+        if let Err(e) = t.waker.wake() {
+            log::error!("cannot wake the acceptor: {e}");
+        }
+    }
 }
 
 enum Decode {

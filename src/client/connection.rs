@@ -1,0 +1,913 @@
+//! One TCP connection to one server, shared by every thread that calls it.
+//!
+//! Writes are coalesced without a writer thread. A caller appends its frame
+//! to the connection's [`Encoder`] under a mutex; if nobody is writing, it
+//! becomes the writer and writes everything queued, releasing the mutex
+//! during the system call so that other callers append behind it. Two rules
+//! make batches form when calls are pipelined, since one write per call
+//! would cost most of the client's CPU (each `send` runs the kernel's TCP
+//! path): while the IO thread hands out a chunk of responses, the callers
+//! it wakes only queue their next requests, and it writes them together
+//! afterwards; and a caller that becomes the writer while other calls are
+//! in flight yields once first, so that runnable callers queue behind it.
+//! A lone call writes at once. The socket is non-blocking: when it cannot
+//! take more, the remaining bytes stay queued and the IO thread writes them
+//! once the socket is writable again, so no caller is ever stuck in `write`
+//! past its deadline.
+//!
+//! The IO thread reads frames with a client-side [`Decoder`] and hands each
+//! RESPONSE to the thread waiting for it, by request id. When the
+//! connection breaks it fails every call in flight at once with
+//! `UNAVAILABLE`, so a call without a deadline still never hangs.
+
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use log::debug;
+use mio::{Events, Interest, Poll, Token, Waker};
+
+use super::slot::{Kind, Reply, Slot, Wait};
+use crate::codec::{
+    Decoded, Decoder, EncodeError, Encoder, Flags, FrameLimits, FrameType, GoawayMeta,
+    ProtocolError, RequestId, RequestMeta, ResponseMeta, Side,
+};
+use crate::context::{CancelReason, Context};
+use crate::error::{Error, ErrorKind, Execution};
+use crate::status::{Code, Status};
+use crate::trace::TraceId;
+
+const STREAM: Token = Token(0);
+const WAKE: Token = Token(1);
+
+/// Bytes read per `read` call.
+const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read in one go before the IO thread looks at its other duties
+/// (writing, closing): a server that streams without pause cannot starve
+/// them.
+const READ_BURST: usize = 1024 * 1024;
+
+/// What a connection needs to know from the client's configuration.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnOptions {
+    /// Limits applied to what the server sends.
+    pub(crate) limits: FrameLimits,
+    /// How long queued bytes may wait for a socket that accepts none.
+    pub(crate) write_stall: Duration,
+    /// TCP keepalive idle time, if any.
+    pub(crate) keepalive: Option<Duration>,
+}
+
+/// A frame a call sends: REQUEST or ONEWAY.
+pub(crate) struct Outgoing<'a> {
+    pub(crate) frame_type: FrameType,
+    pub(crate) flags: Flags,
+    pub(crate) meta: &'a RequestMeta<'a>,
+    pub(crate) body: &'a [u8],
+}
+
+/// Why a connection ended.
+#[derive(Clone, Debug)]
+pub(crate) enum Broken {
+    /// A socket operation failed.
+    Io(Arc<io::Error>),
+    /// The server closed the connection.
+    Eof,
+    /// The server broke the protocol.
+    Protocol(ProtocolError),
+    /// Queued bytes found no room in the socket for this long.
+    WriteStall(Duration),
+    /// Closed after a GOAWAY, once nothing was in flight.
+    Drained,
+    /// The client dropped the connection.
+    Dropped,
+}
+
+impl fmt::Display for Broken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Broken::Io(e) => fmt::Display::fmt(e, f),
+            Broken::Eof => f.write_str("the server closed the connection"),
+            Broken::Protocol(e) => write!(f, "protocol error: {e}"),
+            Broken::WriteStall(d) => {
+                write!(f, "the server accepted no bytes for {} ms", d.as_millis())
+            }
+            Broken::Drained => f.write_str("closed after GOAWAY"),
+            Broken::Dropped => f.write_str("the client closed the connection"),
+        }
+    }
+}
+
+impl StdError for Broken {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Broken::Io(e) => Some(&**e),
+            Broken::Protocol(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl Broken {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            Broken::Protocol(_) => ErrorKind::Protocol,
+            _ => ErrorKind::Io,
+        }
+    }
+
+    /// The error of a call that was in flight when the connection broke.
+    fn in_flight_error(&self, peer: SocketAddr) -> Error {
+        let status = Status::unavailable(format!(
+            "connection to {peer} broke after the request was sent: {self}"
+        ));
+        Error::new(self.kind(), status)
+            .with_execution(Execution::MayHaveRun)
+            .with_source(self.clone())
+    }
+}
+
+/// Why a connection takes no new requests.
+#[derive(Clone, Debug)]
+enum State {
+    Open,
+    /// The server sent GOAWAY: calls in flight finish, no new ones start.
+    Draining {
+        code: Code,
+        message: String,
+    },
+    Closed(Broken),
+}
+
+/// Hashes request ids, which are sequential, with one multiplication.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type Calls = HashMap<u32, Arc<Slot>, BuildHasherDefault<IdHasher>>;
+
+struct Pending {
+    state: State,
+    calls: Calls,
+    next_id: u32,
+}
+
+impl Pending {
+    /// The next id not in flight; 0 is skipped, as GOAWAY uses it.
+    fn next_free_id(&mut self) -> u32 {
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.wrapping_add(1);
+            if id != 0 && !self.calls.contains_key(&id) {
+                return id;
+            }
+        }
+    }
+
+    /// The error for a request that cannot start on this connection.
+    fn refusal(&self, peer: SocketAddr) -> Option<Error> {
+        let message = match &self.state {
+            State::Open => return None,
+            State::Draining { code, message } => format!(
+                "connection to {peer} is going away (GOAWAY {}: {message}); the request was not sent",
+                code.name()
+            ),
+            State::Closed(why) => {
+                format!("connection to {peer} is closed ({why}); the request was not sent")
+            }
+        };
+        Some(
+            Error::new(ErrorKind::Io, Status::unavailable(message))
+                .with_execution(Execution::NotRun),
+        )
+    }
+}
+
+struct Writer {
+    enc: Encoder,
+    /// A thread is writing; others only append.
+    flushing: bool,
+    /// The socket was full: the IO thread writes once it is writable.
+    blocked: bool,
+    /// The IO thread saw the socket become writable while a caller was
+    /// writing: that caller must try again before giving up.
+    writable_edge: bool,
+    /// The IO thread is handing out responses and will write what is
+    /// queued when it is done with the bytes it read: callers it woke
+    /// queue their next requests behind one write instead of one each.
+    reader_busy: bool,
+    closed: bool,
+    /// When bytes last went out, for the write-stall limit.
+    last_progress: Instant,
+}
+
+/// Why a frame was not queued.
+enum SendError {
+    /// The connection is closed: nothing was sent.
+    Closed,
+    /// The frame cannot be encoded: nothing was sent.
+    Encode(EncodeError),
+    /// Writing failed; the connection is now closed and its calls failed.
+    Broken(Broken),
+}
+
+struct Shared {
+    peer: SocketAddr,
+    stream: mio::net::TcpStream,
+    waker: Waker,
+    pending: Mutex<Pending>,
+    writer: Mutex<Writer>,
+    /// False once GOAWAY arrived or the connection closed: read on every
+    /// call's path, so kept outside the locks.
+    usable: AtomicBool,
+    /// Calls waiting for a response, kept outside the pending lock for the
+    /// writer's batching decision.
+    in_flight: AtomicUsize,
+    answered: AtomicU64,
+    write_stall: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Critical sections here do not call out to user code; a poisoned
+    // lock can only come from an allocation failure, and the state it
+    // guards stays consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A handle on one connection. The connection closes when the last handle
+/// is dropped: the endpoint holds one, and every call in progress holds one,
+/// so a connection that got GOAWAY closes once its last call returns.
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    io_thread: Option<JoinHandle<()>>,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.shared.peer)
+            .field("in_flight", &self.in_flight())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` and starts the connection's IO thread.
+    pub(crate) fn open(
+        addr: SocketAddr,
+        connect_timeout: Duration,
+        opts: &ConnOptions,
+    ) -> io::Result<Connection> {
+        let timeout = connect_timeout.max(Duration::from_millis(1));
+        let std_stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
+        std_stream.set_nodelay(true)?;
+        if let Some(idle) = opts.keepalive {
+            let ka = socket2::TcpKeepalive::new().with_time(idle);
+            socket2::SockRef::from(&std_stream).set_tcp_keepalive(&ka)?;
+        }
+        std_stream.set_nonblocking(true)?;
+        let mut stream = mio::net::TcpStream::from_std(std_stream);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut stream, STREAM, Interest::READABLE | Interest::WRITABLE)?;
+        let waker = Waker::new(poll.registry(), WAKE)?;
+        let shared = Arc::new(Shared {
+            peer: addr,
+            stream,
+            waker,
+            pending: Mutex::new(Pending {
+                state: State::Open,
+                calls: Calls::default(),
+                next_id: 1,
+            }),
+            writer: Mutex::new(Writer {
+                enc: Encoder::with_capacity(4096),
+                flushing: false,
+                blocked: false,
+                writable_edge: false,
+                reader_busy: false,
+                closed: false,
+                last_progress: Instant::now(),
+            }),
+            usable: AtomicBool::new(true),
+            in_flight: AtomicUsize::new(0),
+            answered: AtomicU64::new(0),
+            write_stall: opts.write_stall,
+        });
+        let io = IoThread {
+            shared: shared.clone(),
+            poll,
+            decoder: Decoder::new(Side::Client, opts.limits),
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+        };
+        let io_thread = thread::Builder::new()
+            .name(format!("syncrpc-client-{addr}"))
+            .spawn(move || io.run())?;
+        debug!("connected to {addr}");
+        Ok(Connection {
+            shared,
+            io_thread: Some(io_thread),
+        })
+    }
+
+    /// The server's address.
+    pub(crate) fn peer(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// True while the connection takes new requests.
+    pub(crate) fn is_usable(&self) -> bool {
+        self.shared.usable.load(Ordering::Acquire)
+    }
+
+    /// Why the connection takes no new requests, if it does not.
+    pub(crate) fn refusal_reason(&self) -> Option<String> {
+        match &lock(&self.shared.pending).state {
+            State::Open => None,
+            State::Draining { code, message } => Some(format!("GOAWAY {}: {message}", code.name())),
+            State::Closed(why) => Some(why.to_string()),
+        }
+    }
+
+    /// Calls waiting for a response.
+    pub(crate) fn in_flight(&self) -> usize {
+        lock(&self.shared.pending).calls.len()
+    }
+
+    /// Responses delivered so far.
+    pub(crate) fn answered(&self) -> u64 {
+        self.shared.answered.load(Ordering::Relaxed)
+    }
+
+    /// Sends a REQUEST and waits for its RESPONSE, until `deadline` or the
+    /// cancellation of `ctx`; either sends CANCEL.
+    pub(crate) fn call(
+        &self,
+        out: &Outgoing<'_>,
+        deadline: Option<Instant>,
+        ctx: &Context,
+    ) -> Result<Reply, Error> {
+        self.round_trip(Kind::Call, deadline, ctx, |enc, id| {
+            enc.frame(out.frame_type, out.flags, id, out.meta, out.body)
+        })
+    }
+
+    /// Sends a PING and waits for its PONG.
+    pub(crate) fn ping(&self, deadline: Option<Instant>, ctx: &Context) -> Result<(), Error> {
+        self.round_trip(Kind::Ping, deadline, ctx, |enc, id| {
+            enc.ping(id);
+            Ok(())
+        })
+        .map(drop)
+    }
+
+    /// Sends a ONEWAY frame. `Ok` means the frame is queued on a healthy
+    /// connection, not that the server read it.
+    pub(crate) fn oneway(&self, out: &Outgoing<'_>) -> Result<(), Error> {
+        let id = {
+            let mut p = lock(&self.shared.pending);
+            if let Some(err) = p.refusal(self.shared.peer) {
+                return Err(err);
+            }
+            p.next_free_id()
+        };
+        self.shared
+            .send(|enc| enc.frame(out.frame_type, out.flags, RequestId(id), out.meta, out.body))
+            .map_err(|e| self.send_error(e))
+    }
+
+    fn send_error(&self, e: SendError) -> Error {
+        match e {
+            SendError::Encode(e) => Error::usage(e.to_string()),
+            SendError::Closed => lock(&self.shared.pending)
+                .refusal(self.shared.peer)
+                .unwrap_or_else(|| {
+                    Error::new(ErrorKind::Io, Status::unavailable("connection closed"))
+                        .with_execution(Execution::NotRun)
+                }),
+            SendError::Broken(b) => b.in_flight_error(self.shared.peer),
+        }
+    }
+
+    fn round_trip(
+        &self,
+        kind: Kind,
+        deadline: Option<Instant>,
+        ctx: &Context,
+        write: impl FnOnce(&mut Encoder, RequestId) -> Result<(), EncodeError>,
+    ) -> Result<Reply, Error> {
+        let shared = &self.shared;
+        let slot = Slot::new(kind);
+        let id = {
+            let mut p = lock(&shared.pending);
+            if let Some(err) = p.refusal(shared.peer) {
+                return Err(err);
+            }
+            let id = p.next_free_id();
+            p.calls.insert(id, slot.clone());
+            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+            id
+        };
+        match shared.send(|enc| write(enc, RequestId(id))) {
+            Ok(()) => {}
+            // close() has failed the slot with the in-flight error.
+            Err(SendError::Broken(_)) => {}
+            Err(e) => {
+                let mut p = lock(&shared.pending);
+                p.calls.remove(&id);
+                shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                drop(p);
+                return Err(self.send_error(e));
+            }
+        }
+        // The background context is never cancelled: skip the listener and
+        // the lock it would take on that one shared context.
+        let _guard = if ctx.is_background() {
+            None
+        } else {
+            let s = slot.clone();
+            ctx.on_cancel(move |reason| s.cancel(reason))
+        };
+        match slot.wait(deadline) {
+            Wait::Done(result) => result,
+            Wait::Deadline => self.give_up(id, &slot).unwrap_or_else(|| {
+                let status = Status::deadline_exceeded(format!(
+                    "deadline exceeded waiting for {} from {}",
+                    if kind == Kind::Call {
+                        "a response"
+                    } else {
+                        "a PONG"
+                    },
+                    shared.peer
+                ));
+                Err(Error::new(ErrorKind::Timeout, status).with_execution(Execution::MayHaveRun))
+            }),
+            Wait::Cancelled(reason) => self.give_up(id, &slot).unwrap_or_else(|| {
+                let kind = match reason {
+                    CancelReason::DeadlineExceeded => ErrorKind::Timeout,
+                    _ => ErrorKind::Cancelled,
+                };
+                Err(Error::new(kind, reason.to_status()).with_execution(Execution::MayHaveRun))
+            }),
+        }
+    }
+
+    /// Stops waiting for call `id`. Returns the result if it arrived in the
+    /// meantime; otherwise tells the server with CANCEL.
+    fn give_up(&self, id: u32, slot: &Slot) -> Option<Result<Reply, Error>> {
+        let shared = &self.shared;
+        let drained = {
+            let mut p = lock(&shared.pending);
+            let removed = p.calls.remove(&id);
+            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+            if removed.is_none() {
+                drop(p);
+                // The IO thread took the slot and is filling it now.
+                return Some(slot.wait_delivered());
+            }
+            match p.state {
+                State::Closed(_) => return None,
+                State::Draining { .. } => p.calls.is_empty(),
+                State::Open => false,
+            }
+        };
+        if slot.kind() == Kind::Call {
+            // Best effort: the call has failed whatever becomes of this.
+            let _ = shared.send(|enc| {
+                enc.cancel(RequestId(id));
+                Ok(())
+            });
+        }
+        if drained {
+            // The IO thread closes a drained connection when it wakes.
+            let _ = shared.waker.wake();
+        }
+        None
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.shared.close(Broken::Dropped);
+        if let Some(handle) = self.io_thread.take() {
+            if handle.thread().id() != thread::current().id() {
+                // The IO thread ends promptly: the socket is shut down and
+                // the thread woken.
+                let _ = handle.join();
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// Appends a frame and writes what is queued unless another thread is
+    /// already doing so.
+    fn send(
+        &self,
+        write: impl FnOnce(&mut Encoder) -> Result<(), EncodeError>,
+    ) -> Result<(), SendError> {
+        let mut w = lock(&self.writer);
+        if w.closed {
+            return Err(SendError::Closed);
+        }
+        write(&mut w.enc).map_err(SendError::Encode)?;
+        if w.flushing || w.blocked || w.reader_busy {
+            return Ok(());
+        }
+        if self.in_flight.load(Ordering::Relaxed) > 1 {
+            // Other calls are in flight, so their callers are likely about
+            // to send again: give them the CPU once and write their frames
+            // with ours. Each write costs the kernel's whole loopback or
+            // TCP path; one per batch instead of one per call is most of
+            // what pipelining saves. A lone call writes at once.
+            w.flushing = true;
+            drop(w);
+            thread::yield_now();
+            w = lock(&self.writer);
+            w.flushing = false;
+            if w.closed {
+                // Nobody wrote while this thread held the writer's role, so
+                // the frame, cleared by close(), never left.
+                return Err(SendError::Closed);
+            }
+        }
+        match self.flush(w) {
+            Ok(()) => Ok(()),
+            Err(b) => {
+                self.close(b.clone());
+                Err(SendError::Broken(b))
+            }
+        }
+    }
+
+    /// Writes everything queued, as the writer. Releases the lock during
+    /// each write so that other threads can queue behind it.
+    fn flush<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> Result<(), Broken> {
+        w.flushing = true;
+        loop {
+            if w.enc.is_empty() {
+                w.flushing = false;
+                return Ok(());
+            }
+            let mut buf = w.enc.split();
+            w.writable_edge = false;
+            drop(w);
+            let res = write_some(&self.stream, &mut buf);
+            w = lock(&self.writer);
+            match res {
+                Ok(progress) => {
+                    if progress {
+                        w.last_progress = Instant::now();
+                    }
+                    if buf.is_empty() {
+                        continue;
+                    }
+                    // The socket is full: put the rest back in front of
+                    // whatever was queued meanwhile.
+                    let queued = w.enc.split();
+                    w.enc.extend_from_slice(&buf);
+                    w.enc.extend_from_slice(&queued);
+                    if std::mem::take(&mut w.writable_edge) {
+                        continue;
+                    }
+                    w.blocked = true;
+                    w.flushing = false;
+                    drop(w);
+                    // The IO thread now watches for the write-stall limit.
+                    let _ = self.waker.wake();
+                    return Ok(());
+                }
+                Err(e) => {
+                    w.flushing = false;
+                    return Err(Broken::Io(Arc::new(e)));
+                }
+            }
+        }
+    }
+
+    /// The IO thread starts (`true`) or stops handing out responses. When
+    /// it stops, and after each chunk it read, it writes what the callers
+    /// queued meanwhile, unless a caller is writing already.
+    fn set_reader_busy(&self, busy: bool) -> Result<(), Broken> {
+        let mut w = lock(&self.writer);
+        w.reader_busy = busy;
+        if w.flushing || w.blocked || w.closed || w.enc.is_empty() {
+            return Ok(());
+        }
+        self.flush(w)
+    }
+
+    /// The IO thread saw the socket become writable.
+    fn on_writable(&self) -> Result<(), Broken> {
+        let mut w = lock(&self.writer);
+        if w.flushing {
+            w.writable_edge = true;
+            return Ok(());
+        }
+        if !w.blocked || w.closed {
+            return Ok(());
+        }
+        w.blocked = false;
+        self.flush(w)
+    }
+
+    /// How long the IO thread may sleep before checking the write-stall
+    /// limit, or `Err` once the limit passed.
+    fn stall_timeout(&self) -> Result<Option<Duration>, Broken> {
+        let w = lock(&self.writer);
+        if !w.blocked || w.closed {
+            return Ok(None);
+        }
+        let idle = w.last_progress.elapsed();
+        if idle >= self.write_stall {
+            return Err(Broken::WriteStall(idle));
+        }
+        Ok(Some(self.write_stall - idle))
+    }
+
+    /// Closes the connection and fails every call in flight. Only the
+    /// first call has an effect.
+    fn close(&self, why: Broken) {
+        let calls = {
+            let mut p = lock(&self.pending);
+            if matches!(p.state, State::Closed(_)) {
+                return;
+            }
+            p.state = State::Closed(why.clone());
+            self.usable.store(false, Ordering::Release);
+            self.in_flight.store(0, Ordering::Relaxed);
+            std::mem::take(&mut p.calls)
+        };
+        {
+            let mut w = lock(&self.writer);
+            w.closed = true;
+            w.enc.clear();
+        }
+        match &why {
+            Broken::Drained | Broken::Dropped => debug!("connection to {}: {why}", self.peer),
+            _ => debug!(
+                "connection to {} failed with {} calls in flight: {why}",
+                self.peer,
+                calls.len()
+            ),
+        }
+        let _ = self.stream.shutdown(Shutdown::Both);
+        let _ = self.waker.wake();
+        for slot in calls.into_values() {
+            slot.complete(Err(why.in_flight_error(self.peer)));
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(lock(&self.pending).state, State::Closed(_))
+    }
+
+    /// True once a GOAWAY'd connection has nothing left in flight or queued.
+    fn is_drained(&self) -> bool {
+        {
+            let p = lock(&self.pending);
+            if !matches!(p.state, State::Draining { .. }) || !p.calls.is_empty() {
+                return false;
+            }
+        }
+        let w = lock(&self.writer);
+        w.enc.is_empty() && !w.flushing
+    }
+
+    /// Hands a reply to the thread waiting for `id`, if any.
+    fn deliver(&self, id: RequestId, kind: Kind, reply: Reply) {
+        let slot = {
+            let mut p = lock(&self.pending);
+            match p.calls.get(&id.0) {
+                Some(s) if s.kind() == kind => {
+                    let slot = p.calls.remove(&id.0);
+                    self.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                    slot
+                }
+                _ => None,
+            }
+        };
+        match slot {
+            Some(slot) => {
+                self.answered.fetch_add(1, Ordering::Relaxed);
+                slot.complete(Ok(reply));
+            }
+            // A call that gave up (deadline, cancel) or a confused server.
+            None => debug!("{}: ignoring {kind:?} reply for id {id}", self.peer),
+        }
+    }
+
+    fn goaway(&self, code: Code, message: &str) {
+        let mut p = lock(&self.pending);
+        if matches!(p.state, State::Open) {
+            debug!(
+                "{}: GOAWAY {}: {message}; {} calls in flight",
+                self.peer,
+                code.name(),
+                p.calls.len()
+            );
+            p.state = State::Draining {
+                code,
+                message: message.to_owned(),
+            };
+            self.usable.store(false, Ordering::Release);
+        }
+    }
+
+    fn dispatch(&self, decoded: Decoded) -> Result<(), Broken> {
+        let (header, meta, body) = match decoded {
+            Decoded::Frame(f) => (f.header, f.meta, Some(f.body)),
+            Decoded::BodyTooLarge { header, meta } => (header, meta, None),
+        };
+        match header.frame_type {
+            FrameType::Response => {
+                let ResponseMeta {
+                    code,
+                    message,
+                    trace_id,
+                    md,
+                } = ResponseMeta::decode(&meta).map_err(bad_meta)?;
+                let reply = Reply {
+                    flags: header.flags,
+                    code: Code::from(code),
+                    message: message.unwrap_or_default().to_owned(),
+                    // Length checked by decode.
+                    trace_id: trace_id.and_then(TraceId::new),
+                    metadata: md,
+                    body_too_large: body.is_none().then_some(header.body_len),
+                    body: body.unwrap_or_default(),
+                };
+                self.deliver(header.request_id, Kind::Call, reply);
+            }
+            FrameType::Pong => self.deliver(header.request_id, Kind::Ping, Reply::pong()),
+            FrameType::Ping => {
+                let sent = self.send(|enc| {
+                    enc.pong(header.request_id);
+                    Ok(())
+                });
+                if let Err(SendError::Broken(b)) = sent {
+                    return Err(b);
+                }
+            }
+            FrameType::Goaway => {
+                let meta = GoawayMeta::decode(&meta).map_err(bad_meta)?;
+                self.goaway(meta.code(), meta.message);
+            }
+            // The client-side decoder refuses these before they get here.
+            other => return Err(Broken::Protocol(ProtocolError::WrongDirection(other))),
+        }
+        Ok(())
+    }
+}
+
+fn bad_meta(e: crate::codec::MetaError) -> Broken {
+    Broken::Protocol(ProtocolError::BadMeta(e.to_string()))
+}
+
+/// Writes as much of `buf` as the socket takes now; true if any went out.
+fn write_some(stream: &mio::net::TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
+    let mut progress = false;
+    while !buf.is_empty() {
+        match (&*stream).write(buf) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf.advance(n);
+                progress = true;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(progress)
+}
+
+/// The connection's IO thread: reads and dispatches responses, finishes
+/// writes the socket could not take, closes the connection when it breaks
+/// or has drained after GOAWAY.
+struct IoThread {
+    shared: Arc<Shared>,
+    poll: Poll,
+    decoder: Decoder,
+    buf: BytesMut,
+    scratch: Box<[u8]>,
+}
+
+impl IoThread {
+    fn run(mut self) {
+        let mut events = Events::with_capacity(8);
+        let mut more_to_read = false;
+        // Once the poll reported the end of the stream, every read goes on
+        // to see it: that event does not come again.
+        let mut closing = false;
+        loop {
+            let timeout = match self.shared.stall_timeout() {
+                Ok(_) if more_to_read => Some(Duration::ZERO),
+                Ok(t) => t,
+                Err(b) => {
+                    self.shared.close(b);
+                    return;
+                }
+            };
+            if let Err(e) = self.poll.poll(&mut events, timeout) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                self.shared.close(Broken::Io(Arc::new(e)));
+                return;
+            }
+            let mut readable = std::mem::take(&mut more_to_read);
+            let mut writable = false;
+            for ev in events.iter() {
+                if ev.token() == STREAM {
+                    closing |= ev.is_read_closed() || ev.is_error();
+                    readable |= ev.is_readable() || closing;
+                    writable |= ev.is_writable();
+                }
+            }
+            if writable {
+                if let Err(b) = self.shared.on_writable() {
+                    self.shared.close(b);
+                }
+            }
+            if readable {
+                let read = self.read(closing);
+                let flushed = self.shared.set_reader_busy(false);
+                match read.and_then(|more| flushed.map(|()| more)) {
+                    Ok(more) => more_to_read = more,
+                    Err(b) => self.shared.close(b),
+                }
+            }
+            if self.shared.is_drained() {
+                self.shared.close(Broken::Drained);
+            }
+            if self.shared.is_closed() {
+                return;
+            }
+        }
+    }
+
+    /// Reads until the socket is empty or a burst is done; true if there
+    /// may be more to read. With `closing` (the poll reported the end of
+    /// the stream or an error), reads on until it sees it.
+    fn read(&mut self, closing: bool) -> Result<bool, Broken> {
+        let mut total = 0;
+        loop {
+            match (&self.shared.stream).read(&mut self.scratch) {
+                Ok(0) => {
+                    self.decoder.finish(&self.buf).map_err(Broken::Protocol)?;
+                    return Err(Broken::Eof);
+                }
+                Ok(n) => {
+                    self.buf.extend_from_slice(&self.scratch[..n]);
+                    while let Some(d) = self
+                        .decoder
+                        .decode(&mut self.buf)
+                        .map_err(Broken::Protocol)?
+                    {
+                        self.shared.dispatch(d)?;
+                    }
+                    total += n;
+                    if total >= READ_BURST {
+                        return Ok(true);
+                    }
+                    // With epoll and kqueue a short read proves the socket
+                    // was drained, and bytes arriving later raise a new
+                    // event: the read that would say WouldBlock is saved.
+                    // Not when the end of the stream came with the bytes:
+                    // its event is spent, so it must be read now.
+                    if cfg!(unix) && !closing && n < self.scratch.len() {
+                        return Ok(false);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Broken::Io(Arc::new(e))),
+            }
+        }
+    }
+}
