@@ -18,7 +18,8 @@
 //! server is pinned to core 0 and the load (`benches/support/load.rs`,
 //! one mio thread) to core 1 when the machine has two cores; syncrpc runs
 //! `BENCH_WORKERS` workers (default 1: one core, a handler that never
-//! blocks). `BENCH_THREAD_INLINE=1` runs thread mode's handlers on its
+//! blocks) and a work queue of 16384 (the default 4096 would refuse
+//! part of 1000 x 16 in flight). `BENCH_THREAD_INLINE=1` runs thread mode's handlers on its
 //! connection threads instead of the pool.
 //!
 //! **Capacity.** How many mostly idle connections each mode holds: it
@@ -57,6 +58,9 @@ use syncrpc::Code;
 
 /// Requests in flight per connection when pipelining.
 const PIPELINE_DEPTH: usize = 16;
+/// The servers' work queue: room for 1000 connections x 16 in flight,
+/// so that no cell measures the queue refusing work instead of the I/O.
+const QUEUE: usize = 16 * 1024;
 /// Connections opened past the limit in the capacity test.
 const PAST_LIMIT: usize = 20;
 /// Calls timed on a held connection once the idle ones are open.
@@ -65,18 +69,10 @@ const PROBE_CALLS: usize = 2000;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--serve") {
-        let kind = args.get(i + 1).map_or("event", String::as_str);
-        server_proc::serve(kind, args.get(i + 2..).unwrap_or_default());
+    let Some(args) = server_proc::bench_args() else {
         return;
-    }
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and
-    // then there is nothing to measure.
-    if !args.iter().any(|a| a == "--bench") {
-        return;
-    }
-    let only: Vec<&str> = args[1..]
+    };
+    let only: Vec<&str> = args
         .iter()
         .map(String::as_str)
         .filter(|a| !a.starts_with('-'))
@@ -130,6 +126,8 @@ fn server_args(kind: &str, extra: &[String]) -> Vec<String> {
     let mut args = vec![
         "--workers".to_owned(),
         env_usize("BENCH_WORKERS", 1).to_string(),
+        "--queue".to_owned(),
+        QUEUE.to_string(),
     ];
     if kind == "thread" && env_usize("BENCH_THREAD_INLINE", 0) == 1 {
         args.push("--inline".to_owned());
@@ -352,30 +350,29 @@ fn capacity(pin: bool, nofile: usize) {
         .collect();
     println!();
     println!(
-        "| mode | held | RSS per connection | threads per connection | RSS at held | past the limit | call p50 / p99 with the rest idle | server afterwards |"
+        "| mode | held | stopped by | RSS per connection | threads per connection | RSS at held | {PAST_LIMIT} more | a call with the rest idle, p50 / p99 | server afterwards |"
     );
-    println!("|---|--:|--:|--:|--:|---|--:|---|");
+    println!("|---|--:|---|--:|--:|--:|---|--:|---|");
     for r in &results {
         let n = r.held.max(1) as f64;
         let per_conn = (r.at_held.rss_kib.saturating_sub(r.base.rss_kib)) as f64 / n;
         let threads = (r.at_held.threads.saturating_sub(r.base.threads)) as f64 / n;
-        let held = match &r.stopped {
-            None => format!("{} of {}", r.held, r.target),
-            Some(why) => format!("{} of {} (stopped: {why})", r.held, r.target),
-        };
+        let stopped = r.stopped.as_deref().unwrap_or("the target");
         let (ok, tried, other) = &r.refused;
         let past = match other {
-            None if *tried > 0 => format!("{ok} of {tried} refused, GOAWAY RESOURCE_EXHAUSTED"),
+            None if *tried > 0 => "all refused: GOAWAY RESOURCE_EXHAUSTED".to_owned(),
             None => "not tried".to_owned(),
-            Some(o) => format!("{ok} of {tried} refused cleanly; other: {o}"),
+            Some(o) => format!("{ok} refused cleanly; other: {o}"),
         };
         let probe = r.probe.map_or_else(
             || "no answer".to_owned(),
             |(p50, p99)| format!("{} / {}", Latency(p50), Latency(p99)),
         );
         println!(
-            "| {} | {held} | {per_conn:.1} KiB | {threads:.2} | {} MiB | {past} | {probe} | {} |",
+            "| {} | {} of {} | {stopped} | {per_conn:.1} KiB | {threads:.2} | {} MiB | {past} | {probe} | {} |",
             r.mode,
+            r.held,
+            r.target,
             r.at_held.rss_kib / 1024,
             r.exit
         );
@@ -431,7 +428,7 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
     }
     r.held = conns.len();
     r.at_held = server.memory();
-    if r.stopped.is_none() {
+    if server.is_running() {
         r.refused = past_the_limit(server.addr);
     }
     r.probe = conns.first_mut().and_then(|w| w.probe(PROBE_CALLS).ok());

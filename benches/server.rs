@@ -35,18 +35,9 @@ use server_proc::{env_usize, ServerProc};
 const BODY_LEN: usize = 64;
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--serve") {
-        let kind = args.get(i + 1).map_or("event", String::as_str);
-        server_proc::serve(kind, args.get(i + 2..).unwrap_or_default());
-        return;
+    if server_proc::bench_args().is_some() {
+        drive();
     }
-    // `cargo bench` passes --bench; `cargo test --benches` does not, and
-    // then there is nothing to measure.
-    if !args.iter().any(|a| a == "--bench") {
-        return;
-    }
-    drive();
 }
 
 struct Row {

@@ -2,7 +2,7 @@
 //! what the bench reads about them.
 //!
 //! The bench starts itself again as `--serve KIND [--workers N]
-//! [--max-connections N] [--inline]`, pinned to core 0 when it can be; the child
+//! [--queue N] [--max-connections N] [--inline]`, pinned to core 0 when it can be; the child
 //! prints its port, then answers each `stats` line on its standard input
 //! with its allocation count and its threads' on-CPU nanoseconds, and
 //! shuts down when its standard input closes. Kinds:
@@ -52,6 +52,21 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// Sorts out what a bench binary was started for: as a server child
+/// (`--serve`, which this runs until told to stop), by `cargo test
+/// --benches` (no `--bench`: nothing to measure), or by `cargo bench`.
+/// Returns the command-line words after the program name in the last
+/// case only.
+pub fn bench_args() -> Option<Vec<String>> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(i) = args.iter().position(|a| a == "--serve") {
+        let kind = args.get(i + 1).map_or("event", String::as_str);
+        serve(kind, args.get(i + 2..).unwrap_or_default());
+        return None;
+    }
+    args.iter().any(|a| a == "--bench").then_some(args)
+}
+
 /// The child's side: runs the server `kind` until standard input closes.
 /// `args` are the words after `--serve KIND`.
 pub fn serve(kind: &str, args: &[String]) {
@@ -77,6 +92,7 @@ pub fn serve(kind: &str, args: &[String]) {
             mode,
             inline_handlers: args.iter().any(|a| a == "--inline"),
             workers: opt("--workers").unwrap_or(1),
+            queue_capacity: opt("--queue").unwrap_or(ServerConfig::default().queue_capacity),
             limits: Limits {
                 max_connections: opt("--max-connections")
                     .unwrap_or(Limits::default().max_connections),
