@@ -170,8 +170,10 @@ fn usage() -> String {
         ),
         ("-h, --help", String::new(), "this text"),
     ];
-    let _ = writeln!(s, "  {:<26}{:<16}{}", "option", "default", "meaning");
-    for (flag, default, what) in rows {
+    for (flag, default, what) in [("option", String::from("default"), "meaning")]
+        .into_iter()
+        .chain(rows)
+    {
         let _ = writeln!(s, "  {flag:<26}{default:<16}{what}");
     }
     s.push_str("\nBYTES may end in KiB, MiB or GiB: --max-body 64MiB.");
