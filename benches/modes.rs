@@ -2,10 +2,11 @@
 //! one to choose.
 //!
 //! ```text
-//! cargo bench --bench modes                  # everything, about 4 minutes
+//! cargo bench --bench modes                  # everything, about 2.5 minutes
 //! cargo bench --bench modes -- throughput    # only the load table
 //! cargo bench --bench modes -- capacity      # only the idle connections
 //! BENCH_SECS=5 BENCH_CONNS=16,128 cargo bench --bench modes -- throughput
+//! BENCH_RUNS=3 BENCH_SECS=1 cargo bench --bench modes   # medians of 3, 4 minutes
 //! ```
 //!
 //! **Throughput.** For 1, 16, 128 and 1000 connections, each closed loop
@@ -14,7 +15,9 @@
 //! and p99 latency, the server's CPU time per request and its peak RSS.
 //! Each cell runs a fresh server process for each of the ceiling (see
 //! `benches/support/server_proc.rs`), event mode and thread mode, for a
-//! 500 ms warm-up and `BENCH_SECS` (default 2) measured seconds. Every
+//! 500 ms warm-up and `BENCH_SECS` (default 2) measured seconds;
+//! `BENCH_RUNS=N` repeats that N times, the servers taking turns, and
+//! keeps each server's median run (by rate). Every
 //! server is pinned to core 0 and the load (`benches/support/load.rs`,
 //! one mio thread) to core 1 when the machine has two cores; syncrpc runs
 //! `BENCH_WORKERS` workers (default 1: one core, a handler that never
@@ -24,9 +27,12 @@
 //!
 //! **Capacity.** How many mostly idle connections each mode holds: it
 //! opens `BENCH_IDLE_CONNS` (default 10000) connections in ten steps, each
-//! one PINGed and answered, reading the server's RSS and threads
-//! (`/proc/PID/status`) after each step; the server's connection limit is
-//! set to the same number. It then opens 20 more, which must each be
+//! one PINGed and answered, and reads the server's RSS and threads
+//! (`/proc/PID/status`) before and once they are all held; the server's
+//! connection limit is set to the same number. RSS leaves out what a
+//! connection costs in the kernel: its socket, and for each thread a
+//! kernel stack, shown from the machine-wide `KernelStack` of
+//! `/proc/meminfo` (other processes starting threads meanwhile blur it). It then opens 20 more, which must each be
 //! refused with GOAWAY `RESOURCE_EXHAUSTED`, and times 2000 calls on one
 //! held connection to show the server still serves. A mode stops early if
 //! a connection is refused, closed or unanswered, and the table says
@@ -90,27 +96,41 @@ fn main() {
     if wants("capacity") {
         capacity(pin, nofile);
     }
+    println!("finished {}; load average {}", now(), load_average());
 }
 
 /// One line saying what ran where, for the record under a table.
 fn machine_line(cores: usize, pin: bool) -> String {
-    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    let load: Vec<&str> = load.split_whitespace().take(3).collect();
-    let date = Command::new("date")
-        .arg("-u")
-        .arg("+%Y-%m-%d %H:%M UTC")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
     format!(
-        "{date}; {cores} cores, load average {} before the run; server {} core 0, load {} core 1; \
-         syncrpc workers {}; {} s per cell after a 500 ms warm-up",
-        load.join(" "),
+        "{}; {cores} cores, load average {} before the run; server {} core 0, load {} core 1; \
+         syncrpc workers {}; {} s per cell after a 500 ms warm-up, median of {} runs",
+        now(),
+        load_average(),
         if pin { "pinned to" } else { "not pinned to" },
         if pin { "on" } else { "not on" },
         env_usize("BENCH_WORKERS", 1),
         env_usize("BENCH_SECS", 2),
+        env_usize("BENCH_RUNS", 1).max(1),
     )
+}
+
+/// The date and time, UTC, to the minute.
+fn now() -> String {
+    Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The 1, 5 and 15 minute load averages: how busy the machine was with
+/// things other than the bench.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 // ------------------------------------------------------------- throughput
@@ -184,8 +204,19 @@ fn list(name: &str, default: &[usize]) -> Vec<usize> {
     }
 }
 
+/// The servers of each cell, in the table's order.
+const KINDS: [&str; 3] = ["ceiling", "event", "thread"];
+
+/// The round with the median rate, if any round ran.
+fn median(mut rounds: Vec<Cell>) -> Option<Cell> {
+    rounds.sort_by(|a, b| a.out.rate().total_cmp(&b.out.rate()));
+    let mid = rounds.len() / 2;
+    rounds.into_iter().nth(mid)
+}
+
 fn throughput(pin: bool) {
     let conns = list("BENCH_CONNS", &[1, 16, 128, 1000]);
+    let runs = env_usize("BENCH_RUNS", 1).max(1);
     let mut table = String::from(
         "| body | conns x in flight | ceiling req/s | event req/s | thread req/s | thread / event | event / ceiling \
          | event p50 / p99 | thread p50 / p99 | CPU per req event / thread | peak RSS event / thread |\n\
@@ -196,39 +227,45 @@ fn throughput(pin: bool) {
     for body in [64, 16 * 1024] {
         for depth in [1, PIPELINE_DEPTH] {
             for &c in &conns {
-                let mut cells = Vec::new();
-                for kind in ["ceiling", "event", "thread"] {
-                    match run_cell(kind, pin, c, depth, body) {
-                        Ok(cell) => {
-                            let o = &cell.out;
-                            println!(
-                                "  {:>5} B {c:>4} x {depth:>2} {kind:>7}: {:>9.0} req/s, p50 {}, p99 {}, {:.1} us CPU/req, peak RSS {} MiB, {} non-OK, {} lost",
-                                body,
-                                o.rate(),
-                                Latency(o.quantile(0.5)),
-                                Latency(o.quantile(0.99)),
-                                cell.cpu_us,
-                                cell.peak_rss_kib / 1024,
-                                o.failures(),
-                                o.lost_requests
-                            );
-                            if o.failures() > 0 || !o.lost_connections.is_empty() {
-                                notes.push(format!(
-                                    "{kind}, {body} B, {c} x {depth}: {} non-OK {:?}, lost connections {:?}",
+                // Each round runs every server once, so that a burst of
+                // noise from elsewhere hits them alike; each server's
+                // median round by rate goes in the table.
+                let mut rounds: [Vec<Cell>; 3] = Default::default();
+                for _ in 0..runs {
+                    for (kind, results) in KINDS.iter().zip(&mut rounds) {
+                        match run_cell(kind, pin, c, depth, body) {
+                            Ok(cell) => {
+                                let o = &cell.out;
+                                println!(
+                                    "  {body:>5} B {c:>4} x {depth:>2} {kind:>7}: {:>9.0} req/s, p50 {}, p99 {}, {:.1} us CPU/req, peak RSS {} MiB, {} non-OK, {} lost",
+                                    o.rate(),
+                                    Latency(o.quantile(0.5)),
+                                    Latency(o.quantile(0.99)),
+                                    cell.cpu_us,
+                                    cell.peak_rss_kib / 1024,
                                     o.failures(),
-                                    o.failed,
-                                    o.lost_connections.first()
-                                ));
+                                    o.lost_requests
+                                );
+                                if o.failures() > 0 || !o.lost_connections.is_empty() {
+                                    notes.push(format!(
+                                        "{kind}, {body} B, {c} x {depth}: {} non-OK {:?}, lost connections {:?}",
+                                        o.failures(),
+                                        o.failed,
+                                        o.lost_connections.first()
+                                    ));
+                                }
+                                results.push(cell);
                             }
-                            cells.push(Some(cell));
-                        }
-                        Err(e) => {
-                            println!("  {body:>5} B {c:>4} x {depth:>2} {kind:>7}: failed: {e}");
-                            notes.push(format!("{kind}, {body} B, {c} x {depth}: {e}"));
-                            cells.push(None);
+                            Err(e) => {
+                                println!(
+                                    "  {body:>5} B {c:>4} x {depth:>2} {kind:>7}: failed: {e}"
+                                );
+                                notes.push(format!("{kind}, {body} B, {c} x {depth}: {e}"));
+                            }
                         }
                     }
                 }
+                let cells: Vec<Option<Cell>> = rounds.into_iter().map(median).collect();
                 table_row(&mut table, body, c, depth, &cells);
             }
         }
@@ -316,6 +353,9 @@ struct Capacity {
     stopped: Option<String>,
     base: Memory,
     at_held: Memory,
+    /// The whole machine's kernel stacks (KiB) at the start and once
+    /// the connections are held: what a thread costs outside the RSS.
+    kernel_stacks: (u64, u64),
     /// Connections past the limit refused with GOAWAY RESOURCE_EXHAUSTED,
     /// out of those tried, and the first other outcome.
     refused: (usize, usize, Option<String>),
@@ -350,13 +390,14 @@ fn capacity(pin: bool, nofile: usize) {
         .collect();
     println!();
     println!(
-        "| mode | held | stopped by | RSS per connection | threads per connection | RSS at held | {PAST_LIMIT} more | a call with the rest idle, p50 / p99 | server afterwards |"
+        "| mode | held | stopped by | RSS per connection | threads per connection | kernel stacks per connection | RSS at held | {PAST_LIMIT} more | a call with the rest idle, p50 / p99 | server afterwards |"
     );
-    println!("|---|--:|---|--:|--:|--:|---|--:|---|");
+    println!("|---|--:|---|--:|--:|--:|--:|---|--:|---|");
     for r in &results {
         let n = r.held.max(1) as f64;
         let per_conn = (r.at_held.rss_kib.saturating_sub(r.base.rss_kib)) as f64 / n;
         let threads = (r.at_held.threads.saturating_sub(r.base.threads)) as f64 / n;
+        let stacks = r.kernel_stacks.1.saturating_sub(r.kernel_stacks.0) as f64 / n;
         let stopped = r.stopped.as_deref().unwrap_or("the target");
         let (ok, tried, other) = &r.refused;
         let past = match other {
@@ -369,7 +410,7 @@ fn capacity(pin: bool, nofile: usize) {
             |(p50, p99)| format!("{} / {}", Latency(p50), Latency(p99)),
         );
         println!(
-            "| {} | {} of {} | {stopped} | {per_conn:.1} KiB | {threads:.2} | {} MiB | {past} | {probe} | {} |",
+            "| {} | {} of {} | {stopped} | {per_conn:.1} KiB | {threads:.2} | {stacks:.1} KiB | {} MiB | {past} | {probe} | {} |",
             r.mode,
             r.held,
             r.target,
@@ -391,6 +432,7 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
         stopped: None,
         base: Memory::default(),
         at_held: Memory::default(),
+        kernel_stacks: (0, 0),
         refused: (0, 0, None),
         probe: None,
         exit: String::new(),
@@ -403,6 +445,7 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
         }
     };
     r.base = server.memory();
+    r.kernel_stacks.0 = kernel_stack_kib();
     let step = (target / 10).max(1);
     let mut conns: Vec<Wire> = Vec::with_capacity(target);
     'steps: while conns.len() < target {
@@ -419,7 +462,8 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
         }
         for (i, w) in conns[from..].iter_mut().enumerate() {
             if let Err(e) = w.expect_pong() {
-                r.stopped = Some(format!("connection {}: {e}", from + i + 1));
+                // The held count says which connection it was.
+                r.stopped = Some(e.to_string());
                 conns.truncate(from + i);
                 break 'steps;
             }
@@ -428,6 +472,7 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
     }
     r.held = conns.len();
     r.at_held = server.memory();
+    r.kernel_stacks.1 = kernel_stack_kib();
     if server.is_running() {
         r.refused = past_the_limit(server.addr);
     }
@@ -444,6 +489,17 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
         }
     };
     r
+}
+
+/// `KernelStack` of `/proc/meminfo`, in KiB: every thread's kernel stack,
+/// machine-wide.
+fn kernel_stack_kib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("KernelStack:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Opens connections past the limit; each should be refused with GOAWAY
