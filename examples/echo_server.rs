@@ -311,7 +311,7 @@ fn main() -> ExitCode {
     let snap = metrics.snapshot();
     let p99 = snap.latency.quantile(0.99);
     log::info!(
-        "served {} calls, {} failed; handler time p99 <= {}",
+        "calls: {} served, {} failed; handler time p99 <= {}",
         snap.requests,
         snap.errors,
         p99.map_or_else(|| "-".to_owned(), |d| format!("{d:?}"))
