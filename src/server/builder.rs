@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::protocol::Protocols;
 use super::Server;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -203,6 +204,13 @@ pub struct ServerConfig {
     /// platform's default (`None`, the default). With inline handlers,
     /// leave room for them.
     pub connection_stack_size: Option<usize>,
+    /// The wire protocols connections may speak. Default
+    /// [`Protocols::Both`]: each connection is served in the protocol its
+    /// first byte announces (`docs/msgpack-rpc.md`).
+    pub protocols: Protocols,
+    /// The service a bare MessagePack-RPC method name (one with no `/` and
+    /// no `.`) belongs to. Default none: such names are unknown methods.
+    pub msgpack_rpc_default_service: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -219,6 +227,8 @@ impl Default for ServerConfig {
             mode: Mode::Event,
             inline_handlers: false,
             connection_stack_size: None,
+            protocols: Protocols::Both,
+            msgpack_rpc_default_service: None,
         }
     }
 }
@@ -338,6 +348,21 @@ impl ServerBuilder {
     /// [`ServerConfig::thread_name`].
     pub fn thread_name(mut self, prefix: impl Into<String>) -> ServerBuilder {
         self.config.thread_name = prefix.into();
+        self
+    }
+
+    /// Sets the wire protocols connections may speak; see
+    /// [`ServerConfig::protocols`]. Default [`Protocols::Both`].
+    pub fn protocols(mut self, protocols: Protocols) -> ServerBuilder {
+        self.config.protocols = protocols;
+        self
+    }
+
+    /// Names the service bare MessagePack-RPC method names belong to, so a
+    /// client can call `Say` rather than `echo.Echo.Say`; see
+    /// [`ServerConfig::msgpack_rpc_default_service`]. Default none.
+    pub fn msgpack_rpc_default_service(mut self, service: impl Into<String>) -> ServerBuilder {
+        self.config.msgpack_rpc_default_service = Some(service.into());
         self
     }
 

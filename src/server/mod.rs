@@ -88,6 +88,7 @@ mod dispatch;
 mod event_loop;
 mod handler;
 mod health;
+mod protocol;
 mod service;
 mod threaded;
 
@@ -106,6 +107,7 @@ pub use health::{
     Health, HealthCheckRequest, HealthCheckResponse, ServingStatus, HEALTH_CHECK_METHOD,
     HEALTH_SERVICE,
 };
+pub use protocol::Protocols;
 pub use service::Service;
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
