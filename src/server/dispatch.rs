@@ -221,6 +221,9 @@ pub(crate) struct RequestHead<'a> {
     pub md: Metadata,
     /// Bytes the request took on the wire, besides its body.
     pub overhead: usize,
+    /// The wire does not say how the body is encoded: hand it to the
+    /// handler in the encoding the handler takes.
+    pub any_encoding: bool,
 }
 
 /// Routes the frames of the connections of one listener.
@@ -282,6 +285,7 @@ impl Dispatcher {
             caller: None,
             md: Metadata::new(),
             overhead: call.len - call.body.len(),
+            any_encoding: true,
         };
         self.start(conn, head, call.body, read_at, timers)
     }
@@ -386,6 +390,7 @@ impl Dispatcher {
             caller: meta.caller,
             md: meta.md,
             overhead: HEADER_LEN + meta_bytes.len(),
+            any_encoding: false,
         };
         self.start(conn, head, body, read_at, timers)
     }
@@ -439,6 +444,11 @@ impl Dispatcher {
                 refuse(status, Some(&trace_id));
                 return None;
             }
+        };
+        let flags = if head.any_encoding {
+            Flags::new(Compression::None, method.endpoint.encoding())
+        } else {
+            flags
         };
         let timeout = [
             (head.timeout_ms > 0).then(|| Duration::from_millis(u64::from(head.timeout_ms))),
