@@ -21,6 +21,9 @@
 //! - `Fail` (MessagePack `{"code": uint, "message": str}`): answers that
 //!   status.
 //!
+//! MessagePack-RPC clients reach the same methods as `echo.Echo.Say` or
+//! just `Say` (`docs/msgpack-rpc.md`).
+//!
 //! It also serves the built-in `/syncrpc.Health/Check`, for
 //! `examples/health_probe.rs`. SIGTERM or Ctrl-C shuts it down gracefully
 //! (a second one forces the stop); it then logs the metrics and the
@@ -129,6 +132,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(AccessLog::new().ok_level(log::Level::Debug))
         .filter(metrics.clone())
         .service(echo)
+        .msgpack_rpc_default_service("echo.Echo")
         .bind(args.addr.as_str())?;
     log::info!(
         "echo server listening on {} ({:?} mode)",
