@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, Bytes, BytesMut};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
+use syncrpc::codec::msgpack::Scanner;
 use syncrpc::codec::{
     Compression, Decoded, Decoder, Encoding, Flags, FrameLimits, FrameType, Header, RequestId,
     RequestMeta, Side, HEADER_LEN,
@@ -63,6 +64,41 @@ static GLOBAL: Counting = Counting;
 const METHOD: &str = "/bench.Bench/Echo";
 const BODY_LEN: usize = 64;
 
+/// The protocol the load speaks; the syncrpc server serves both.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    Native,
+    MsgpackRpc,
+}
+
+/// `[0, msgid, METHOD, [bin BODY_LEN]]` with the msgid as a uint32 at byte
+/// 3, so it can be patched like the native header's request id.
+fn msgpack_rpc_request() -> Vec<u8> {
+    let mut v = vec![0x94, 0x00, 0xce, 0, 0, 0, 0, 0xa0 | METHOD.len() as u8];
+    v.extend_from_slice(METHOD.as_bytes());
+    v.extend_from_slice(&[0x91, 0xc4, BODY_LEN as u8]);
+    v.extend_from_slice(&[42u8; BODY_LEN]);
+    v
+}
+
+/// The msgid of a MessagePack-RPC response `[1, msgid, error, result]`.
+fn msgpack_rpc_id(msg: &[u8]) -> usize {
+    assert_eq!(&msg[..2], &[0x94, 0x01], "not a response");
+    assert!(msg.len() > 2, "truncated response");
+    let be = |n: usize| {
+        msg[3..3 + n]
+            .iter()
+            .fold(0usize, |a, &b| a << 8 | b as usize)
+    };
+    match msg[2] {
+        m @ 0x00..=0x7f => m as usize,
+        0xcc => be(1),
+        0xcd => be(2),
+        0xce => be(4),
+        m => panic!("msgid marker 0x{m:02x}"),
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--serve") {
@@ -80,6 +116,7 @@ fn main() {
         let addr = SocketAddr::from(([127, 0, 0, 1], n(1) as u16));
         let (lat, count) = load(
             addr,
+            Wire::Native,
             n(2) as usize,
             n(3) as usize,
             Duration::ZERO,
@@ -331,6 +368,7 @@ struct LoadConn {
 /// after the warm-up, and calls `mark` when the warm-up ends.
 fn load(
     addr: SocketAddr,
+    wire: Wire,
     conns: usize,
     depth: usize,
     warmup: Duration,
@@ -349,7 +387,10 @@ fn load(
             &[42u8; BODY_LEN],
         )
         .unwrap();
-    let template = template.as_slice().to_vec();
+    let (template, id_at) = match wire {
+        Wire::Native => (template.as_slice().to_vec(), 8),
+        Wire::MsgpackRpc => (msgpack_rpc_request(), 3),
+    };
     let mut cs: Vec<LoadConn> = (0..conns)
         .map(|i| {
             let std = std::net::TcpStream::connect(addr).unwrap();
@@ -375,7 +416,7 @@ fn load(
     let push = |c: &mut LoadConn, id: usize| {
         let start = c.wbuf.len();
         c.wbuf.extend_from_slice(&template);
-        c.wbuf[start + 8..start + 12].copy_from_slice(&(id as u32).to_be_bytes());
+        c.wbuf[start + id_at..start + id_at + 4].copy_from_slice(&(id as u32).to_be_bytes());
         c.sent[id] = Instant::now();
     };
     for c in cs.iter_mut() {
@@ -390,6 +431,8 @@ fn load(
     let mut lat = Vec::with_capacity(1 << 20);
     let mut count = 0u64;
     let mut scratch = vec![0u8; 64 * 1024];
+    let mut ids: Vec<usize> = Vec::with_capacity(depth);
+    let mut ids = Vec::with_capacity(depth);
     for c in cs.iter_mut() {
         flush(c);
     }
@@ -415,11 +458,24 @@ fn load(
                 }
             }
             let now = Instant::now();
-            while let Some(d) = c.dec.decode(&mut c.rbuf).unwrap() {
-                let Decoded::Frame(f) = d else {
-                    panic!("oversized")
-                };
-                let id = f.request_id().0 as usize;
+            ids.clear();
+            match wire {
+                Wire::Native => {
+                    while let Some(d) = c.dec.decode(&mut c.rbuf).unwrap() {
+                        let Decoded::Frame(f) = d else {
+                            panic!("oversized")
+                        };
+                        ids.push(f.request_id().0 as usize);
+                    }
+                }
+                Wire::MsgpackRpc => {
+                    while let Some(end) = Scanner::new(16).advance(&c.rbuf).unwrap() {
+                        ids.push(msgpack_rpc_id(&c.rbuf[..end]));
+                        c.rbuf.advance(end);
+                    }
+                }
+            }
+            for &id in &ids {
                 if measuring {
                     lat.push(now.duration_since(c.sent[id]).as_micros() as u32);
                     count += 1;
@@ -442,7 +498,7 @@ fn flush(c: &mut LoadConn) {
     }
 }
 
-fn run_row(kind: &str, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
+fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
     let mut server = ServerProc::start(kind, pin);
     let mut before = (0, 0);
     let started = std::cell::Cell::new(Instant::now());
@@ -450,6 +506,7 @@ fn run_row(kind: &str, pin: bool, conns: usize, depth: usize, dur: Duration) -> 
         let server_ref = &mut server;
         load(
             server_ref.addr,
+            wire,
             conns,
             depth,
             Duration::from_millis(300),
@@ -519,12 +576,36 @@ fn drive() {
     );
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
-            let c = run_row("ceiling", pin, conns, depth, dur);
-            let s = run_row("syncrpc", pin, conns, depth, dur);
+            let c = run_row("ceiling", Wire::Native, pin, conns, depth, dur);
+            let s = run_row("syncrpc", Wire::Native, pin, conns, depth, dur);
             println!(
                 "{:>5} {:>6} | {:>10.0} {:>8?} {:>8?} {:>6.1}us | {:>10.0} {:>8?} {:>8?} {:>6.1}us {:>7.2} | {:>5.2}",
                 conns, depth, c.rps, c.p50, c.p99, c.cpu_us, s.rps, s.p50, s.p99, s.cpu_us,
                 s.allocs, s.rps / c.rps
+            );
+        }
+    }
+    // The same server and handler over MessagePack-RPC: what the
+    // protocol seam and the other framing cost, beside the native rows.
+    println!(
+        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>5}",
+        "conns", "depth", "mrpc req/s", "p50", "p99", "cpu/req", "allocs", "native", "ratio"
+    );
+    for depth in [1usize, 32] {
+        for conns in [1usize, 16] {
+            let n = run_row("syncrpc", Wire::Native, pin, conns, depth, dur);
+            let m = run_row("syncrpc", Wire::MsgpackRpc, pin, conns, depth, dur);
+            println!(
+                "{:>5} {:>6} | {:>10.0} {:>8?} {:>8?} {:>6.1}us {:>7.2} | {:>10.0} {:>5.2}",
+                conns,
+                depth,
+                m.rps,
+                m.p50,
+                m.p99,
+                m.cpu_us,
+                m.allocs,
+                n.rps,
+                m.rps / n.rps
             );
         }
     }
