@@ -431,7 +431,6 @@ fn load(
     let mut lat = Vec::with_capacity(1 << 20);
     let mut count = 0u64;
     let mut scratch = vec![0u8; 64 * 1024];
-    let mut ids: Vec<usize> = Vec::with_capacity(depth);
     let mut ids = Vec::with_capacity(depth);
     for c in cs.iter_mut() {
         flush(c);
