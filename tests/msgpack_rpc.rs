@@ -317,3 +317,99 @@ per_mode!(
     both_protocols_share_a_listener_and_can_be_pinned,
     shutdown_refuses_new_calls_and_closes_when_idle,
 );
+
+mod rust_client {
+    //! The Rust client with `ClientProtocol::MsgpackRpc`, against a server
+    //! that speaks only MessagePack-RPC.
+
+    use super::*;
+    use syncrpc::client::ClientProtocol;
+    use syncrpc::Client;
+
+    fn client(addr: SocketAddr) -> Client {
+        Client::builder()
+            .addr(addr)
+            .protocol(ClientProtocol::MsgpackRpc)
+            .build()
+            .unwrap()
+    }
+
+    fn calls_errors_and_oneways(mode: Mode) {
+        let (svc, notes) = service();
+        let server = builder(mode)
+            .service(svc)
+            .service(echo_service())
+            .protocols(Protocols::MsgpackRpc)
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client = client(server.local_addr());
+        let ctx = Context::background();
+        let back: Say = client.call(&ctx, "/echo.Echo/Say", &say("hi")).unwrap();
+        assert_eq!(back.text, "hi");
+        let sum: u32 = client.call(&ctx, "/calc.Calc/Add", &(40u32, 2u32)).unwrap();
+        assert_eq!(sum, 42);
+        let err = client
+            .call::<_, ()>(&ctx, "/calc.Calc/Fail", &"refused")
+            .unwrap_err();
+        assert_eq!(err.code(), Code::INVALID_ARGUMENT, "{err}");
+        assert!(err.to_string().contains("refused"), "{err}");
+        let err = client
+            .call::<_, ()>(&ctx, "/calc.Calc/Nope", &())
+            .unwrap_err();
+        assert_eq!(err.code(), Code::UNIMPLEMENTED, "{err}");
+        client.oneway(&ctx, "/calc.Calc/Note", &"noted").unwrap();
+        assert_eq!(notes.recv_timeout(WAIT).unwrap(), "noted");
+        server.shutdown();
+    }
+
+    fn concurrent_calls_share_the_connection(mode: Mode) {
+        let server = builder(mode)
+            .service(echo_service())
+            .protocols(Protocols::MsgpackRpc)
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client = client(server.local_addr());
+        thread::scope(|s| {
+            for t in 0..4 {
+                let client = &client;
+                s.spawn(move || {
+                    for i in 0..50 {
+                        let text = format!("{t}-{i}");
+                        let back: Say = client
+                            .call(&Context::background(), "/echo.Echo/Say", &say(&text))
+                            .unwrap();
+                        assert_eq!(back.text, text);
+                    }
+                });
+            }
+        });
+        server.shutdown();
+    }
+
+    fn deadlines_are_enforced_by_the_client(mode: Mode) {
+        let (gate, g) = gate_service();
+        let server = builder(mode)
+            .service(gate)
+            .protocols(Protocols::MsgpackRpc)
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let client = client(server.local_addr());
+        let err = client
+            .call_timeout::<_, String>(
+                &Context::background(),
+                "/gate.Gate/Block",
+                &(),
+                std::time::Duration::from_millis(50),
+            )
+            .unwrap_err();
+        assert_eq!(err.code(), Code::DEADLINE_EXCEEDED, "{err}");
+        g.release(1);
+        server.shutdown();
+    }
+
+    per_mode!(
+        calls_errors_and_oneways,
+        concurrent_calls_share_the_connection,
+        deadlines_are_enforced_by_the_client,
+    );
+}

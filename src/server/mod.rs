@@ -88,7 +88,7 @@ mod dispatch;
 mod event_loop;
 mod handler;
 mod health;
-mod protocol;
+pub(crate) mod protocol;
 mod service;
 mod threaded;
 

@@ -204,6 +204,80 @@ impl Reader<'_> {
     }
 }
 
+/// Appends a request `[0, msgid, method, [body]]`, or a notification
+/// `[2, method, [body]]` without a msgid: what the Rust client sends.
+/// `body` goes as the single param when it is one MessagePack value, else
+/// (raw bytes) as a binary.
+pub(crate) fn write_request(
+    out: &mut BytesMut,
+    msgid: Option<RequestId>,
+    method: &str,
+    body: &[u8],
+) {
+    match msgid {
+        Some(id) => {
+            out.put_u8(0x94);
+            out.put_u8(REQUEST as u8);
+            put_uint(out, u64::from(id.0));
+        }
+        None => {
+            out.put_u8(0x93);
+            out.put_u8(NOTIFICATION as u8);
+        }
+    }
+    put_str(out, method);
+    out.put_u8(0x91);
+    if !body.is_empty() && crate::codec::msgpack::check(body, usize::MAX).is_ok() {
+        out.put_slice(body);
+    } else {
+        put_bin(out, body);
+    }
+}
+
+/// A response the client read: its msgid, and the result's bytes or the
+/// error's code and message.
+pub(crate) struct Answer {
+    pub msgid: RequestId,
+    pub outcome: Result<Bytes, (u32, String)>,
+}
+
+/// Reads a response `[1, msgid, error, result]` the scanner found complete
+/// and well-formed.
+pub(crate) fn parse_response(msg: Bytes) -> Result<Answer, ProtocolError> {
+    let mut r = Reader { buf: &msg, pos: 0 };
+    if r.array_len() != Some(4) || r.uint() != Some(RESPONSE) {
+        return Err(ProtocolError::BadMessage("not a response"));
+    }
+    let msgid = r
+        .uint()
+        .and_then(|v| u32::try_from(v).ok())
+        .map(RequestId)
+        .ok_or(ProtocolError::BadMessage(
+            "the msgid is not a 32-bit unsigned integer",
+        ))?;
+    let err_at = r.pos;
+    let result_at = crate::codec::msgpack::skip_value(&msg, err_at, usize::MAX)
+        .map_err(ProtocolError::Msgpack)?;
+    let outcome = if msg[err_at] == 0xc0 {
+        Ok(msg.slice(result_at..))
+    } else {
+        // syncrpc sends [code, message]; other servers send anything.
+        Err(
+            match rmp_serde::from_slice::<(u32, String)>(&msg[err_at..result_at]) {
+                Ok(pair) => pair,
+                Err(_) => match rmp_serde::from_slice::<String>(&msg[err_at..result_at]) {
+                    Ok(text) => (crate::status::Code::UNKNOWN.as_u32(), text),
+                    Err(_) => (
+                        crate::status::Code::UNKNOWN.as_u32(),
+                        "the server answered an error this client cannot read".to_owned(),
+                    ),
+                },
+            },
+        )
+    };
+    Ok(Answer { msgid, outcome })
+}
+
 /// The full `/service/method` path a MessagePack-RPC method name stands
 /// for: the name itself if it starts with `/`, else `service.method` split
 /// at the last dot, else a bare method of `default_service`.
