@@ -269,12 +269,13 @@ impl Dispatcher {
     fn on_call(
         &self,
         conn: &Arc<ConnShared>,
-        call: Call,
+        mut call: Call,
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) -> Option<RequestTask> {
         let default_service = self.server.config.msgpack_rpc_default_service.as_deref();
-        let path = msgpack_rpc::method_path(&call.method, default_service);
+        let body = std::mem::take(&mut call.body);
+        let path = msgpack_rpc::method_path(call.method(), default_service);
         let head = RequestHead {
             id: call.msgid.unwrap_or(RequestId(0)),
             flags: Flags::default(),
@@ -284,10 +285,10 @@ impl Dispatcher {
             trace_id: None,
             caller: None,
             md: Metadata::new(),
-            overhead: call.len - call.body.len(),
+            overhead: call.len - body.len(),
             any_encoding: true,
         };
-        self.start(conn, head, call.body, read_at, timers)
+        self.start(conn, head, body, read_at, timers)
     }
 
     fn on_frame(

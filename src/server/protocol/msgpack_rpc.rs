@@ -28,8 +28,9 @@ const NOTIFICATION: u64 = 2;
 pub(crate) struct Call {
     /// The msgid of a request; `None` for a notification.
     pub msgid: Option<RequestId>,
-    /// The method name as sent.
-    pub method: String,
+    /// The method name as sent: UTF-8, checked by the decoder (kept as
+    /// a slice of the message so a call allocates no string).
+    method: Bytes,
     /// The MessagePack bytes a handler decodes: the single element of
     /// `params`, or the whole `params` array.
     pub body: Bytes,
@@ -118,12 +119,15 @@ fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
         (RESPONSE, _) => return Err(ProtocolError::BadMessage("a response sent to the server")),
         _ => return Err(ProtocolError::BadMessage("unknown message type")),
     };
-    let method = r
-        .str()
-        .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
-    let method = std::str::from_utf8(method)
-        .map_err(|_| ProtocolError::BadMessage("the method is not UTF-8"))?
-        .to_owned();
+    let n = {
+        let method = r
+            .str()
+            .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
+        std::str::from_utf8(method)
+            .map_err(|_| ProtocolError::BadMessage("the method is not UTF-8"))?;
+        method.len()
+    };
+    let method = msg.slice(r.pos - n..r.pos);
     let params_at = r.pos;
     let count = r
         .array_len()
@@ -201,6 +205,14 @@ impl Reader<'_> {
             _ => return None,
         };
         self.take(usize::try_from(n).ok()?)
+    }
+}
+
+impl Call {
+    /// The method name as sent.
+    pub fn method(&self) -> &str {
+        // Checked by `parse`; a failure here would be a bug, not bad input.
+        std::str::from_utf8(&self.method).unwrap_or_default()
     }
 }
 
@@ -412,7 +424,7 @@ mod tests {
         buf.put_u8(0x93); // the start of the next message stays
         let call = dec.decode(&mut buf).unwrap().unwrap();
         assert_eq!(call.msgid, Some(RequestId(7)));
-        assert_eq!(call.method, "a.B");
+        assert_eq!(call.method(), "a.B");
         assert_eq!(&call.body[..], &[0x81, 0xa1, b'x', 0x01]);
         assert_eq!(&buf[..], &[0x93]);
     }
