@@ -271,6 +271,35 @@ fn both_protocols_share_a_listener_and_can_be_pinned(mode: Mode) {
     mrpc_only.shutdown();
 }
 
+fn a_listener_can_be_pinned_apart_from_the_others(mode: Mode) {
+    let (calc, _) = service();
+    let server = builder(mode)
+        .service(echo_service())
+        .service_on("127.0.0.1:0", calc)
+        .protocols(Protocols::Native)
+        .protocols_on("127.0.0.1:0", Protocols::MsgpackRpc)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    // The pin went to the first listener at that address, the main one.
+    let mut c = MrpcClient::connect(server.local_addr());
+    c.request(1, "echo.Echo.Say", &(say("pinned"),));
+    assert_eq!(c.ok::<Say>(1).text, "pinned");
+    let calc_addr = server.addr_of("calc.Calc").unwrap();
+    assert_ne!(calc_addr, server.local_addr());
+    let mut native = RawClient::connect(calc_addr);
+    native.write_bytes(&MrpcClient::request_bytes(1, "calc.Calc.Add", &(1, 2)));
+    assert_eq!(native.goaway().0, Code::INTERNAL);
+    server.shutdown();
+
+    let err = builder(mode)
+        .service(echo_service())
+        .protocols_on("127.0.0.2:9", Protocols::MsgpackRpc)
+        .bind("127.0.0.1:0")
+        .err()
+        .expect("no listener at the pinned address");
+    assert!(err.to_string().contains("no listener"), "{err}");
+}
+
 fn shutdown_refuses_new_calls_and_closes_when_idle(mode: Mode) {
     let (gate, g) = gate_service();
     let server = builder(mode)
@@ -315,6 +344,7 @@ per_mode!(
     a_malformed_message_closes_after_earlier_answers,
     limits_apply,
     both_protocols_share_a_listener_and_can_be_pinned,
+    a_listener_can_be_pinned_apart_from_the_others,
     shutdown_refuses_new_calls_and_closes_when_idle,
 );
 

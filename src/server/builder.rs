@@ -237,6 +237,8 @@ impl Default for ServerConfig {
 pub(crate) struct ListenerSpec {
     pub addrs: Vec<SocketAddr>,
     pub services: Vec<Service>,
+    /// Overrides [`ServerConfig::protocols`] on this listener.
+    pub protocols: Option<Protocols>,
 }
 
 /// Builds a [`Server`]: services, filters, threads, limits and timeouts.
@@ -264,6 +266,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     services: Vec<Service>,
     own: Vec<(Vec<SocketAddr>, Service)>,
+    pinned: Vec<(Vec<SocketAddr>, Protocols)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
     lifecycle: LifecycleSetup,
@@ -289,6 +292,7 @@ impl ServerBuilder {
             config: ServerConfig::default(),
             services: Vec::new(),
             own: Vec::new(),
+            pinned: Vec::new(),
             filters: Vec::new(),
             errors: Vec::new(),
             lifecycle: LifecycleSetup {
@@ -355,6 +359,21 @@ impl ServerBuilder {
     /// [`ServerConfig::protocols`]. Default [`Protocols::Both`].
     pub fn protocols(mut self, protocols: Protocols) -> ServerBuilder {
         self.config.protocols = protocols;
+        self
+    }
+
+    /// Sets the wire protocols of the listener at `addr` alone (the
+    /// address given to [`ServerBuilder::bind`] or to
+    /// [`ServerBuilder::service_on`]), overriding
+    /// [`ServerBuilder::protocols`] there: for instance one port for
+    /// native clients and another pinned to MessagePack-RPC.
+    pub fn protocols_on(mut self, addr: impl ToSocketAddrs, protocols: Protocols) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.pinned.push((addrs, protocols)),
+            Err(e) => self.errors.push(format!(
+                "cannot resolve the address to pin protocols on: {e}"
+            )),
+        }
         self
     }
 
@@ -473,6 +492,7 @@ impl ServerBuilder {
         let mut specs = vec![ListenerSpec {
             addrs,
             services: self.services,
+            protocols: None,
         }];
         for (addrs, svc) in self.own {
             match specs[1..].iter_mut().find(|s| s.addrs == addrs) {
@@ -480,7 +500,18 @@ impl ServerBuilder {
                 None => specs.push(ListenerSpec {
                     addrs,
                     services: vec![svc],
+                    protocols: None,
                 }),
+            }
+        }
+        for (addrs, protocols) in self.pinned {
+            match specs.iter_mut().find(|s| s.addrs == addrs) {
+                Some(spec) => spec.protocols = Some(protocols),
+                None => {
+                    return Err(Error::usage(format!(
+                        "protocols_on({addrs:?}): no listener at that address"
+                    )))
+                }
             }
         }
         check(&self.config, &specs)?;

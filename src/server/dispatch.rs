@@ -22,7 +22,7 @@ use bytes::Bytes;
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
-use super::protocol::{msgpack_rpc, Call, DecodeLimits, Inbound, Wire};
+use super::protocol::{msgpack_rpc, Call, DecodeLimits, Inbound, Protocols, Wire};
 use super::service::{MethodEntry, Registry};
 use crate::codec::{
     compress, Compression, Decoded, Encoder, Flags, FrameLimits, FrameType, Header, RequestId,
@@ -230,6 +230,8 @@ pub(crate) struct RequestHead<'a> {
 pub(crate) struct Dispatcher {
     pub server: Arc<ServerShared>,
     pub registry: Arc<Registry>,
+    /// The wire protocols of this listener's connections.
+    pub protocols: Protocols,
 }
 
 impl Dispatcher {

@@ -335,7 +335,7 @@ impl EventLoop {
         ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
-        let decoder = ConnDecoder::new(server.config.protocols, server.decode_limits(), &shared);
+        let decoder = ConnDecoder::new(dispatcher.protocols, server.decode_limits(), &shared);
         entry.insert(Conn {
             shared,
             dispatcher,

@@ -596,7 +596,7 @@ impl<'a> Reader<'a> {
             dispatcher,
             limits: &config.limits,
             timeouts: &config.timeouts,
-            decoder: ConnDecoder::new(config.protocols, t.server.decode_limits(), &link.conn),
+            decoder: ConnDecoder::new(dispatcher.protocols, t.server.decode_limits(), &link.conn),
             buf: BytesMut::new(),
             counted: 0,
             last_activity: Instant::now(),
