@@ -5,7 +5,10 @@
 //! loops or by plain blocking threads, one pair per connection (see
 //! [`server::Mode`]). A [`Client`] blocks the calling thread while calls
 //! from any number of threads share its connections (see [`client`]).
-//! Requests and responses are framed as described in [`codec`]. A
+//! Requests and responses are framed as described in [`codec`]; the same
+//! services also answer MessagePack-RPC clients on the same port, each
+//! connection served in the protocol its first byte announces
+//! ([`server::Protocols`], `docs/msgpack-rpc.md`). A
 //! shutdown, from SIGTERM or the application, loses no request it read:
 //! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
