@@ -7,10 +7,11 @@ mod util;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::thread;
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use syncrpc::server::{Limits, Protocols};
+use syncrpc::server::{Limits, Protocols, Timeouts};
 use syncrpc::{Code, Context, Service, Status};
 use util::{builder, echo_service, gate_service, say, Mode, RawClient, Say, WAIT};
 
@@ -235,6 +236,31 @@ fn limits_apply(mode: Mode) {
     server.shutdown();
 }
 
+fn idle_and_frame_timeouts_close_without_a_goaway(mode: Mode) {
+    let server = builder(mode)
+        .service(echo_service())
+        .timeouts(Timeouts {
+            idle: Duration::from_millis(200),
+            frame: Duration::from_millis(200),
+            shutdown: Duration::from_secs(2),
+            ..Timeouts::default()
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    // Idle after a call: closed with no GOAWAY bytes, which this client
+    // could not read.
+    let mut c = MrpcClient::connect(server.local_addr());
+    c.request(1, "echo.Echo.Say", &(say("then idle"),));
+    assert_eq!(c.ok::<Say>(1).text, "then idle");
+    c.expect_closed();
+    // Stalled in the middle of a message.
+    let mut c = MrpcClient::connect(server.local_addr());
+    let bytes = MrpcClient::request_bytes(2, "echo.Echo.Say", &(say("never ends"),));
+    c.stream.write_all(&bytes[..bytes.len() / 2]).unwrap();
+    c.expect_closed();
+    server.shutdown();
+}
+
 fn both_protocols_share_a_listener_and_can_be_pinned(mode: Mode) {
     let server = builder(mode)
         .service(echo_service())
@@ -345,6 +371,7 @@ per_mode!(
     a_malformed_message_closes_after_earlier_answers,
     limits_apply,
     both_protocols_share_a_listener_and_can_be_pinned,
+    idle_and_frame_timeouts_close_without_a_goaway,
     a_listener_can_be_pinned_apart_from_the_others,
     shutdown_refuses_new_calls_and_closes_when_idle,
 );
