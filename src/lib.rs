@@ -76,6 +76,7 @@
 //!                                   │  frames of `codec`
 //!                                   ▼
 //!  server: event loops (mio) or a thread per connection
+//!          └─ protocol: native frames or MessagePack-RPC, per connection
 //!          └─ dispatch: meta, routing, deadline, in-flight table
 //!               └─ WorkerPool (bounded queue, deadline per task)
 //!                    └─ filters ─▶ decompress + decode ─▶ handler(&Context, req)
@@ -92,7 +93,10 @@
 //!   (a few mio loops; many connections, few threads) and *thread mode*
 //!   (blocking reads and writes, two threads per connection). Per-request
 //!   work lives in one mode-independent dispatcher, so limits, status codes
-//!   and deadlines are identical in both.
+//!   and deadlines are identical in both. The dispatcher is also
+//!   protocol-independent: each connection's decoder (native, or
+//!   MessagePack-RPC, chosen by its first byte) hands it neutral requests,
+//!   and answers are encoded in the connection's protocol.
 //! - [`pool`]: the fixed [`WorkerPool`](pool::WorkerPool). A full queue
 //!   answers `RESOURCE_EXHAUSTED` at once; a request whose deadline passed
 //!   in the queue is answered `DEADLINE_EXCEEDED` unrun; a panic is caught.
