@@ -20,7 +20,9 @@
 //! The syncrpc server runs in event mode with one worker by default
 //! (`BENCH_WORKERS`): it is pinned to one core and the handler never
 //! blocks, so more workers would only add context switches.
-//! `benches/modes.rs` compares event mode with thread mode.
+//! A second table runs the same server and handler over MessagePack-RPC
+//! beside the native protocol. `benches/modes.rs` compares event mode
+//! with thread mode.
 
 #[path = "support/load.rs"]
 mod load;
@@ -29,7 +31,7 @@ mod server_proc;
 
 use std::time::Duration;
 
-use load::{Latency, Load, Mark};
+use load::{Latency, Load, Mark, Wire};
 use server_proc::{env_usize, ServerProc};
 
 const BODY_LEN: usize = 64;
@@ -48,11 +50,12 @@ struct Row {
     allocs: f64,
 }
 
-fn run_row(kind: &str, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
+fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
     let workers = env_usize("BENCH_WORKERS", 1).to_string();
     let mut server =
         ServerProc::start(kind, &["--workers".into(), workers], pin).expect("start the server");
     let load = Load {
+        wire,
         duration: dur,
         ..Load::echo(server.addr, conns, depth, BODY_LEN)
     };
@@ -108,8 +111,8 @@ fn drive() {
     );
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
-            let c = run_row("ceiling", pin, conns, depth, dur);
-            let s = run_row("event", pin, conns, depth, dur);
+            let c = run_row("ceiling", Wire::Native, pin, conns, depth, dur);
+            let s = run_row("event", Wire::Native, pin, conns, depth, dur);
             println!(
                 "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} | {:>5.2}",
                 conns,
@@ -124,6 +127,30 @@ fn drive() {
                 s.cpu_us,
                 s.allocs,
                 s.rps / c.rps
+            );
+        }
+    }
+    // The same server and handler over MessagePack-RPC: what the
+    // protocol seam and the other framing cost, beside the native rows.
+    println!(
+        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} {:>7} | {:>10} {:>5}",
+        "conns", "depth", "mrpc req/s", "p50", "p99", "cpu/req", "allocs", "native", "ratio"
+    );
+    for depth in [1usize, 32] {
+        for conns in [1usize, 16] {
+            let n = run_row("event", Wire::Native, pin, conns, depth, dur);
+            let m = run_row("event", Wire::MsgpackRpc, pin, conns, depth, dur);
+            println!(
+                "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} | {:>10.0} {:>5.2}",
+                conns,
+                depth,
+                m.rps,
+                Latency(m.p50),
+                Latency(m.p99),
+                m.cpu_us,
+                m.allocs,
+                n.rps,
+                m.rps / n.rps
             );
         }
     }

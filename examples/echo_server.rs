@@ -17,6 +17,9 @@
 //! | `Panic` | any MessagePack value | the handler panics: `INTERNAL` |
 //! | `Bytes` | raw bytes (encoding 1) | the same bytes |
 //!
+//! MessagePack-RPC clients reach the same methods as `echo.Echo.Say` or
+//! just `Say` (`docs/msgpack-rpc.md`).
+//!
 //! It also serves the built-in health service `/syncrpc.Health/Check`
 //! (for `examples/health_probe.rs`). Every limit and timeout has a flag
 //! whose default is the protocol's (`docs/protocol.md`, "Limits"). It logs
@@ -288,6 +291,7 @@ fn main() -> ExitCode {
         .filter(AccessLog::new())
         .filter(metrics.clone())
         .service(echo_service())
+        .msgpack_rpc_default_service("echo.Echo")
         .bind(args.addr.as_str());
     let server = match server {
         Ok(server) => server,

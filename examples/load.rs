@@ -8,7 +8,8 @@
 //! ```
 //!
 //! It sends raw bodies (encoding 1) to `/echo.Echo/Bytes` unless told
-//! another method; one thread drives every connection, so on a small
+//! another method, in the native protocol or MessagePack-RPC (a `[bin]`
+//! param); one thread drives every connection, so on a small
 //! machine pin it apart from the server (`taskset -c 1 ...`). Exits 0 when
 //! every answer was OK, 1 when some were not or a connection was lost, and
 //! 2 for a bad command line or a server that cannot be reached.
@@ -20,7 +21,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use load::{Latency, Load};
+use load::{Latency, Load, Wire};
 
 const USAGE: &str = "\
 usage: load [OPTIONS]
@@ -37,6 +38,7 @@ options:
   --warmup-ms MS        load before measuring starts [default: 500]
   --size BYTES          raw request body size [default: 64]
   --method /SVC/M       method called with the raw body [default: /echo.Echo/Bytes]
+  --protocol P          native or msgpack-rpc [default: native]
   -h, --help            this text
 
 exit status: 0 all answers OK, 1 some were not (or a connection was lost),
@@ -69,6 +71,17 @@ fn parse_args() -> Result<Option<Load>, String> {
             "--warmup-ms" => load.warmup = Duration::from_millis(number(0)?),
             "--size" => load.body_len = number(0)? as usize,
             "--method" => load.method = value.clone(),
+            "--protocol" => {
+                load.wire = match value.as_str() {
+                    "native" => Wire::Native,
+                    "msgpack-rpc" => Wire::MsgpackRpc,
+                    _ => {
+                        return Err(format!(
+                            "--protocol is native or msgpack-rpc, not {value:?}"
+                        ))
+                    }
+                }
+            }
             other => return Err(format!("unknown option {other}")),
         }
     }

@@ -228,6 +228,12 @@ impl<T: Filter + ?Sized> Filter for Arc<T> {
 /// The innermost step of a chain: the handler behind its body decoding.
 pub(crate) trait Endpoint: Send + Sync + 'static {
     fn call(&self, ctx: &Context, req: Request) -> Reply;
+
+    /// The body encoding the handler takes, for protocols whose requests
+    /// do not say (MessagePack-RPC).
+    fn encoding(&self) -> Encoding {
+        Encoding::MsgPack
+    }
 }
 
 /// The rest of a filter chain, ending in the handler.

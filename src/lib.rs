@@ -5,7 +5,10 @@
 //! loops or by plain blocking threads, one pair per connection (see
 //! [`server::Mode`]). A [`Client`] blocks the calling thread while calls
 //! from any number of threads share its connections (see [`client`]).
-//! Requests and responses are framed as described in [`codec`]. A
+//! Requests and responses are framed as described in [`codec`]; the same
+//! services also answer MessagePack-RPC clients on the same port, each
+//! connection served in the protocol its first byte announces
+//! ([`server::Protocols`], `docs/msgpack-rpc.md`). A
 //! shutdown, from SIGTERM or the application, loses no request it read:
 //! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
@@ -65,6 +68,47 @@
 //! std::process::exit(report.exit_code());
 //! # Ok::<(), syncrpc::Error>(())
 //! ```
+//!
+//! # Architecture
+//!
+//! ```text
+//!  client threads ─▶ Client ─▶ connection (coalesced writes, one reader thread)
+//!                                   │  frames of `codec`
+//!                                   ▼
+//!  server: event loops (mio) or a thread per connection
+//!          └─ protocol: native frames or MessagePack-RPC, per connection
+//!          └─ dispatch: meta, routing, deadline, in-flight table
+//!               └─ WorkerPool (bounded queue, deadline per task)
+//!                    └─ filters ─▶ decompress + decode ─▶ handler(&Context, req)
+//!          responses go back into the connection's output buffer, batched
+//!  shutdown coordinator: health, GOAWAY, drain, join (Latch), hooks, report
+//! ```
+//!
+//! - [`codec`]: the wire protocol (`docs/protocol.md`). An incremental
+//!   [`Decoder`](codec::Decoder) that never sizes a buffer from a declared
+//!   length, a reusable [`Encoder`](codec::Encoder), bounded inflation,
+//!   and a structural check of untrusted MessagePack before serde sees it.
+//! - [`server`]: services of typed or raw handlers, a [`Filter`] chain,
+//!   and two I/O modes that share everything but the sockets: *event mode*
+//!   (a few mio loops; many connections, few threads) and *thread mode*
+//!   (blocking reads and writes, two threads per connection). Per-request
+//!   work lives in one mode-independent dispatcher, so limits, status codes
+//!   and deadlines are identical in both. The dispatcher is also
+//!   protocol-independent: each connection's decoder (native, or
+//!   MessagePack-RPC, chosen by its first byte) hands it neutral requests,
+//!   and answers are encoded in the connection's protocol.
+//! - [`pool`]: the fixed [`WorkerPool`](pool::WorkerPool). A full queue
+//!   answers `RESOURCE_EXHAUSTED` at once; a request whose deadline passed
+//!   in the queue is answered `DEADLINE_EXCEEDED` unrun; a panic is caught.
+//! - [`Context`]: deadline, cancellation, trace id and metadata of a call;
+//!   the thing every handler gets and every client call takes.
+//! - [`client`]: a blocking [`Client`] that is `Send + Sync + Clone`,
+//!   multiplexes calls over a few connections per endpoint, balances and
+//!   fails over between endpoints, and says whether a failed call may have
+//!   run. [`TaskGroup`] fans calls out and stops them at the first error.
+//! - [`shutdown`]: the coordinator that stops a server
+//!   without losing a request, on a signal or an API call, joining every
+//!   thread with a [`Latch`] and returning a report.
 //!
 //! Non-goals: async integration, streaming calls, TLS (terminate it in
 //! front), and service discovery.

@@ -9,6 +9,9 @@
 //! request is queued for writing to the moment its answer is decoded, and
 //! is recorded in an HDR histogram (nanoseconds, 3 significant digits).
 //!
+//! It speaks the native protocol or MessagePack-RPC (`docs/msgpack-rpc.md`),
+//! whose requests `[0, msgid, method, [bin]]` carry the same raw body.
+//!
 //! Nothing here panics on what the server does: a non-OK answer is
 //! counted by code, a GOAWAY is recorded, and a connection that closes or
 //! sends garbage is dropped from the run with its requests counted as lost.
@@ -24,6 +27,7 @@ use bytes::{Buf, BytesMut};
 use hdrhistogram::Histogram;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use syncrpc::codec::msgpack::Scanner;
 use syncrpc::codec::{
     Compression, Decoded, Decoder, Encoder, Encoding, Flags, FrameLimits, FrameType, GoawayMeta,
     RequestId, RequestMeta, ResponseMeta, Side,
@@ -43,11 +47,26 @@ pub const OK_META: &[u8] = b"\x81\xa4code\x00";
 /// recorded as this.
 const MAX_LATENCY: Duration = Duration::from_secs(60);
 
+/// The protocol a load speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    /// syncrpc's own frames (`docs/protocol.md`).
+    Native,
+    /// MessagePack-RPC (`docs/msgpack-rpc.md`).
+    MsgpackRpc,
+}
+
+/// Nesting a MessagePack-RPC answer may have, for the scanner that finds
+/// where it ends.
+const MSGPACK_RPC_DEPTH: usize = 16;
+
 /// What to send, where, and for how long.
 #[derive(Clone, Debug)]
 pub struct Load {
     /// The server.
     pub addr: SocketAddr,
+    /// The protocol spoken.
+    pub wire: Wire,
     /// Connections, opened before the run starts.
     pub connections: usize,
     /// Requests in flight on each connection.
@@ -68,6 +87,7 @@ impl Load {
     pub fn echo(addr: SocketAddr, connections: usize, depth: usize, body_len: usize) -> Load {
         Load {
             addr,
+            wire: Wire::Native,
             connections,
             depth,
             method: ECHO_BYTES.to_owned(),
@@ -92,7 +112,10 @@ impl Load {
                 format!("depth must be 1 to {}, not {}", u32::MAX, self.depth),
             ));
         }
-        let template = request_frame(&self.method, self.body_len)?;
+        let (template, id_at) = match self.wire {
+            Wire::Native => (request_frame(&self.method, self.body_len)?, 8),
+            Wire::MsgpackRpc => (msgpack_rpc_request(&self.method, self.body_len), 3),
+        };
         let mut poll = Poll::new()?;
         let mut conns = Vec::with_capacity(self.connections);
         for i in 0..self.connections {
@@ -113,6 +136,7 @@ impl Load {
             conns.push(Conn {
                 stream,
                 dec: Decoder::new(Side::Client, FrameLimits::default()),
+                scan: Scanner::new(MSGPACK_RPC_DEPTH),
                 rbuf: BytesMut::with_capacity(64 * 1024),
                 wbuf: BytesMut::with_capacity(64 * 1024),
                 sent: vec![None; self.depth],
@@ -121,6 +145,8 @@ impl Load {
         }
         let mut run = Run {
             template,
+            id_at,
+            wire: self.wire,
             open: conns.len(),
             measuring: false,
             outcome: Outcome::new(),
@@ -166,6 +192,69 @@ impl Load {
     }
 }
 
+/// A MessagePack-RPC request `[0, msgid, method, [bin body]]` of `len`
+/// bytes, its msgid a uint32 at byte 3 to be patched like the
+/// native request id.
+pub fn msgpack_rpc_request(method: &str, len: usize) -> Vec<u8> {
+    let mut v = vec![0x94, 0x00, 0xce, 0, 0, 0, 0];
+    let m = method.len();
+    match m {
+        0..=31 => v.push(0xa0 | m as u8),
+        32..=255 => v.extend_from_slice(&[0xd9, m as u8]),
+        _ => {
+            v.push(0xda);
+            v.extend_from_slice(&(m.min(usize::from(u16::MAX)) as u16).to_be_bytes());
+        }
+    }
+    v.extend_from_slice(&method.as_bytes()[..m.min(usize::from(u16::MAX))]);
+    v.push(0x91);
+    match len {
+        0..=255 => v.extend_from_slice(&[0xc4, len as u8]),
+        256..=65535 => {
+            v.push(0xc5);
+            v.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        _ => {
+            v.push(0xc6);
+            v.extend_from_slice(&(len.min(u32::MAX as usize) as u32).to_be_bytes());
+        }
+    }
+    v.resize(v.len() + len, 0x2a);
+    v
+}
+
+/// The msgid and status of a MessagePack-RPC response `[1, msgid, error,
+/// result]`: OK when `error` is nil, else the code of `[code, message]`.
+fn msgpack_rpc_answer(msg: &[u8]) -> Option<(usize, Code)> {
+    let uint = |at: usize| -> Option<(u64, usize)> {
+        let be = |n: usize| {
+            let bytes = msg.get(at + 1..at + 1 + n)?;
+            Some((
+                bytes.iter().fold(0u64, |a, &b| a << 8 | u64::from(b)),
+                at + 1 + n,
+            ))
+        };
+        match *msg.get(at)? {
+            m @ 0x00..=0x7f => Some((u64::from(m), at + 1)),
+            0xcc => be(1),
+            0xcd => be(2),
+            0xce => be(4),
+            0xcf => be(8),
+            _ => None,
+        }
+    };
+    if msg.get(..2)? != [0x94, 0x01] {
+        return None;
+    }
+    let (id, at) = uint(2)?;
+    let code = match *msg.get(at)? {
+        0xc0 => Code::OK,
+        0x92 => uint(at + 1).map_or(Code::UNKNOWN, |(c, _)| Code::from(c as u32)),
+        _ => Code::UNKNOWN,
+    };
+    Some((id as usize, code))
+}
+
 /// Where a run is, for [`Load::run`]'s `mark`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Mark {
@@ -192,6 +281,8 @@ pub fn request_frame(method: &str, len: usize) -> io::Result<Vec<u8>> {
 struct Conn {
     stream: TcpStream,
     dec: Decoder,
+    /// Where the MessagePack-RPC answer being read ends, once it is in.
+    scan: Scanner,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// When each request id was sent; `None` when it is not in flight.
@@ -201,6 +292,9 @@ struct Conn {
 
 struct Run {
     template: Vec<u8>,
+    /// Offset of the 4-byte request id in `template`.
+    id_at: usize,
+    wire: Wire,
     /// Connections still in the run.
     open: usize,
     measuring: bool,
@@ -212,7 +306,8 @@ impl Run {
     fn send(&mut self, c: &mut Conn, id: usize) {
         let start = c.wbuf.len();
         c.wbuf.extend_from_slice(&self.template);
-        c.wbuf[start + 8..start + 12].copy_from_slice(&(id as u32).to_be_bytes());
+        let at = start + self.id_at;
+        c.wbuf[at..at + 4].copy_from_slice(&(id as u32).to_be_bytes());
         c.sent[id] = Some(Instant::now());
     }
 
@@ -236,34 +331,44 @@ impl Run {
             }
         }
         let now = Instant::now();
+        let read = match self.wire {
+            Wire::Native => self.read_native(c, now),
+            Wire::MsgpackRpc => self.read_msgpack_rpc(c, now),
+        };
+        if let Err(why) = read {
+            self.lose(c, why);
+            return;
+        }
+        if eof {
+            let in_flight = c.sent.iter().flatten().count();
+            self.lose(
+                c,
+                format!("closed by the server with {in_flight} in flight"),
+            );
+            return;
+        }
+        self.flush(c);
+    }
+
+    /// Takes every whole frame off the read buffer.
+    fn read_native(&mut self, c: &mut Conn, now: Instant) -> Result<(), String> {
         loop {
             let frame = match c.dec.decode(&mut c.rbuf) {
                 Ok(Some(Decoded::Frame(f))) => f,
-                Ok(None) => break,
+                Ok(None) => return Ok(()),
                 Ok(Some(Decoded::BodyTooLarge { header, .. })) => {
-                    self.lose(c, format!("answer {} over 10 MiB", header.request_id.0));
-                    return;
+                    return Err(format!("answer {} over 10 MiB", header.request_id.0))
                 }
-                Err(e) => {
-                    self.lose(c, format!("protocol error: {e}"));
-                    return;
-                }
+                Err(e) => return Err(format!("protocol error: {e}")),
             };
             match frame.frame_type() {
                 FrameType::Response => {
-                    let id = frame.request_id().0 as usize;
-                    let Some(sent) = c.sent.get_mut(id).and_then(Option::take) else {
-                        continue; // not ours (or answered twice): ignore it
+                    let code = if frame.meta == OK_META {
+                        Code::OK
+                    } else {
+                        ResponseMeta::decode(&frame.meta).map_or(Code::UNKNOWN, |m| m.code())
                     };
-                    if self.measuring {
-                        let code = if frame.meta == OK_META {
-                            Code::OK
-                        } else {
-                            ResponseMeta::decode(&frame.meta).map_or(Code::UNKNOWN, |m| m.code())
-                        };
-                        self.outcome.record(code, now.duration_since(sent));
-                    }
-                    self.send(c, id);
+                    self.answered(c, frame.request_id().0 as usize, code, now);
                 }
                 FrameType::Goaway => {
                     let (code, message) = GoawayMeta::decode(&frame.meta).map_or_else(
@@ -275,15 +380,34 @@ impl Run {
                 _ => {}
             }
         }
-        if eof {
-            let in_flight = c.sent.iter().flatten().count();
-            self.lose(
-                c,
-                format!("closed by the server with {in_flight} in flight"),
-            );
-            return;
+    }
+
+    /// Takes every whole answer `[1, msgid, error, result]` off the read
+    /// buffer.
+    fn read_msgpack_rpc(&mut self, c: &mut Conn, now: Instant) -> Result<(), String> {
+        loop {
+            let end = match c.scan.advance(&c.rbuf) {
+                Ok(Some(end)) => end,
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(format!("malformed MessagePack: {e:?}")),
+            };
+            c.scan = Scanner::new(MSGPACK_RPC_DEPTH);
+            let answer = c.rbuf.split_to(end);
+            let (id, code) = msgpack_rpc_answer(&answer)
+                .ok_or_else(|| format!("not a MessagePack-RPC response: {answer:02x?}"))?;
+            self.answered(c, id, code, now);
         }
-        self.flush(c);
+    }
+
+    /// Records the answer to request `id` and sends the next request.
+    fn answered(&mut self, c: &mut Conn, id: usize, code: Code, now: Instant) {
+        let Some(sent) = c.sent.get_mut(id).and_then(Option::take) else {
+            return; // not ours (or answered twice): ignore it
+        };
+        if self.measuring {
+            self.outcome.record(code, now.duration_since(sent));
+        }
+        self.send(c, id);
     }
 
     fn flush(&mut self, c: &mut Conn) {

@@ -36,6 +36,8 @@ impl Settings {
                 limits: config.frame_limits(),
                 write_stall: config.timeouts.write_stall,
                 keepalive: config.tcp_keepalive,
+                protocol: config.protocol,
+                max_depth: config.max_body_depth,
             },
             resolve_interval: config.resolve_interval,
         }

@@ -172,6 +172,23 @@ pub struct ClientConfig {
     /// addresses change. Default 30 s. Addresses given as IP literals are
     /// never resolved again.
     pub resolve_interval: Duration,
+    /// The wire protocol. Default [`ClientProtocol::Native`].
+    pub protocol: ClientProtocol,
+}
+
+/// The wire protocol a [`Client`](super::Client) speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ClientProtocol {
+    /// The native protocol of `docs/protocol.md`. The default.
+    #[default]
+    Native,
+    /// MessagePack-RPC (`docs/msgpack-rpc.md`), for servers that speak only
+    /// it. Deadlines are then enforced by the client alone (the server
+    /// never learns them), metadata, trace ids and the caller name are not
+    /// sent, bodies are not compressed, and pings succeed without a round
+    /// trip while the connection is open.
+    MsgpackRpc,
 }
 
 impl Default for ClientConfig {
@@ -189,6 +206,7 @@ impl Default for ClientConfig {
             caller: None,
             tcp_keepalive: Some(Duration::from_secs(60)),
             resolve_interval: Duration::from_secs(30),
+            protocol: ClientProtocol::Native,
         }
     }
 }
@@ -369,6 +387,13 @@ impl ClientBuilder {
     /// Names this service in every request, for the server's logs.
     pub fn caller(mut self, name: impl Into<String>) -> ClientBuilder {
         self.config.caller = Some(name.into());
+        self
+    }
+
+    /// The wire protocol; see [`ClientProtocol`]. Default
+    /// [`ClientProtocol::Native`].
+    pub fn protocol(mut self, protocol: ClientProtocol) -> ClientBuilder {
+        self.config.protocol = protocol;
         self
     }
 

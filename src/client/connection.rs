@@ -35,13 +35,16 @@ use bytes::{Buf, BytesMut};
 use log::debug;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::builder::ClientProtocol;
 use super::slot::{Kind, Reply, Slot, Wait};
+use crate::codec::msgpack::Scanner;
 use crate::codec::{
     Decoded, Decoder, EncodeError, Encoder, Flags, FrameLimits, FrameType, GoawayMeta,
     ProtocolError, RequestId, RequestMeta, ResponseMeta, Side,
 };
 use crate::context::{CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};
+use crate::server::protocol::msgpack_rpc;
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
 
@@ -64,6 +67,9 @@ pub(crate) struct ConnOptions {
     pub(crate) write_stall: Duration,
     /// TCP keepalive idle time, if any.
     pub(crate) keepalive: Option<Duration>,
+    pub(crate) protocol: ClientProtocol,
+    /// Nesting allowed in a MessagePack-RPC result.
+    pub(crate) max_depth: usize,
 }
 
 /// A frame a call sends: REQUEST or ONEWAY.
@@ -248,6 +254,8 @@ struct Shared {
     in_flight: AtomicUsize,
     answered: AtomicU64,
     write_stall: Duration,
+    /// Speaks MessagePack-RPC rather than native frames.
+    msgpack_rpc: bool,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -316,11 +324,17 @@ impl Connection {
             in_flight: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             write_stall: opts.write_stall,
+            msgpack_rpc: opts.protocol == ClientProtocol::MsgpackRpc,
         });
         let io = IoThread {
             shared: shared.clone(),
             poll,
             decoder: Decoder::new(Side::Client, opts.limits),
+            scanner: (opts.protocol == ClientProtocol::MsgpackRpc).then(|| MsgpackRpcScan {
+                scan: Scanner::new(opts.max_depth.saturating_add(2)),
+                max_message: opts.limits.max_body.saturating_add(opts.limits.max_meta),
+                max_depth: opts.max_depth.saturating_add(2),
+            }),
             buf: BytesMut::with_capacity(READ_CHUNK),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
         };
@@ -371,13 +385,25 @@ impl Connection {
         deadline: Option<Instant>,
         ctx: &Context,
     ) -> Result<Reply, Error> {
+        let msgpack_rpc = self.shared.msgpack_rpc;
         self.round_trip(Kind::Call, deadline, ctx, |enc, id| {
+            if msgpack_rpc {
+                msgpack_rpc::write_request(enc.buf_mut(), Some(id), out.meta.method, out.body);
+                return Ok(());
+            }
             enc.frame(out.frame_type, out.flags, id, out.meta, out.body)
         })
     }
 
     /// Sends a PING and waits for its PONG.
     pub(crate) fn ping(&self, deadline: Option<Instant>, ctx: &Context) -> Result<(), Error> {
+        if self.shared.msgpack_rpc {
+            // No PING on this wire: an open connection is the answer.
+            return match lock(&self.shared.pending).refusal(self.shared.peer) {
+                Some(err) => Err(err),
+                None => Ok(()),
+            };
+        }
         self.round_trip(Kind::Ping, deadline, ctx, |enc, id| {
             enc.ping(id);
             Ok(())
@@ -395,8 +421,15 @@ impl Connection {
             }
             p.next_free_id()
         };
+        let msgpack_rpc = self.shared.msgpack_rpc;
         self.shared
-            .send(|enc| enc.frame(out.frame_type, out.flags, RequestId(id), out.meta, out.body))
+            .send(|enc| {
+                if msgpack_rpc {
+                    msgpack_rpc::write_request(enc.buf_mut(), None, out.meta.method, out.body);
+                    return Ok(());
+                }
+                enc.frame(out.frame_type, out.flags, RequestId(id), out.meta, out.body)
+            })
             .map_err(|e| self.send_error(e))
     }
 
@@ -495,7 +528,7 @@ impl Connection {
                 State::Open => false,
             }
         };
-        if slot.kind() == Kind::Call {
+        if slot.kind() == Kind::Call && !shared.msgpack_rpc {
             // Best effort: the call has failed whatever becomes of this.
             let _ = shared.send(|enc| {
                 enc.cancel(RequestId(id));
@@ -809,10 +842,19 @@ fn write_some(stream: &mio::net::TcpStream, buf: &mut BytesMut) -> io::Result<bo
 /// The connection's IO thread: reads and dispatches responses, finishes
 /// writes the socket could not take, closes the connection when it breaks
 /// or has drained after GOAWAY.
+/// The end of a MessagePack-RPC response, found as bytes arrive.
+struct MsgpackRpcScan {
+    scan: Scanner,
+    max_message: usize,
+    max_depth: usize,
+}
+
 struct IoThread {
     shared: Arc<Shared>,
     poll: Poll,
     decoder: Decoder,
+    /// Set when the connection speaks MessagePack-RPC.
+    scanner: Option<MsgpackRpcScan>,
     buf: BytesMut,
     scratch: Box<[u8]>,
 }
@@ -879,11 +921,19 @@ impl IoThread {
         loop {
             match (&self.shared.stream).read(&mut self.scratch) {
                 Ok(0) => {
+                    if self.scanner.is_some() && !self.buf.is_empty() {
+                        return Err(Broken::Protocol(ProtocolError::Truncated {
+                            have: self.buf.len(),
+                        }));
+                    }
                     self.decoder.finish(&self.buf).map_err(Broken::Protocol)?;
                     return Err(Broken::Eof);
                 }
                 Ok(n) => {
                     self.buf.extend_from_slice(&self.scratch[..n]);
+                    if let Some(scan) = &mut self.scanner {
+                        read_msgpack_rpc(scan, &mut self.buf, &self.shared)?;
+                    }
                     while let Some(d) = self
                         .decoder
                         .decode(&mut self.buf)
@@ -910,4 +960,38 @@ impl IoThread {
             }
         }
     }
+}
+
+/// Delivers every complete MessagePack-RPC response in `buf`.
+fn read_msgpack_rpc(
+    scan: &mut MsgpackRpcScan,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<(), Broken> {
+    while !buf.is_empty() {
+        let end = match scan.scan.advance(buf) {
+            Ok(Some(end)) => end,
+            Ok(None) if buf.len() > scan.max_message => {
+                return Err(Broken::Protocol(ProtocolError::MessageTooLarge {
+                    len: buf.len(),
+                    limit: scan.max_message,
+                }))
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(Broken::Protocol(ProtocolError::Msgpack(e))),
+        };
+        scan.scan = Scanner::new(scan.max_depth);
+        let answer =
+            msgpack_rpc::parse_response(buf.split_to(end).freeze()).map_err(Broken::Protocol)?;
+        let mut reply = Reply::pong();
+        match answer.outcome {
+            Ok(body) => reply.body = body,
+            Err((code, message)) => {
+                reply.code = Code::from(code);
+                reply.message = message;
+            }
+        }
+        shared.deliver(answer.msgid, Kind::Call, reply);
+    }
+    Ok(())
 }

@@ -44,7 +44,7 @@ use log::debug;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use builder::{Backoff, ClientBuilder, ClientConfig, Timeouts};
+pub use builder::{Backoff, ClientBuilder, ClientConfig, ClientProtocol, Timeouts};
 pub use options::{CallOptions, Response};
 pub use retry::RetryPolicy;
 
@@ -500,7 +500,11 @@ impl Client {
         if body.len() > config.max_body {
             return Err(too_large("request body", body.len(), config.max_body));
         }
-        let compression = opts.get_compression().unwrap_or(config.compression);
+        let compression = match config.protocol {
+            ClientProtocol::Native => opts.get_compression().unwrap_or(config.compression),
+            // The protocol has no way to say a body is compressed.
+            ClientProtocol::MsgpackRpc => Compression::None,
+        };
         let compressed;
         let (body, compression) = if compression != Compression::None
             && body.len() >= opts.compress_min_size_or(config.compress_min_size)

@@ -74,6 +74,12 @@ impl Encoder {
         }
     }
 
+    /// The output buffer, for messages of another wire protocol written
+    /// to the same connection.
+    pub(crate) fn buf_mut(&mut self) -> &mut BytesMut {
+        &mut self.buf
+    }
+
     /// Appends a REQUEST frame.
     pub fn request(
         &mut self,

@@ -52,6 +52,19 @@ pub enum ProtocolError {
     /// The meta of a frame that needs it (RESPONSE, GOAWAY on the client
     /// side) could not be decoded.
     BadMeta(String),
+    /// A MessagePack-RPC message is longer than the connection allows
+    /// (`max_body + max_meta`).
+    MessageTooLarge {
+        /// Bytes buffered (or the message's length) when it was refused.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A MessagePack-RPC message is not well-formed MessagePack.
+    Msgpack(super::msgpack::MsgpackError),
+    /// A MessagePack-RPC message is well-formed MessagePack but not a
+    /// request or notification a server accepts.
+    BadMessage(&'static str),
     /// The connection ended in the middle of a frame.
     Truncated {
         /// Bytes of the partial frame received.
@@ -94,6 +107,14 @@ impl fmt::Display for ProtocolError {
                 "{frame_type} frame must be empty, has meta_len {meta_len} and body_len {body_len}"
             ),
             ProtocolError::BadMeta(m) => write!(f, "bad meta: {m}"),
+            ProtocolError::MessageTooLarge { len, limit } => {
+                write!(
+                    f,
+                    "MessagePack-RPC message too large: {len} > {limit} bytes"
+                )
+            }
+            ProtocolError::Msgpack(e) => write!(f, "bad MessagePack-RPC message: {e}"),
+            ProtocolError::BadMessage(what) => write!(f, "bad MessagePack-RPC message: {what}"),
             ProtocolError::Truncated { have } => {
                 write!(
                     f,

@@ -223,6 +223,100 @@ pub fn skip_value(buf: &[u8], pos: usize, max_depth: usize) -> Result<usize, Msg
     }
 }
 
+/// A [`skip_value`] that can stop where the input ends and resume when
+/// more arrives, for values read off a stream with no length prefix.
+///
+/// Its state is the open containers and the offset of the next marker, so
+/// each byte is examined once however the value is split across reads.
+/// The scanner never sizes anything from a declared length; the caller
+/// bounds the bytes it is willing to buffer.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::msgpack::Scanner;
+///
+/// let value = [0x92, 0x01, 0xa2, b'h', b'i']; // [1, "hi"]
+/// let mut scan = Scanner::new(32);
+/// assert_eq!(scan.advance(&value[..3]), Ok(None)); // needs more bytes
+/// assert_eq!(scan.advance(&value), Ok(Some(5)));
+/// ```
+pub struct Scanner {
+    stack: Stack,
+    pending: u64,
+    pos: usize,
+    max_depth: usize,
+}
+
+impl Scanner {
+    /// A scanner for one value starting at offset 0, nested at most
+    /// `max_depth` containers deep.
+    pub fn new(max_depth: usize) -> Scanner {
+        Scanner {
+            stack: Stack::new(),
+            pending: 1,
+            pos: 0,
+            max_depth,
+        }
+    }
+
+    /// Continues the scan over `buf`, which holds everything given before
+    /// and possibly more. Returns the offset just past the value once it
+    /// is complete, `None` while bytes are missing.
+    pub fn advance(&mut self, buf: &[u8]) -> Result<Option<usize>, MsgpackError> {
+        loop {
+            while self.pending == 0 {
+                match self.stack.pop() {
+                    Some(outer) => self.pending = outer,
+                    None => return Ok(Some(self.pos)),
+                }
+            }
+            let (it, next) = match item(buf, self.pos) {
+                Ok(v) => v,
+                Err(MsgpackError::Truncated { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match it {
+                Item::Skip(n) => {
+                    let end = next as u64 + n;
+                    if end > buf.len() as u64 {
+                        return Ok(None);
+                    }
+                    self.pos = end as usize;
+                    self.pending -= 1;
+                }
+                Item::Children(n) => {
+                    if n > 0 && self.stack.len() + 1 > self.max_depth {
+                        return Err(MsgpackError::TooDeep {
+                            limit: self.max_depth,
+                        });
+                    }
+                    self.pos = next;
+                    self.pending -= 1;
+                    if n > 0 {
+                        self.stack.push(self.pending);
+                        self.pending = n;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offset of the next byte the scan will look at.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+}
+
+impl fmt::Debug for Scanner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Scanner")
+            .field("pos", &self.pos)
+            .field("depth", &self.stack.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Checks that `buf` holds exactly one well-formed value nested at most
 /// `max_depth` containers deep.
 ///
@@ -384,5 +478,27 @@ mod tests {
             check_str_keys_unique(&non_str),
             Err(MsgpackError::BadMap(_))
         ));
+    }
+
+    #[test]
+    fn scanner_resumes_byte_by_byte() {
+        let v: Vec<u8> = vec![
+            0x94, 0x00, 0xcd, 0x01, 0x00, 0xa3, b'a', b'.', b'b', 0x92, 0x91, 0xc4, 2, 1, 2, 0x80,
+        ];
+        let mut scan = Scanner::new(32);
+        for n in 0..v.len() {
+            assert_eq!(scan.advance(&v[..n]), Ok(None), "at {n}");
+        }
+        assert_eq!(scan.advance(&v), Ok(Some(v.len())));
+        let mut deep = vec![0x91; 33];
+        deep.push(0x01);
+        assert_eq!(
+            Scanner::new(32).advance(&deep),
+            Err(MsgpackError::TooDeep { limit: 32 })
+        );
+        assert_eq!(
+            Scanner::new(32).advance(&[0x92, 0xc1]),
+            Err(MsgpackError::InvalidMarker { at: 1 })
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::protocol::Protocols;
 use super::Server;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -211,6 +212,13 @@ pub struct ServerConfig {
     /// platform's default (`None`, the default). With inline handlers,
     /// leave room for them.
     pub connection_stack_size: Option<usize>,
+    /// The wire protocols connections may speak. Default
+    /// [`Protocols::Both`]: each connection is served in the protocol its
+    /// first byte announces (`docs/msgpack-rpc.md`).
+    pub protocols: Protocols,
+    /// The service a bare MessagePack-RPC method name (one with no `/` and
+    /// no `.`) belongs to. Default none: such names are unknown methods.
+    pub msgpack_rpc_default_service: Option<String>,
 }
 
 impl Default for ServerConfig {
@@ -227,6 +235,8 @@ impl Default for ServerConfig {
             mode: Mode::Event,
             inline_handlers: false,
             connection_stack_size: None,
+            protocols: Protocols::Both,
+            msgpack_rpc_default_service: None,
         }
     }
 }
@@ -235,6 +245,8 @@ impl Default for ServerConfig {
 pub(crate) struct ListenerSpec {
     pub addrs: Vec<SocketAddr>,
     pub services: Vec<Service>,
+    /// Overrides [`ServerConfig::protocols`] on this listener.
+    pub protocols: Option<Protocols>,
 }
 
 /// Builds a [`Server`]: services, filters, threads, limits and timeouts.
@@ -262,6 +274,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     services: Vec<Service>,
     own: Vec<(Vec<SocketAddr>, Service)>,
+    pinned: Vec<(Vec<SocketAddr>, Protocols)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
     lifecycle: LifecycleSetup,
@@ -287,6 +300,7 @@ impl ServerBuilder {
             config: ServerConfig::default(),
             services: Vec::new(),
             own: Vec::new(),
+            pinned: Vec::new(),
             filters: Vec::new(),
             errors: Vec::new(),
             lifecycle: LifecycleSetup {
@@ -346,6 +360,36 @@ impl ServerBuilder {
     /// [`ServerConfig::thread_name`].
     pub fn thread_name(mut self, prefix: impl Into<String>) -> ServerBuilder {
         self.config.thread_name = prefix.into();
+        self
+    }
+
+    /// Sets the wire protocols connections may speak; see
+    /// [`ServerConfig::protocols`]. Default [`Protocols::Both`].
+    pub fn protocols(mut self, protocols: Protocols) -> ServerBuilder {
+        self.config.protocols = protocols;
+        self
+    }
+
+    /// Sets the wire protocols of the listener at `addr` alone (the
+    /// address given to [`ServerBuilder::bind`] or to
+    /// [`ServerBuilder::service_on`]), overriding
+    /// [`ServerBuilder::protocols`] there: for instance one port for
+    /// native clients and another pinned to MessagePack-RPC.
+    pub fn protocols_on(mut self, addr: impl ToSocketAddrs, protocols: Protocols) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.pinned.push((addrs, protocols)),
+            Err(e) => self.errors.push(format!(
+                "cannot resolve the address to pin protocols on: {e}"
+            )),
+        }
+        self
+    }
+
+    /// Names the service bare MessagePack-RPC method names belong to, so a
+    /// client can call `Say` rather than `echo.Echo.Say`; see
+    /// [`ServerConfig::msgpack_rpc_default_service`]. Default none.
+    pub fn msgpack_rpc_default_service(mut self, service: impl Into<String>) -> ServerBuilder {
+        self.config.msgpack_rpc_default_service = Some(service.into());
         self
     }
 
@@ -456,6 +500,7 @@ impl ServerBuilder {
         let mut specs = vec![ListenerSpec {
             addrs,
             services: self.services,
+            protocols: None,
         }];
         for (addrs, svc) in self.own {
             match specs[1..].iter_mut().find(|s| s.addrs == addrs) {
@@ -463,7 +508,18 @@ impl ServerBuilder {
                 None => specs.push(ListenerSpec {
                     addrs,
                     services: vec![svc],
+                    protocols: None,
                 }),
+            }
+        }
+        for (addrs, protocols) in self.pinned {
+            match specs.iter_mut().find(|s| s.addrs == addrs) {
+                Some(spec) => spec.protocols = Some(protocols),
+                None => {
+                    return Err(Error::usage(format!(
+                        "protocols_on({addrs:?}): no listener at that address"
+                    )))
+                }
             }
         }
         check(&self.config, &specs)?;

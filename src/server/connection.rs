@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
+use super::protocol::Wire;
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::latch::LatchGuard;
@@ -94,6 +95,8 @@ pub(crate) struct ConnState {
     pub closing: bool,
     /// The server is shutting down: new requests are answered UNAVAILABLE.
     pub draining: bool,
+    /// The protocol answers are encoded in.
+    pub wire: Wire,
     next_seq: u64,
 }
 
@@ -189,6 +192,7 @@ impl ConnShared {
                 read_paused: false,
                 closing: false,
                 draining: false,
+                wire: Wire::Native,
                 next_seq: 0,
             }),
         }

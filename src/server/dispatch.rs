@@ -21,7 +21,8 @@ use bytes::Bytes;
 
 use super::buffer_pool;
 use super::builder::ServerConfig;
-use super::connection::{ConnShared, InFlight};
+use super::connection::{ConnShared, ConnState, InFlight};
+use super::protocol::{msgpack_rpc, Call, DecodeLimits, Inbound, Protocols, Wire};
 use super::service::{MethodEntry, Registry};
 use crate::codec::{
     compress, Compression, Decoded, Encoder, Flags, FrameLimits, FrameType, Header, RequestId,
@@ -90,6 +91,13 @@ impl ServerShared {
         }
     }
 
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            frame: self.frame_limits(),
+            max_body_depth: self.config.limits.max_body_depth,
+        }
+    }
+
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -125,8 +133,24 @@ impl Drop for Held {
     }
 }
 
-/// Appends a RESPONSE carrying `status` (empty body) for request `id`.
+/// Appends the answer carrying `status` to request `id`, in the
+/// connection's protocol: a RESPONSE with an empty body, or a
+/// MessagePack-RPC error.
 pub(crate) fn write_status(
+    st: &mut ConnState,
+    id: RequestId,
+    flags: Flags,
+    status: &Status,
+    trace_id: Option<&TraceId>,
+    md: Metadata,
+) {
+    match st.wire {
+        Wire::Native => write_status_frame(&mut st.out, id, flags, status, trace_id, md),
+        Wire::MsgpackRpc => msgpack_rpc::write_error(st.out.buf_mut(), id, status),
+    }
+}
+
+fn write_status_frame(
     out: &mut Encoder,
     id: RequestId,
     flags: Flags,
@@ -156,55 +180,120 @@ pub(crate) fn write_status(
     }
 }
 
-/// Appends an OK RESPONSE. The trace id goes only with errors, where it
-/// helps find the server's logs; on every successful response it would
+/// Appends a successful answer. The trace id goes only with errors, where
+/// it helps find the server's logs; on every successful response it would
 /// cost 45 bytes that nobody reads.
 fn write_ok(
-    out: &mut Encoder,
+    st: &mut ConnState,
     id: RequestId,
     flags: Flags,
     body: &[u8],
     trace_id: Option<&TraceId>,
     md: Metadata,
 ) {
+    if st.wire == Wire::MsgpackRpc {
+        // No metadata on this wire.
+        msgpack_rpc::write_result(st.out.buf_mut(), id, body);
+        return;
+    }
     let meta = ResponseMeta {
         md,
         ..ResponseMeta::new(Code::OK)
     };
-    if let Err(e) = out.response(id, flags, &meta, body) {
+    if let Err(e) = st.out.response(id, flags, &meta, body) {
         log::error!("cannot encode the response to request {id}: {e}");
         let status = Status::internal(format!("cannot encode the response: {e}"));
-        write_status(out, id, flags, &status, trace_id, Metadata::new());
+        write_status(st, id, flags, &status, trace_id, Metadata::new());
     }
+}
+
+/// What a request says about itself, whatever the protocol it came in.
+pub(crate) struct RequestHead<'a> {
+    pub id: RequestId,
+    pub flags: Flags,
+    pub oneway: bool,
+    /// The full `/service/method` path.
+    pub method: &'a str,
+    /// The caller's budget; 0 for none.
+    pub timeout_ms: u32,
+    pub trace_id: Option<&'a str>,
+    pub caller: Option<&'a str>,
+    pub md: Metadata,
+    /// Bytes the request took on the wire, besides its body.
+    pub overhead: usize,
+    /// The wire does not say how the body is encoded: hand it to the
+    /// handler in the encoding the handler takes.
+    pub any_encoding: bool,
 }
 
 /// Routes the frames of the connections of one listener.
 pub(crate) struct Dispatcher {
     pub server: Arc<ServerShared>,
     pub registry: Arc<Registry>,
+    /// The wire protocols of this listener's connections.
+    pub protocols: Protocols,
 }
 
 impl Dispatcher {
-    /// Handles one decoded frame of `conn`, read at `read_at`. Answers that
+    /// Handles one message of `conn`, read at `read_at`. Answers that
     /// need no handler (errors, PONG) are appended to the connection's
     /// output; the driver writes it after the batch. A server without
     /// workers runs the handler here, on the caller's thread.
-    pub fn on_frame(
+    pub fn on_message(
         &self,
         conn: &Arc<ConnShared>,
-        decoded: Decoded,
+        msg: Inbound,
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) {
-        if let Some(task) = self.on_frame_deferred(conn, decoded, read_at, timers) {
+        if let Some(task) = self.on_message_deferred(conn, msg, read_at, timers) {
             task.run_inline();
         }
     }
 
-    /// As [`Dispatcher::on_frame`], but a request that a server without
+    /// As [`Dispatcher::on_message`], but a request that a server without
     /// workers runs inline is handed back, for the driver to run once it
     /// has let go of `timers`.
-    pub fn on_frame_deferred(
+    pub fn on_message_deferred(
+        &self,
+        conn: &Arc<ConnShared>,
+        msg: Inbound,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) -> Option<RequestTask> {
+        match msg {
+            Inbound::Native(decoded) => self.on_frame(conn, decoded, read_at, timers),
+            Inbound::MsgpackRpc(call) => self.on_call(conn, call, read_at, timers),
+        }
+    }
+
+    /// A MessagePack-RPC request or notification.
+    fn on_call(
+        &self,
+        conn: &Arc<ConnShared>,
+        mut call: Call,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) -> Option<RequestTask> {
+        let default_service = self.server.config.msgpack_rpc_default_service.as_deref();
+        let body = std::mem::take(&mut call.body);
+        let path = msgpack_rpc::method_path(call.method(), default_service);
+        let head = RequestHead {
+            id: call.msgid.unwrap_or(RequestId(0)),
+            flags: Flags::default(),
+            oneway: call.msgid.is_none(),
+            method: &path,
+            timeout_ms: 0,
+            trace_id: None,
+            caller: None,
+            md: Metadata::new(),
+            overhead: call.len - body.len(),
+            any_encoding: true,
+        };
+        self.start(conn, head, body, read_at, timers)
+    }
+
+    fn on_frame(
         &self,
         conn: &Arc<ConnShared>,
         decoded: Decoded,
@@ -254,7 +343,7 @@ impl Dispatcher {
                     let mut st = conn.lock();
                     if !st.closed {
                         write_status(
-                            &mut st.out,
+                            &mut st,
                             header.request_id,
                             header.flags,
                             &status,
@@ -280,6 +369,48 @@ impl Dispatcher {
         let id = header.request_id;
         let flags = header.flags;
         let oneway = header.frame_type == FrameType::Oneway;
+        let meta = match RequestMeta::decode(meta_bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                log::debug!("conn {}: request {id} refused: {e}", conn.id);
+                if !oneway {
+                    let mut st = conn.lock();
+                    if !st.closed {
+                        let status = e.to_status();
+                        write_status(&mut st, id, flags, &status, None, Metadata::new());
+                    }
+                }
+                return None;
+            }
+        };
+        let head = RequestHead {
+            id,
+            flags,
+            oneway,
+            method: meta.method,
+            timeout_ms: meta.timeout_ms,
+            trace_id: meta.trace_id,
+            caller: meta.caller,
+            md: meta.md,
+            overhead: HEADER_LEN + meta_bytes.len(),
+            any_encoding: false,
+        };
+        self.start(conn, head, body, read_at, timers)
+    }
+
+    /// Routes a request, computes its deadline, records it in flight and
+    /// queues it (or hands it back to run inline).
+    fn start(
+        &self,
+        conn: &Arc<ConnShared>,
+        head: RequestHead<'_>,
+        body: Bytes,
+        read_at: Instant,
+        timers: &mut DeadlineQueue,
+    ) -> Option<RequestTask> {
+        let RequestHead {
+            id, flags, oneway, ..
+        } = head;
         // Answers a request that is refused before it is in flight.
         let refuse = |status: Status, trace: Option<&TraceId>| {
             log::debug!("conn {}: request {id} refused: {status}", conn.id);
@@ -288,18 +419,11 @@ impl Dispatcher {
             }
             let mut st = conn.lock();
             if !st.closed {
-                write_status(&mut st.out, id, flags, &status, trace, Metadata::new());
-            }
-        };
-        let meta = match RequestMeta::decode(meta_bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                refuse(e.to_status(), None);
-                return None;
+                write_status(&mut st, id, flags, &status, trace, Metadata::new());
             }
         };
         // check_trace_id in decode() bounds the length, so this is Some.
-        let trace_id = meta
+        let trace_id = head
             .trace_id
             .and_then(TraceId::new)
             .unwrap_or_else(TraceId::generate);
@@ -317,15 +441,20 @@ impl Dispatcher {
             );
             return None;
         }
-        let method = match self.registry.lookup(meta.method) {
+        let method = match self.registry.lookup(head.method) {
             Ok(m) => m.clone(),
             Err(status) => {
                 refuse(status, Some(&trace_id));
                 return None;
             }
         };
+        let flags = if head.any_encoding {
+            Flags::new(Compression::None, method.endpoint.encoding())
+        } else {
+            flags
+        };
         let timeout = [
-            (meta.timeout_ms > 0).then(|| Duration::from_millis(u64::from(meta.timeout_ms))),
+            (head.timeout_ms > 0).then(|| Duration::from_millis(u64::from(head.timeout_ms))),
             method.timeout,
         ]
         .into_iter()
@@ -336,11 +465,11 @@ impl Dispatcher {
             method.full_name.clone(),
             deadline,
             trace_id,
-            meta.caller,
+            head.caller,
             conn.peer,
-            meta.md,
+            head.md,
         );
-        let held = Held::new(&self.server, HEADER_LEN + meta_bytes.len() + body.len());
+        let held = Held::new(&self.server, head.overhead + body.len());
 
         let seq = {
             let mut st = conn.lock();
@@ -348,14 +477,17 @@ impl Dispatcher {
                 return None;
             }
             if st.draining {
+                // MessagePack-RPC has no GOAWAY: this answer is all its
+                // clients learn of the shutdown.
+                let message = match st.wire {
+                    Wire::Native => "the server is shutting down; the request was not run",
+                    Wire::MsgpackRpc => "server shutting down",
+                };
                 drop(st);
                 if !oneway {
                     self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
                 }
-                refuse(
-                    Status::unavailable("the server is shutting down; the request was not run"),
-                    Some(&trace_id),
-                );
+                refuse(Status::unavailable(message), Some(&trace_id));
                 return None;
             }
             if oneway {
@@ -455,7 +587,7 @@ pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -
         };
         let status = deadline_status(&e, now);
         write_status(
-            &mut st.out,
+            &mut st,
             id,
             e.flags,
             &status,
@@ -513,7 +645,7 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
             };
             let trace = e.ctx.trace_id();
             write_status(
-                &mut st.out,
+                &mut st,
                 id,
                 e.flags,
                 &status,
@@ -636,7 +768,7 @@ impl RequestTask {
         }
         match (&reply, &late) {
             (_, Some(status)) => write_status(
-                &mut st.out,
+                &mut st,
                 self.id,
                 self.flags,
                 status,
@@ -645,10 +777,10 @@ impl RequestTask {
             ),
             (Ok(resp), None) => {
                 let body = packed.as_deref().unwrap_or(resp.body());
-                write_ok(&mut st.out, self.id, self.flags, body, trace.as_ref(), md);
+                write_ok(&mut st, self.id, self.flags, body, trace.as_ref(), md);
             }
             (Err(status), None) => {
-                write_status(&mut st.out, self.id, self.flags, status, trace.as_ref(), md)
+                write_status(&mut st, self.id, self.flags, status, trace.as_ref(), md)
             }
         }
         drop(st);

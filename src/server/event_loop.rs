@@ -28,7 +28,8 @@ use slab::Slab;
 
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
-use crate::codec::{Decoder, Encoder, GoawayMeta, ProtocolError, Side};
+use super::protocol::ConnDecoder;
+use crate::codec::{Encoder, GoawayMeta, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
 
@@ -100,7 +101,7 @@ pub(crate) struct ListenerEntry {
 struct Conn {
     shared: Arc<ConnShared>,
     dispatcher: Arc<Dispatcher>,
-    decoder: Decoder,
+    decoder: ConnDecoder,
     /// A partial frame carried over between reads (usually empty).
     partial: BytesMut,
     /// Bytes of `partial` counted in the server's budget.
@@ -334,10 +335,11 @@ impl EventLoop {
         ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
+        let decoder = ConnDecoder::new(dispatcher.protocols, server.decode_limits(), &shared);
         entry.insert(Conn {
             shared,
             dispatcher,
-            decoder: Decoder::new(Side::Server, server.frame_limits()),
+            decoder,
             partial: BytesMut::new(),
             counted: 0,
             last_activity: now,
@@ -463,7 +465,7 @@ impl EventLoop {
             if buf.is_empty() && !conn.decoder.is_mid_frame(buf) {
                 break;
             }
-            let decoded = match conn.decoder.decode(buf) {
+            let decoded = match conn.decoder.decode(buf, &conn.shared) {
                 Ok(Some(d)) => d,
                 Ok(None) => break,
                 Err(e) => {
@@ -473,7 +475,7 @@ impl EventLoop {
             };
             let dispatcher = conn.dispatcher.clone();
             let shared = conn.shared.clone();
-            dispatcher.on_frame(&shared, decoded, now, &mut self.timers);
+            dispatcher.on_message(&shared, decoded, now, &mut self.timers);
             if !self.may_read(slot) {
                 break;
             }
@@ -544,7 +546,7 @@ impl EventLoop {
     fn goaway(&mut self, slot: usize, code: Code, message: &str) {
         if let Some(conn) = self.conns.get(slot) {
             let mut st = conn.shared.lock();
-            if !st.closed {
+            if !st.closed && st.wire.has_goaway() {
                 // A GOAWAY meta is a code and a message: it fits unless the
                 // message is over 64 KiB, which ours never are.
                 let _ = st.out.goaway(&GoawayMeta::new(code, message));
@@ -553,11 +555,22 @@ impl EventLoop {
     }
 
     fn goaway_draining(&mut self, slot: usize) {
-        if let Some(conn) = self.conns.get(slot) {
-            conn.shared.lock().draining = true;
+        let Some(conn) = self.conns.get(slot) else {
+            return;
+        };
+        let wire = {
+            let mut st = conn.shared.lock();
+            st.draining = true;
+            st.wire
+        };
+        if wire.has_goaway() {
+            self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
+            self.flush(slot);
+        } else {
+            // No GOAWAY to tell the client: close once nothing is in
+            // flight, answering what comes meanwhile "server shutting down".
+            self.start_closing(slot);
         }
-        self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
-        self.flush(slot);
     }
 
     fn start_closing(&mut self, slot: usize) {

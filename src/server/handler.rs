@@ -154,6 +154,10 @@ impl<H> Raw<H> {
 }
 
 impl<H: RawHandler> Endpoint for Raw<H> {
+    fn encoding(&self) -> Encoding {
+        Encoding::Raw
+    }
+
     fn call(&self, ctx: &Context, req: Request) -> Reply {
         if req.encoding() != Encoding::Raw {
             return Err(Status::invalid_argument(format!(

@@ -88,6 +88,7 @@ mod dispatch;
 mod event_loop;
 mod handler;
 mod health;
+pub(crate) mod protocol;
 mod service;
 mod threaded;
 
@@ -106,6 +107,7 @@ pub use health::{
     Health, HealthCheckRequest, HealthCheckResponse, ServingStatus, HEALTH_CHECK_METHOD,
     HEALTH_SERVICE,
 };
+pub use protocol::Protocols;
 pub use service::Service;
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
@@ -246,7 +248,8 @@ impl Server {
             }
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
-            bound.push((listener, addr, names, registry));
+            let protocols = spec.protocols.unwrap_or(config.protocols);
+            bound.push((listener, addr, names, registry, protocols));
         }
         let pool = if config.inline_handlers {
             None
@@ -272,15 +275,18 @@ impl Server {
         let conns = Latch::new();
         let listeners = bound
             .iter()
-            .map(|(_, addr, names, _)| (*addr, names.clone()))
+            .map(|(_, addr, names, _, _)| (*addr, names.clone()))
             .collect();
-        let dispatchers = bound.into_iter().map(|(listener, _, _, registry)| {
-            let dispatcher = Arc::new(Dispatcher {
-                server: shared.clone(),
-                registry,
+        let dispatchers = bound
+            .into_iter()
+            .map(|(listener, _, _, registry, protocols)| {
+                let dispatcher = Arc::new(Dispatcher {
+                    server: shared.clone(),
+                    registry,
+                    protocols,
+                });
+                (listener, dispatcher)
             });
-            (listener, dispatcher)
-        });
         let (driver, started) = match mode {
             Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
             Mode::Thread => {

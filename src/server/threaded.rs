@@ -43,7 +43,8 @@ use super::builder::{Limits, Timeouts};
 use super::connection::{ConnShared, ConnState, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
-use crate::codec::{Decoded, Decoder, Encoder, GoawayMeta, ProtocolError, Side};
+use super::protocol::{ConnDecoder, Inbound};
+use crate::codec::{Encoder, GoawayMeta, ProtocolError};
 use crate::latch::{Latch, LatchGuard};
 use crate::status::Code;
 
@@ -168,7 +169,7 @@ impl Link {
     fn goaway(&self, code: Code, message: &str) {
         {
             let mut st = self.conn.lock();
-            if st.closed {
+            if st.closed || !st.wire.has_goaway() {
                 return;
             }
             // A GOAWAY meta is a code and a message: it fits unless the
@@ -186,9 +187,13 @@ impl Link {
                 return;
             }
             st.draining = true;
-            let _ = st
-                .out
-                .goaway(&GoawayMeta::new(Code::UNAVAILABLE, "server shutting down"));
+            // MessagePack-RPC has no GOAWAY: the writer closes such a
+            // connection once nothing is in flight.
+            if st.wire.has_goaway() {
+                let _ = st
+                    .out
+                    .goaway(&GoawayMeta::new(Code::UNAVAILABLE, "server shutting down"));
+            }
         }
         self.poke();
     }
@@ -631,7 +636,7 @@ struct Reader<'a> {
     dispatcher: &'a Dispatcher,
     limits: &'a Limits,
     timeouts: &'a Timeouts,
-    decoder: Decoder,
+    decoder: ConnDecoder,
     /// Bytes read and not yet cut into frames.
     buf: BytesMut,
     /// Bytes of `buf` counted in the server's budget.
@@ -651,7 +656,7 @@ impl<'a> Reader<'a> {
             dispatcher,
             limits: &config.limits,
             timeouts: &config.timeouts,
-            decoder: Decoder::new(Side::Server, t.server.frame_limits()),
+            decoder: ConnDecoder::new(dispatcher.protocols, t.server.decode_limits(), &link.conn),
             buf: BytesMut::new(),
             counted: 0,
             last_activity: Instant::now(),
@@ -741,7 +746,7 @@ impl<'a> Reader<'a> {
                 result = Decode::Full;
                 break;
             }
-            match self.decoder.decode(&mut self.buf) {
+            match self.decoder.decode(&mut self.buf, &self.link.conn) {
                 Ok(Some(decoded)) => self.dispatch(decoded, now),
                 Ok(None) => break,
                 Err(e) => {
@@ -758,14 +763,14 @@ impl<'a> Reader<'a> {
         result
     }
 
-    fn dispatch(&mut self, decoded: Decoded, now: Instant) {
+    fn dispatch(&mut self, decoded: Inbound, now: Instant) {
         let conn = &self.link.conn;
         let (task, earlier) = {
             let mut timers = lock(&self.link.timers);
             let before = timers.next();
             let task = self
                 .dispatcher
-                .on_frame_deferred(conn, decoded, now, &mut timers);
+                .on_message_deferred(conn, decoded, now, &mut timers);
             let after = timers.next();
             let earlier = match (before, after) {
                 (None, Some(_)) => true,
@@ -1015,6 +1020,11 @@ impl Writer {
             if threaded.phase() == STOPPING {
                 // The shutdown answered what was in flight before saying
                 // STOPPING: with the output flushed, this is the end.
+                return Step::End(WriterEnd::Done);
+            }
+            if st.draining && !st.wire.has_goaway() && st.active() == 0 {
+                // A MessagePack-RPC client learns of the shutdown only by
+                // the connection closing.
                 return Step::End(WriterEnd::Done);
             }
             if link.reading_done.load(Ordering::SeqCst) {

@@ -1,0 +1,506 @@
+//! MessagePack-RPC: requests `[0, msgid, method, params]`, notifications
+//! `[2, method, params]`, responses `[1, msgid, error, result]`, as
+//! back-to-back MessagePack arrays with no length prefix.
+//!
+//! The decoder finds a message's end with a resumable [`Scanner`], which
+//! also checks the structure (nesting depth, declared lengths, invalid
+//! markers) once per byte however the message is split across reads. The
+//! mapping to services is described in `docs/msgpack-rpc.md`.
+
+use std::borrow::Cow;
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::DecodeLimits;
+use crate::codec::msgpack::Scanner;
+use crate::codec::{ProtocolError, RequestId};
+use crate::status::Status;
+
+/// Message type of a request.
+const REQUEST: u64 = 0;
+/// Message type of a response, which a server never receives.
+const RESPONSE: u64 = 1;
+/// Message type of a notification.
+const NOTIFICATION: u64 = 2;
+
+/// A request or notification, cut off the read buffer.
+#[derive(Debug)]
+pub(crate) struct Call {
+    /// The msgid of a request; `None` for a notification.
+    pub msgid: Option<RequestId>,
+    /// The method name as sent: UTF-8, checked by the decoder (kept as
+    /// a slice of the message so a call allocates no string).
+    method: Bytes,
+    /// The MessagePack bytes a handler decodes: the single element of
+    /// `params`, or the whole `params` array.
+    pub body: Bytes,
+    /// The message's length on the wire.
+    pub len: usize,
+}
+
+/// The incremental decoder of one MessagePack-RPC connection.
+#[derive(Debug)]
+pub(crate) struct MsgpackRpcDecoder {
+    scan: Scanner,
+    max_message: usize,
+    max_depth: usize,
+}
+
+impl MsgpackRpcDecoder {
+    pub fn new(limits: DecodeLimits) -> MsgpackRpcDecoder {
+        // The message array and `params` wrap the body.
+        let max_depth = limits.max_body_depth.saturating_add(2);
+        MsgpackRpcDecoder {
+            scan: Scanner::new(max_depth),
+            max_message: limits.frame.max_body.saturating_add(limits.frame.max_meta),
+            max_depth,
+        }
+    }
+
+    /// Cuts the next message off `buf`. The scan resumes where the last
+    /// call stopped, so a message arriving in pieces is read once.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Call>, ProtocolError> {
+        let Some(&first) = buf.first() else {
+            return Ok(None);
+        };
+        if !super::is_array_header(first) {
+            return Err(ProtocolError::BadMessage("not an array"));
+        }
+        let end = match self.scan.advance(buf) {
+            Ok(Some(end)) => end,
+            Ok(None) => {
+                if buf.len() > self.max_message {
+                    return Err(ProtocolError::MessageTooLarge {
+                        len: buf.len(),
+                        limit: self.max_message,
+                    });
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(ProtocolError::Msgpack(e)),
+        };
+        if end > self.max_message {
+            return Err(ProtocolError::MessageTooLarge {
+                len: end,
+                limit: self.max_message,
+            });
+        }
+        self.scan = Scanner::new(self.max_depth);
+        let msg = buf.split_to(end).freeze();
+        parse(msg).map(Some)
+    }
+}
+
+/// Reads the parts of a message the scanner found complete and well-formed.
+fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
+    let len = msg.len();
+    let mut r = Reader { buf: &msg, pos: 0 };
+    let n = r
+        .array_len()
+        .ok_or(ProtocolError::BadMessage("not an array"))?;
+    let kind = r
+        .uint()
+        .ok_or(ProtocolError::BadMessage("the type is not an integer"))?;
+    let msgid = match (kind, n) {
+        (REQUEST, 4) => {
+            let id =
+                r.uint()
+                    .and_then(|v| u32::try_from(v).ok())
+                    .ok_or(ProtocolError::BadMessage(
+                        "the msgid is not a 32-bit unsigned integer",
+                    ))?;
+            Some(RequestId(id))
+        }
+        (NOTIFICATION, 3) => None,
+        (REQUEST, _) => return Err(ProtocolError::BadMessage("a request has 4 elements")),
+        (NOTIFICATION, _) => {
+            return Err(ProtocolError::BadMessage("a notification has 3 elements"))
+        }
+        (RESPONSE, _) => return Err(ProtocolError::BadMessage("a response sent to the server")),
+        _ => return Err(ProtocolError::BadMessage("unknown message type")),
+    };
+    let n = {
+        let method = r
+            .str()
+            .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
+        std::str::from_utf8(method)
+            .map_err(|_| ProtocolError::BadMessage("the method is not UTF-8"))?;
+        method.len()
+    };
+    let method = msg.slice(r.pos - n..r.pos);
+    let params_at = r.pos;
+    let count = r
+        .array_len()
+        .ok_or(ProtocolError::BadMessage("params is not an array"))?;
+    let body = if count == 1 {
+        msg.slice(r.pos..)
+    } else {
+        msg.slice(params_at..)
+    };
+    Ok(Call {
+        msgid,
+        method,
+        body,
+        len,
+    })
+}
+
+/// Reads the few scalar headers a message starts with.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Option<&[u8]> {
+        let b = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(b)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u64, |acc, &b| acc << 8 | u64::from(b)),
+        )
+    }
+
+    fn array_len(&mut self) -> Option<u64> {
+        let m = *self.take(1)?.first()?;
+        match m {
+            0x90..=0x9f => Some(u64::from(m & 0x0f)),
+            0xdc => self.be(2),
+            0xdd => self.be(4),
+            _ => None,
+        }
+    }
+
+    fn uint(&mut self) -> Option<u64> {
+        let m = *self.take(1)?.first()?;
+        match m {
+            0x00..=0x7f => Some(u64::from(m)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            0xcf => self.be(8),
+            // Signed encodings of non-negative values, which some
+            // encoders use.
+            0xd0 => self.be(1).filter(|v| *v < 0x80),
+            0xd1 => self.be(2).filter(|v| *v < 0x8000),
+            0xd2 => self.be(4).filter(|v| *v < 0x8000_0000),
+            0xd3 => self.be(8).filter(|v| *v < 0x8000_0000_0000_0000),
+            _ => None,
+        }
+    }
+
+    /// A string, or a binary (some clients send method names as bytes).
+    fn str(&mut self) -> Option<&[u8]> {
+        let m = *self.take(1)?.first()?;
+        let n = match m {
+            0xa0..=0xbf => u64::from(m & 0x1f),
+            0xd9 | 0xc4 => self.be(1)?,
+            0xda | 0xc5 => self.be(2)?,
+            0xdb | 0xc6 => self.be(4)?,
+            _ => return None,
+        };
+        self.take(usize::try_from(n).ok()?)
+    }
+}
+
+impl Call {
+    /// The method name as sent.
+    pub fn method(&self) -> &str {
+        // Checked by `parse`; a failure here would be a bug, not bad input.
+        std::str::from_utf8(&self.method).unwrap_or_default()
+    }
+}
+
+/// Appends a request `[0, msgid, method, [body]]`, or a notification
+/// `[2, method, [body]]` without a msgid: what the Rust client sends.
+/// `body` goes as the single param when it is one MessagePack value, else
+/// (raw bytes) as a binary.
+pub(crate) fn write_request(
+    out: &mut BytesMut,
+    msgid: Option<RequestId>,
+    method: &str,
+    body: &[u8],
+) {
+    match msgid {
+        Some(id) => {
+            out.put_u8(0x94);
+            out.put_u8(REQUEST as u8);
+            put_uint(out, u64::from(id.0));
+        }
+        None => {
+            out.put_u8(0x93);
+            out.put_u8(NOTIFICATION as u8);
+        }
+    }
+    put_str(out, method);
+    out.put_u8(0x91);
+    if !body.is_empty() && crate::codec::msgpack::check(body, usize::MAX).is_ok() {
+        out.put_slice(body);
+    } else {
+        put_bin(out, body);
+    }
+}
+
+/// A response the client read: its msgid, and the result's bytes or the
+/// error's code and message.
+pub(crate) struct Answer {
+    pub msgid: RequestId,
+    pub outcome: Result<Bytes, (u32, String)>,
+}
+
+/// Reads a response `[1, msgid, error, result]` the scanner found complete
+/// and well-formed.
+pub(crate) fn parse_response(msg: Bytes) -> Result<Answer, ProtocolError> {
+    let mut r = Reader { buf: &msg, pos: 0 };
+    if r.array_len() != Some(4) || r.uint() != Some(RESPONSE) {
+        return Err(ProtocolError::BadMessage("not a response"));
+    }
+    let msgid = r
+        .uint()
+        .and_then(|v| u32::try_from(v).ok())
+        .map(RequestId)
+        .ok_or(ProtocolError::BadMessage(
+            "the msgid is not a 32-bit unsigned integer",
+        ))?;
+    let err_at = r.pos;
+    let result_at = crate::codec::msgpack::skip_value(&msg, err_at, usize::MAX)
+        .map_err(ProtocolError::Msgpack)?;
+    let outcome = if msg[err_at] == 0xc0 {
+        Ok(msg.slice(result_at..))
+    } else {
+        // syncrpc sends [code, message]; other servers send anything.
+        Err(
+            match rmp_serde::from_slice::<(u32, String)>(&msg[err_at..result_at]) {
+                Ok(pair) => pair,
+                Err(_) => match rmp_serde::from_slice::<String>(&msg[err_at..result_at]) {
+                    Ok(text) => (crate::status::Code::UNKNOWN.as_u32(), text),
+                    Err(_) => (
+                        crate::status::Code::UNKNOWN.as_u32(),
+                        "the server answered an error this client cannot read".to_owned(),
+                    ),
+                },
+            },
+        )
+    };
+    Ok(Answer { msgid, outcome })
+}
+
+/// The full `/service/method` path a MessagePack-RPC method name stands
+/// for: the name itself if it starts with `/`, else `service.method` split
+/// at the last dot, else a bare method of `default_service`.
+pub(crate) fn method_path<'a>(name: &'a str, default_service: Option<&str>) -> Cow<'a, str> {
+    if name.starts_with('/') {
+        return Cow::Borrowed(name);
+    }
+    match (name.rsplit_once('.'), default_service) {
+        (Some((service, method)), _) => Cow::Owned(format!("/{service}/{method}")),
+        (None, Some(service)) => Cow::Owned(format!("/{service}/{name}")),
+        // Routes nowhere; the registry says so in its own words.
+        (None, None) => Cow::Borrowed(name),
+    }
+}
+
+/// Appends `[1, msgid, nil, result]`. `result` must be one MessagePack
+/// value; other bytes (a raw handler's) are sent as a binary.
+pub(crate) fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8]) {
+    out.put_u8(0x94);
+    out.put_u8(0x01);
+    put_uint(out, u64::from(id.0));
+    out.put_u8(0xc0);
+    if result.is_empty() {
+        out.put_u8(0xc0);
+    } else if crate::codec::msgpack::check(result, usize::MAX).is_ok() {
+        out.put_slice(result);
+    } else {
+        put_bin(out, result);
+    }
+}
+
+/// Appends `[1, msgid, [code, message], nil]`.
+pub(crate) fn write_error(out: &mut BytesMut, id: RequestId, status: &Status) {
+    out.put_u8(0x94);
+    out.put_u8(0x01);
+    put_uint(out, u64::from(id.0));
+    out.put_u8(0x92);
+    put_uint(out, u64::from(status.code().as_u32()));
+    put_str(out, status.message());
+    out.put_u8(0xc0);
+}
+
+fn put_uint(out: &mut BytesMut, v: u64) {
+    match v {
+        0..=0x7f => out.put_u8(v as u8),
+        0x80..=0xff => {
+            out.put_u8(0xcc);
+            out.put_u8(v as u8);
+        }
+        0x100..=0xffff => {
+            out.put_u8(0xcd);
+            out.put_u16(v as u16);
+        }
+        0x1_0000..=0xffff_ffff => {
+            out.put_u8(0xce);
+            out.put_u32(v as u32);
+        }
+        _ => {
+            out.put_u8(0xcf);
+            out.put_u64(v);
+        }
+    }
+}
+
+fn put_str(out: &mut BytesMut, s: &str) {
+    let n = s.len();
+    match n {
+        0..=31 => out.put_u8(0xa0 | n as u8),
+        32..=0xff => {
+            out.put_u8(0xd9);
+            out.put_u8(n as u8);
+        }
+        0x100..=0xffff => {
+            out.put_u8(0xda);
+            out.put_u16(n as u16);
+        }
+        _ => {
+            out.put_u8(0xdb);
+            out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    out.put_slice(&s.as_bytes()[..n.min(u32::MAX as usize)]);
+}
+
+fn put_bin(out: &mut BytesMut, b: &[u8]) {
+    let n = b.len();
+    match n {
+        0..=0xff => {
+            out.put_u8(0xc4);
+            out.put_u8(n as u8);
+        }
+        0x100..=0xffff => {
+            out.put_u8(0xc5);
+            out.put_u16(n as u16);
+        }
+        _ => {
+            out.put_u8(0xc6);
+            out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    out.put_slice(&b[..n.min(u32::MAX as usize)]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::FrameLimits;
+
+    fn decoder() -> MsgpackRpcDecoder {
+        MsgpackRpcDecoder::new(DecodeLimits {
+            frame: FrameLimits {
+                max_body: 64,
+                max_meta: 16,
+            },
+            max_body_depth: 4,
+        })
+    }
+
+    #[test]
+    fn request_in_pieces() {
+        // [0, 7, "a.B", [{"x": 1}]]
+        let msg = [
+            0x94, 0x00, 0x07, 0xa3, b'a', b'.', b'B', 0x91, 0x81, 0xa1, b'x', 0x01,
+        ];
+        let mut dec = decoder();
+        let mut buf = BytesMut::new();
+        for b in &msg[..msg.len() - 1] {
+            buf.put_u8(*b);
+            assert!(dec.decode(&mut buf).unwrap().is_none());
+        }
+        buf.put_u8(msg[msg.len() - 1]);
+        buf.put_u8(0x93); // the start of the next message stays
+        let call = dec.decode(&mut buf).unwrap().unwrap();
+        assert_eq!(call.msgid, Some(RequestId(7)));
+        assert_eq!(call.method(), "a.B");
+        assert_eq!(&call.body[..], &[0x81, 0xa1, b'x', 0x01]);
+        assert_eq!(&buf[..], &[0x93]);
+    }
+
+    #[test]
+    fn notification_with_two_params_keeps_the_array() {
+        let msg = [0x93, 0x02, 0xa1, b'm', 0x92, 0x01, 0x02];
+        let call = decoder()
+            .decode(&mut BytesMut::from(&msg[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.msgid, None);
+        assert_eq!(&call.body[..], &[0x92, 0x01, 0x02]);
+    }
+
+    #[test]
+    fn errors_name_the_problem() {
+        let cases: &[(&[u8], &str)] = &[
+            (&[0x01], "bad MessagePack-RPC message: not an array"),
+            (
+                &[0x94, 0x01, 0x01, 0xc0, 0xc0],
+                "bad MessagePack-RPC message: a response sent to the server",
+            ),
+            (
+                &[0x93, 0x00, 0x01, 0xa1, b'm'],
+                "bad MessagePack-RPC message: a request has 4 elements",
+            ),
+            (
+                &[0x94, 0x00, 0xcf, 1, 0, 0, 0, 0, 0, 0, 0, 0xa1, b'm', 0x90],
+                "bad MessagePack-RPC message: the msgid is not a 32-bit unsigned integer",
+            ),
+            (
+                &[0x94, 0x00, 0x01, 0xa1, b'm', 0x01],
+                "bad MessagePack-RPC message: params is not an array",
+            ),
+            (
+                &[0x94, 0x00, 0x01, 0xc1],
+                "bad MessagePack-RPC message: invalid MessagePack marker 0xc1 at byte 3",
+            ),
+            (
+                &[
+                    0x94, 0x00, 0x01, 0xa1, b'm', 0x91, 0x91, 0x91, 0x91, 0x91, 0x91, 0x01,
+                ],
+                "bad MessagePack-RPC message: MessagePack nested deeper than 6 levels",
+            ),
+        ];
+        for (bytes, want) in cases {
+            let e = decoder().decode(&mut BytesMut::from(*bytes)).unwrap_err();
+            assert_eq!(e.to_string(), *want, "{bytes:02x?}");
+        }
+        let mut big = BytesMut::from(&[0x94, 0x00, 0x01, 0xa1, b'm', 0x91, 0xc5, 0x01, 0x00][..]);
+        big.extend_from_slice(&[0; 80]);
+        assert_eq!(
+            decoder().decode(&mut big).unwrap_err().to_string(),
+            "MessagePack-RPC message too large: 89 > 80 bytes"
+        );
+    }
+
+    #[test]
+    fn method_names_map_to_paths() {
+        assert_eq!(method_path("/a.B/C", None), "/a.B/C");
+        assert_eq!(method_path("echo.Echo.Say", None), "/echo.Echo/Say");
+        assert_eq!(method_path("Say", Some("echo.Echo")), "/echo.Echo/Say");
+        assert_eq!(method_path("Say", None), "Say");
+    }
+
+    #[test]
+    fn responses_are_msgpack_rpc_arrays() {
+        let mut out = BytesMut::new();
+        write_result(&mut out, RequestId(300), &[0x01]);
+        assert_eq!(&out[..], &[0x94, 0x01, 0xcd, 0x01, 0x2c, 0xc0, 0x01]);
+        out.clear();
+        write_result(&mut out, RequestId(1), b"\xc1");
+        assert_eq!(&out[..], &[0x94, 0x01, 0x01, 0xc0, 0xc4, 0x01, 0xc1]);
+        out.clear();
+        write_error(&mut out, RequestId(2), &Status::unavailable("x"));
+        assert_eq!(&out[..], &[0x94, 0x01, 0x02, 0x92, 0x0e, 0xa1, b'x', 0xc0]);
+    }
+}
