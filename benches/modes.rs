@@ -447,12 +447,12 @@ fn hold(mode: &'static str, target: usize, pin: bool) -> Capacity {
     r.base = server.memory();
     r.kernel_stacks.0 = kernel_stack_kib();
     let step = (target / 10).max(1);
-    let mut conns: Vec<Wire> = Vec::with_capacity(target);
+    let mut conns: Vec<IdleConn> = Vec::with_capacity(target);
     'steps: while conns.len() < target {
         let from = conns.len();
         let to = (from + step).min(target);
         for i in from..to {
-            match Wire::open(server.addr, i as u32) {
+            match IdleConn::open(server.addr, i as u32) {
                 Ok(w) => conns.push(w),
                 Err(e) => {
                     r.stopped = Some(format!("connection {} not opened: {e}", i + 1));
@@ -508,7 +508,7 @@ fn past_the_limit(addr: SocketAddr) -> (usize, usize, Option<String>) {
     let mut refused = 0;
     let mut other = None;
     for i in 0..PAST_LIMIT {
-        let outcome = Wire::open(addr, 0).and_then(|mut w| w.read_frame());
+        let outcome = IdleConn::open(addr, 0).and_then(|mut w| w.read_frame());
         match outcome {
             Ok((FrameType::Goaway, meta)) => match GoawayMeta::decode(&meta) {
                 Ok(g) if g.code() == Code::RESOURCE_EXHAUSTED => refused += 1,
@@ -531,22 +531,22 @@ fn past_the_limit(addr: SocketAddr) -> (usize, usize, Option<String>) {
 }
 
 /// A blocking client connection speaking just enough of the protocol.
-struct Wire {
+struct IdleConn {
     stream: TcpStream,
     dec: Decoder,
     buf: BytesMut,
 }
 
-impl Wire {
+impl IdleConn {
     /// Connects and sends a PING with `token`.
-    fn open(addr: SocketAddr, token: u32) -> io::Result<Wire> {
+    fn open(addr: SocketAddr, token: u32) -> io::Result<IdleConn> {
         let stream = TcpStream::connect_timeout(&addr, ANSWER_TIMEOUT)?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(ANSWER_TIMEOUT))?;
         let mut enc = Encoder::new();
         enc.ping(RequestId(token));
         (&stream).write_all(enc.as_slice())?;
-        Ok(Wire {
+        Ok(IdleConn {
             stream,
             dec: Decoder::new(Side::Client, FrameLimits::default()),
             buf: BytesMut::new(),
