@@ -29,7 +29,6 @@
 //! counts and the shutdown report, and exits 0 after a clean drain, 1
 //! otherwise. It is the server `deploy/kubernetes.yaml` runs.
 
-use std::fmt::Write as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -98,89 +97,48 @@ struct Args {
 fn usage() -> String {
     let d = ServerConfig::default();
     let (l, t) = (&d.limits, &d.timeouts);
-    let ms = |t: Duration| t.as_millis().to_string();
-    let mut s = String::from(
-        "usage: echo_server [OPTIONS] [ADDR]\n\
-         \n\
-         Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes) and the health service\n\
-         until SIGTERM or Ctrl-C, then drains and exits 0 (1 if the drain was not\n\
-         clean). RUST_LOG sets the logging (default info: one access-log line per\n\
-         call; RUST_LOG=warn for load tests).\n\
-         \n\
-         The defaults are the protocol's (docs/protocol.md, \"Limits\").\n\n",
-    );
-    let rows: [(&str, String, &str); 14] = [
-        (
-            "--addr HOST:PORT",
-            "127.0.0.1:7000".into(),
-            "listen address (also taken bare)",
-        ),
-        (
-            "--mode event|thread",
-            "event".into(),
-            "event loops, or 2 threads a connection",
-        ),
-        (
-            "--workers N",
-            d.workers.to_string(),
-            "handler threads (CPUs, at least 4)",
-        ),
-        (
-            "--loops N",
-            d.event_loops.to_string(),
-            "event loops (event mode only)",
-        ),
-        (
-            "--queue N",
-            d.queue_capacity.to_string(),
-            "calls waiting for a worker",
-        ),
-        (
-            "--max-body BYTES",
-            l.max_body.to_string(),
-            "request body, as sent and inflated",
-        ),
-        ("--max-meta BYTES", l.max_meta.to_string(), "meta section"),
-        (
-            "--max-connections N",
-            l.max_connections.to_string(),
-            "open connections",
-        ),
-        (
-            "--max-inflight N",
-            l.max_in_flight_per_connection.to_string(),
-            "calls in flight per connection",
-        ),
-        (
-            "--idle-timeout-ms MS",
-            ms(t.idle),
-            "close a connection idle this long",
-        ),
-        (
-            "--frame-timeout-ms MS",
-            ms(t.frame),
-            "time to receive one whole frame",
-        ),
-        (
-            "--shutdown-timeout-ms MS",
-            ms(t.shutdown),
-            "time to finish calls already read",
-        ),
-        (
-            "--drain-delay-ms MS",
-            ms(t.drain_delay),
-            "serve on, health NOT_SERVING, first",
-        ),
-        ("-h, --help", String::new(), "this text"),
-    ];
-    for (flag, default, what) in [("option", String::from("default"), "meaning")]
-        .into_iter()
-        .chain(rows)
-    {
-        let _ = writeln!(s, "  {flag:<26}{default:<16}{what}");
-    }
-    s.push_str("\nBYTES may end in KiB, MiB or GiB: --max-body 64MiB.");
-    s
+    let ms = |t: Duration| t.as_millis();
+    format!(
+        "\
+usage: echo_server [OPTIONS] [ADDR]
+
+Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes) and the health service
+until SIGTERM or Ctrl-C, then drains and exits 0 (1 if the drain was not
+clean). RUST_LOG sets the logging (default info: one access-log line per
+call; RUST_LOG=warn for load tests).
+
+The limits and timeouts default to the protocol's values (docs/protocol.md,
+\"Limits\"); the rest to the library's.
+
+  option                    default         meaning
+  --addr HOST:PORT          127.0.0.1:7000  listen address (also taken bare)
+  --mode event|thread       event           event loops, or 2 threads a connection
+  --workers N               {workers:<16}handler threads (CPUs, at least 4)
+  --loops N                 {loops:<16}event loops (event mode only)
+  --queue N                 {queue:<16}calls waiting for a worker
+  --max-body BYTES          {body:<16}request body, as sent and inflated
+  --max-meta BYTES          {meta:<16}meta section
+  --max-connections N       {conns:<16}open connections
+  --max-inflight N          {inflight:<16}calls in flight per connection
+  --idle-timeout-ms MS      {idle:<16}close a connection idle this long
+  --frame-timeout-ms MS     {frame:<16}time to receive one whole frame
+  --shutdown-timeout-ms MS  {shutdown:<16}time to finish calls already read
+  --drain-delay-ms MS       {drain:<16}serve on, health NOT_SERVING, first
+  -h, --help                                this text
+
+BYTES may end in KiB, MiB or GiB: --max-body 64MiB.",
+        workers = d.workers,
+        loops = d.event_loops,
+        queue = d.queue_capacity,
+        body = l.max_body,
+        meta = l.max_meta,
+        conns = l.max_connections,
+        inflight = l.max_in_flight_per_connection,
+        idle = ms(t.idle),
+        frame = ms(t.frame),
+        shutdown = ms(t.shutdown),
+        drain = ms(t.drain_delay),
+    )
 }
 
 /// A whole number of at least `min`.
