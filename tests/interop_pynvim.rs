@@ -7,9 +7,10 @@
 //! PyPI it prints why and passes, unless `SYNCRPC_REQUIRE_INTEROP=1` (set
 //! in CI) makes that a failure.
 
-use std::io::{BufRead, BufReader};
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -78,52 +79,6 @@ fn python_with_pynvim() -> Result<PathBuf, String> {
     }
 }
 
-/// The echo example, built by `cargo test` next to this test's binary.
-fn echo_server_path() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/debug/deps/interop_pynvim-HASH -> target/debug/examples/
-    exe.parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("examples")
-        .join("echo_server")
-}
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Starts the echo example on port 0 and reads the address it logs.
-fn start_echo_server(mode: &str) -> (Server, String) {
-    let mut child = Command::new(echo_server_path())
-        .args(["127.0.0.1:0", "--mode", mode])
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start examples/echo_server (built by cargo test)");
-    let stderr = child.stderr.take().expect("stderr");
-    let server = Server(child);
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(10))
-        .expect("the echo server logs its address");
-    (server, addr)
-}
-
 #[test]
 fn pynvim_calls_the_echo_example() {
     let python = match python_with_pynvim() {
@@ -131,8 +86,8 @@ fn pynvim_calls_the_echo_example() {
         Err(why) => return skip(&why),
     };
     for mode in ["event", "thread"] {
-        let (_server, addr) = start_echo_server(mode);
-        let (host, port) = addr.rsplit_once(':').expect("host:port");
+        let server = util::start_echo_example(&["--mode", mode]);
+        let (host, port) = server.addr.rsplit_once(':').expect("host:port");
         let script = root()
             .join("tests")
             .join("interop")

@@ -653,3 +653,66 @@ impl Load {
         }
     }
 }
+
+/// `examples/echo_server` as a child process; killed when dropped.
+pub struct EchoExample {
+    /// The process.
+    pub child: std::process::Child,
+    /// Where it listens, as it logged it.
+    pub addr: String,
+}
+
+impl Drop for EchoExample {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The echo example's binary, which `cargo test` builds next to the test
+/// binaries.
+pub fn echo_example_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/debug/deps/TEST-HASH -> target/debug/examples/
+    exe.parent()
+        .and_then(std::path::Path::parent)
+        .expect("target dir")
+        .join("examples")
+        .join("echo_server")
+}
+
+/// Starts the echo example on a free port with `args` added, and waits
+/// for the address it logs.
+#[track_caller]
+pub fn start_echo_example(args: &[&str]) -> EchoExample {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let mut child = Command::new(echo_example_path())
+        .args(["--addr", "127.0.0.1:0"])
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start examples/echo_server (built by cargo test)");
+    let stderr = child.stderr.take().expect("stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    // Reads the log to its end, so that the example never blocks on it.
+    std::thread::spawn(move || {
+        for line in io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let mut example = EchoExample {
+        child,
+        addr: String::new(),
+    };
+    example.addr = rx
+        .recv_timeout(WAIT)
+        .expect("the echo example logs its address");
+    example
+}
