@@ -1,7 +1,7 @@
 //! Calls `/echo.Echo/Say` once and prints the answer.
 //!
 //! ```text
-//! cargo run --example echo_server -- 127.0.0.1:7000
+//! cargo run --example echo_server -- --addr 127.0.0.1:7000
 //! cargo run --example client -- --addr 127.0.0.1:7000 --text hello
 //! ```
 //!

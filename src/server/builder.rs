@@ -151,6 +151,14 @@ pub enum Mode {
     /// or, with [`ServerConfig::inline_handlers`], on the connection's
     /// thread. Plain blocking I/O that profilers and debuggers show as it
     /// is; it costs two threads per connection.
+    ///
+    /// On Linux it also serves fewer connections than
+    /// [`Limits::max_connections`] when `vm.max_map_count` could not
+    /// hold the memory mappings of that many threads (about 6100
+    /// connections with the default 65530; it warns at start): past that
+    /// the standard library would abort the process on the next thread,
+    /// so the connection is refused with GOAWAY `RESOURCE_EXHAUSTED`
+    /// instead.
     Thread,
 }
 

@@ -70,6 +70,10 @@ const FORCED_FLUSH: Duration = Duration::from_millis(100);
 const STOP_MARGIN: Duration = Duration::from_secs(1);
 /// How long the acceptor gets to close the listeners once woken.
 const ACCEPTOR_STOP: Duration = Duration::from_secs(2);
+/// Memory mappings one connection's two threads take: each thread's stack
+/// and its guard page, and the signal stack and guard page the standard
+/// library gives every thread.
+const MAPS_PER_CONNECTION: usize = 8;
 /// A refused connection's GOAWAY gets this long to reach the socket when
 /// there is no writing thread.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
@@ -96,6 +100,11 @@ pub(crate) struct Threaded {
     accept_paused: AtomicBool,
     prefix: String,
     stack_size: Option<usize>,
+    /// Connections served at once: `max_connections`, or fewer where the
+    /// threads would run out of memory mappings (see [`map_budget`]).
+    max_conns: usize,
+    /// Why a connection past `max_conns` is refused.
+    refusal: String,
     /// Granularity of the idle and whole-frame timeouts.
     tick: Duration,
 }
@@ -223,8 +232,11 @@ impl Threaded {
         let shortest = t.idle.min(t.frame);
         let tick = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let prefix = server.config.thread_name.clone();
+        let (max_conns, refusal) = connection_limit(server.config.limits.max_connections);
         let threaded = Arc::new(Threaded {
             stack_size: server.config.connection_stack_size,
+            max_conns,
+            refusal,
             server,
             phase: AtomicU8::new(RUNNING),
             links: Mutex::new(HashMap::new()),
@@ -337,12 +349,11 @@ impl Threaded {
         dispatcher: Arc<Dispatcher>,
     ) {
         let server = &self.server;
-        let limit = server.config.limits.max_connections;
         let count = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
-        if count > limit {
+        if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
-            refuse(&stream, &format!("too many connections (limit {limit})"));
+            refuse(&stream, &self.refusal);
             return;
         }
         // Accepted sockets may inherit the listener's non-blocking mode.
@@ -405,6 +416,55 @@ impl Threaded {
             None => b,
         }
     }
+}
+
+/// The connection limit of thread mode, and the GOAWAY message past it:
+/// `max_connections`, lowered to what [`map_budget`] allows.
+fn connection_limit(max_connections: usize) -> (usize, String) {
+    match map_budget() {
+        Some((budget, max_maps)) if budget < max_connections => {
+            log::warn!(
+                "thread mode: vm.max_map_count {max_maps} leaves room for the threads of \
+                 {budget} connections, fewer than max_connections {max_connections}: \
+                 connections past {budget} are refused (raise vm.max_map_count, or use \
+                 event mode)"
+            );
+            let why = format!(
+                "too many connections (limit {budget}: thread mode, vm.max_map_count {max_maps})"
+            );
+            (budget, why)
+        }
+        _ => (
+            max_connections,
+            format!("too many connections (limit {max_connections})"),
+        ),
+    }
+}
+
+/// How many connections thread mode can start threads for before the
+/// process runs out of memory mappings (Linux's `vm.max_map_count`,
+/// 65530 by default), with that limit; `None` where it cannot be read.
+///
+/// Past the limit a new thread's signal stack cannot be mapped, and the
+/// standard library aborts the whole process rather than failing the
+/// spawn; heap allocations fail the same way. So thread mode stops
+/// short of it: a quarter of the mappings, less what the process already
+/// uses, is left for everything that is not a connection thread.
+fn map_budget() -> Option<(usize, usize)> {
+    let max_maps: usize = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let used = std::fs::read_to_string("/proc/self/maps")
+        .ok()?
+        .lines()
+        .count();
+    Some((connections_within(max_maps, used), max_maps))
+}
+
+fn connections_within(max_maps: usize, used: usize) -> usize {
+    (max_maps - max_maps / 4).saturating_sub(used) / MAPS_PER_CONNECTION
 }
 
 /// Answers a connection that will not be served with GOAWAY
@@ -1013,5 +1073,19 @@ impl Writer {
             }
             st = link.wait(st, wait);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_map_budget_leaves_a_quarter_for_the_rest() {
+        // Linux's default: 65530 mappings, 300 in use at start.
+        assert_eq!(connections_within(65530, 300), (65530 - 16382 - 300) / 8);
+        assert_eq!(connections_within(65530, 300), 6106);
+        assert_eq!(connections_within(1 << 20, 300), 98266);
+        assert_eq!(connections_within(1000, 5000), 0);
     }
 }
