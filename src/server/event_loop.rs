@@ -754,6 +754,14 @@ impl EventLoop {
             return self.phase == STOPPING && self.stopped(now);
         }
         if self.phase == RUNNING && phase >= DRAINING {
+            // Connections the kernel has completed but nobody accepted yet
+            // would be reset when the listener closes, taking any request
+            // they already sent with them. Take them in first, so they are
+            // told GOAWAY and their requests answered UNAVAILABLE below.
+            self.accept_resume = None;
+            for index in 0..self.listeners.len() {
+                self.accept(index);
+            }
             self.phase = DRAINING;
             for entry in self.listeners.iter_mut() {
                 if let Some(mut e) = entry.take() {

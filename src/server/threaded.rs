@@ -280,6 +280,13 @@ impl Threaded {
         if let Err(e) = self.waker.wake() {
             log::error!("cannot wake the acceptor: {e}");
         }
+        // Step 1 before step 2: once the acceptor is gone its listeners are
+        // closed, so no client can open a connection that misses its
+        // GOAWAY. Connections it takes in meanwhile get theirs from
+        // add_conn.
+        if !self.acceptor_alive.wait_timeout(ACCEPTOR_STOP) {
+            log::error!("the acceptor did not stop within {ACCEPTOR_STOP:?}");
+        }
         for link in self.links() {
             link.go_away_draining();
         }
@@ -378,6 +385,12 @@ impl Threaded {
         });
         log::trace!("conn {id} from {peer}");
         lock(&self.links).insert(id, link.clone());
+        if self.phase() != RUNNING {
+            // Accepted while the shutdown began (the backlog the acceptor
+            // takes in before closing its listeners): go_away may already
+            // have passed this connection by.
+            link.go_away_draining();
+        }
         let guard = self.conns.guard();
         let threaded = self.clone();
         let l = link.clone();
@@ -508,6 +521,14 @@ impl Acceptor {
                 }
             }
         }
+        // Connections the kernel completed but nobody accepted would be
+        // reset when the listeners close, with any request they already
+        // sent: take them in, so they are told GOAWAY instead.
+        self.resume = None;
+        for i in 0..self.listeners.len() {
+            self.accept(i);
+        }
+        drop(self.listeners);
         log::debug!("acceptor: listeners closed");
     }
 
