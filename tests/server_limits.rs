@@ -1,4 +1,4 @@
-//! Every limit of spec section 4 hit on purpose: the documented reaction,
+//! Every limit of docs/protocol.md ("Limits") hit on purpose: the documented reaction,
 //! and other connections unaffected.
 
 mod util;

@@ -1,4 +1,4 @@
-//! Every status code the runtime itself sends (spec section 3), provoked on
+//! Every status code the runtime itself sends (docs/protocol.md, "Status codes"), provoked on
 //! purpose.
 
 mod util;

@@ -37,7 +37,7 @@ pub struct Timeouts {
     pub call: Option<Duration>,
     /// How long bytes may wait for a connection whose socket accepts none
     /// before it is closed and its calls fail. Default 30 s, the server's
-    /// own write-stall limit (wire spec section 4).
+    /// own write-stall limit (docs/protocol.md, "Limits").
     pub write_stall: Duration,
 }
 
@@ -137,7 +137,7 @@ pub struct ClientConfig {
     /// only help when one connection's IO thread becomes the bottleneck.
     pub connections_per_endpoint: usize,
     /// Largest response body, as sent and after decompression. Default
-    /// 10 MiB, the server's request limit (wire spec section 4): server
+    /// 10 MiB, the server's request limit (docs/protocol.md, "Limits"): server
     /// bytes are untrusted too. A larger response fails its call with
     /// `RESOURCE_EXHAUSTED`; request bodies over it are refused before
     /// they are sent.

@@ -13,7 +13,7 @@ use crate::filter::Filter;
 use crate::server::service::Service;
 use crate::shutdown::Hook;
 
-/// Size and count limits (spec section 4). Every limit is enforced without
+/// Size and count limits (docs/protocol.md, "Limits"). Every limit is enforced without
 /// allocating first: a declared length is checked before any buffer is
 /// sized from it.
 ///
@@ -28,11 +28,11 @@ use crate::shutdown::Hook;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Largest request body, as sent and after decompression. Default
-    /// 10 MiB (spec). A larger one is answered `RESOURCE_EXHAUSTED`; on the
+    /// 10 MiB (protocol default). A larger one is answered `RESOURCE_EXHAUSTED`; on the
     /// wire it is discarded as it arrives, never buffered, and the
     /// connection stays open.
     pub max_body: usize,
-    /// Largest meta section. Default 16 KiB (spec). A larger one is a
+    /// Largest meta section. Default 16 KiB (protocol default). A larger one is a
     /// connection error: GOAWAY `INTERNAL`, then close.
     pub max_meta: usize,
     /// Deepest nesting of a MessagePack request body. Default 128: deep
@@ -40,19 +40,19 @@ pub struct Limits {
     /// exhaust a worker's stack.
     pub max_body_depth: usize,
     /// Requests (and ONEWAYs) read and not yet answered, per connection.
-    /// Default 1024 (spec). Past it the server stops reading that
+    /// Default 1024 (protocol default). Past it the server stops reading that
     /// connection until some finish.
     pub max_in_flight_per_connection: usize,
     /// Response bytes waiting to be written, per connection. Default
-    /// 16 MiB (spec). Past it the server stops reading that connection
+    /// 16 MiB (protocol default). Past it the server stops reading that connection
     /// until they drain: a client that does not read its responses cannot
     /// make the server buffer without bound.
     pub max_pending_response_bytes: usize,
     /// Request bytes held by the server (partial frames plus requests
     /// queued or running), all connections together. Default 256 MiB
-    /// (spec). Past it the server stops reading until they drain.
+    /// (protocol default). Past it the server stops reading until they drain.
     pub max_buffered_request_bytes: usize,
-    /// Open connections. Default 10000 (spec). A connection past it gets
+    /// Open connections. Default 10000 (protocol default). A connection past it gets
     /// GOAWAY `RESOURCE_EXHAUSTED` and is closed.
     pub max_connections: usize,
 }
@@ -71,7 +71,7 @@ impl Default for Limits {
     }
 }
 
-/// Timeouts, each named after the phase it bounds (spec sections 4 and 5).
+/// Timeouts, each named after the phase it bounds (docs/protocol.md, "Limits" and "Graceful shutdown").
 ///
 /// # Examples
 ///
@@ -85,24 +85,24 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// A connection with nothing in flight that receives nothing for this
-    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (spec).
+    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (protocol default).
     pub idle: Duration,
     /// Time to receive one whole frame, from its first byte; past it the
-    /// connection is closed (a slow-loris defence). Default 30 s (spec).
+    /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
     pub frame: Duration,
     /// Responses are waiting and the socket has accepted no byte for this
-    /// long: the connection is closed. Default 30 s (spec).
+    /// long: the connection is closed. Default 30 s (protocol default).
     pub write_stall: Duration,
     /// How long a shutdown goes on serving normally, with the health
     /// service already reporting `NOT_SERVING`, before it closes the
     /// listeners and sends GOAWAY: time for load balancers and Kubernetes
-    /// endpoints to stop sending traffic. Default 0 (spec): set it to a
+    /// endpoints to stop sending traffic. Default 0 (protocol default): set it to a
     /// few readiness-probe periods when something routes by health.
     pub drain_delay: Duration,
     /// How long shutdown waits for requests already read to finish before
     /// answering the queued ones `UNAVAILABLE` and cancelling the running
     /// ones. Counted from the GOAWAY, after the drain delay. Default 10 s
-    /// (spec).
+    /// (protocol default).
     pub shutdown: Duration,
     /// How long the shutdown hooks get, all together, once the workers
     /// have stopped; each hook is told what is left. Default 5 s: enough
