@@ -26,6 +26,7 @@ use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
+use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::protocol::ConnDecoder;
@@ -46,8 +47,6 @@ const KEEP_PARTIAL: usize = 4 * 1024;
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 /// First and longest pause of accepting after an accept error (out of
 /// file descriptors, out of memory).
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a stopping loop keeps trying to flush before closing.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 
@@ -130,7 +129,7 @@ pub(crate) struct EventLoop {
     arena: BytesMut,
     ready: Vec<Arc<ConnShared>>,
     touched: Vec<usize>,
-    accept_backoff: Duration,
+    accept_backoff: AcceptBackoff,
     accept_resume: Option<Instant>,
     budget_paused: bool,
     next_sweep: Instant,
@@ -178,7 +177,7 @@ impl EventLoop {
             arena: BytesMut::with_capacity(ARENA_SIZE),
             ready: Vec::new(),
             touched: Vec::new(),
-            accept_backoff: ACCEPT_BACKOFF_MIN,
+            accept_backoff: AcceptBackoff::new(),
             accept_resume: None,
             budget_paused: false,
             next_sweep: Instant::now() + sweep_every,
@@ -255,30 +254,19 @@ impl EventLoop {
             };
             match entry.listener.accept() {
                 Ok((stream, peer)) => {
-                    self.accept_backoff = ACCEPT_BACKOFF_MIN;
+                    self.accept_backoff.accepted();
                     let dispatcher = entry.dispatcher.clone();
                     self.add_conn(stream, peer, dispatcher);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) => {}
-                Err(e) => {
-                    // Out of file descriptors or memory: accepting again at
-                    // once would spin. Wait, or until a connection closes.
-                    log::error!(
-                        "{}: accept failed, pausing for {:?}: {e}",
-                        self.name,
-                        self.accept_backoff
-                    );
-                    self.accept_resume = Some(Instant::now() + self.accept_backoff);
-                    self.accept_backoff = (self.accept_backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    return;
-                }
+                Err(e) => match self.accept_backoff.failed(&self.name, &e) {
+                    AcceptError::Drained => return,
+                    AcceptError::Retry => {}
+                    AcceptError::Pause(until) => {
+                        // Until then, or until a connection closes.
+                        self.accept_resume = Some(until);
+                        return;
+                    }
+                },
             }
         }
     }

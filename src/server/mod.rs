@@ -81,6 +81,7 @@
 //! not to a slot or descriptor number, and dropped if that connection
 //! closed.
 
+mod accept;
 mod buffer_pool;
 mod builder;
 mod connection;

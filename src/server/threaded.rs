@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
+use super::accept::{AcceptBackoff, AcceptError};
 use super::builder::{Limits, Timeouts};
 use super::connection::{ConnShared, ConnState, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
@@ -60,8 +61,6 @@ const KEEP_PARTIAL: usize = 4 * 1024;
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 /// First and longest pause of accepting after an accept error (out of
 /// file descriptors, out of memory).
-const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 /// How long a stopping connection may take to flush its last answers.
 const FINAL_FLUSH: Duration = Duration::from_secs(1);
 /// The same, when the shutdown is forced.
@@ -253,7 +252,7 @@ impl Threaded {
             threaded: threaded.clone(),
             poll,
             listeners: entries,
-            backoff: ACCEPT_BACKOFF_MIN,
+            backoff: AcceptBackoff::new(),
             resume: None,
         };
         let alive = threaded.acceptor_alive.guard();
@@ -482,7 +481,7 @@ struct Acceptor {
     threaded: Arc<Threaded>,
     poll: Poll,
     listeners: Vec<(mio::net::TcpListener, Arc<Dispatcher>)>,
-    backoff: Duration,
+    backoff: AcceptBackoff,
     resume: Option<Instant>,
 }
 
@@ -542,30 +541,19 @@ impl Acceptor {
             };
             match listener.accept() {
                 Ok((stream, peer)) => {
-                    self.backoff = ACCEPT_BACKOFF_MIN;
+                    self.backoff.accepted();
                     let dispatcher = dispatcher.clone();
                     self.threaded.add_conn(stream.into(), peer, dispatcher);
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::Interrupted
-                            | io::ErrorKind::ConnectionAborted
-                            | io::ErrorKind::ConnectionReset
-                    ) => {}
-                Err(e) => {
-                    // Out of file descriptors or memory: accepting again at
-                    // once would spin.
-                    log::error!(
-                        "acceptor: accept failed, pausing for {:?}: {e}",
-                        self.backoff
-                    );
-                    self.resume = Some(Instant::now() + self.backoff);
-                    self.backoff = (self.backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                    self.threaded.accept_paused.store(true, Ordering::SeqCst);
-                    return;
-                }
+                Err(e) => match self.backoff.failed("acceptor", &e) {
+                    AcceptError::Drained => return,
+                    AcceptError::Retry => {}
+                    AcceptError::Pause(until) => {
+                        self.resume = Some(until);
+                        self.threaded.accept_paused.store(true, Ordering::SeqCst);
+                        return;
+                    }
+                },
             }
         }
     }
