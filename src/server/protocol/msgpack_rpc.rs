@@ -332,65 +332,18 @@ pub(crate) fn write_error(out: &mut BytesMut, id: RequestId, status: &Status) {
     out.put_u8(0xc0);
 }
 
+// rmp picks the shortest marker for each value; writing into a BytesMut
+// cannot fail, and bodies over 4 GiB never get this far (body limit).
 fn put_uint(out: &mut BytesMut, v: u64) {
-    match v {
-        0..=0x7f => out.put_u8(v as u8),
-        0x80..=0xff => {
-            out.put_u8(0xcc);
-            out.put_u8(v as u8);
-        }
-        0x100..=0xffff => {
-            out.put_u8(0xcd);
-            out.put_u16(v as u16);
-        }
-        0x1_0000..=0xffff_ffff => {
-            out.put_u8(0xce);
-            out.put_u32(v as u32);
-        }
-        _ => {
-            out.put_u8(0xcf);
-            out.put_u64(v);
-        }
-    }
+    rmp::encode::write_uint(&mut out.writer(), v).expect("in-memory write");
 }
 
 fn put_str(out: &mut BytesMut, s: &str) {
-    let n = s.len();
-    match n {
-        0..=31 => out.put_u8(0xa0 | n as u8),
-        32..=0xff => {
-            out.put_u8(0xd9);
-            out.put_u8(n as u8);
-        }
-        0x100..=0xffff => {
-            out.put_u8(0xda);
-            out.put_u16(n as u16);
-        }
-        _ => {
-            out.put_u8(0xdb);
-            out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
-        }
-    }
-    out.put_slice(&s.as_bytes()[..n.min(u32::MAX as usize)]);
+    rmp::encode::write_str(&mut out.writer(), s).expect("in-memory write");
 }
 
 fn put_bin(out: &mut BytesMut, b: &[u8]) {
-    let n = b.len();
-    match n {
-        0..=0xff => {
-            out.put_u8(0xc4);
-            out.put_u8(n as u8);
-        }
-        0x100..=0xffff => {
-            out.put_u8(0xc5);
-            out.put_u16(n as u16);
-        }
-        _ => {
-            out.put_u8(0xc6);
-            out.put_u32(u32::try_from(n).unwrap_or(u32::MAX));
-        }
-    }
-    out.put_slice(&b[..n.min(u32::MAX as usize)]);
+    rmp::encode::write_bin(&mut out.writer(), b).expect("in-memory write");
 }
 
 #[cfg(test)]
