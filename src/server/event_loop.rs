@@ -200,31 +200,44 @@ impl EventLoop {
                     self.phase = STOPPING;
                 }
             }
-            for event in events.iter() {
-                match event.token() {
-                    WAKER => {}
-                    Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
-                        self.accept(LISTENER_BASE - t);
-                    }
-                    Token(slot) => {
-                        if event.is_writable() {
-                            self.flush_with(slot, true);
-                        }
-                        let closed = event.is_read_closed() || event.is_error();
-                        if event.is_readable() || closed {
-                            self.on_readable(slot, closed);
-                        }
-                    }
-                }
-            }
-            self.take_ready();
-            let now = Instant::now();
-            self.fire_timers(now);
-            if self.handle_phase(now) {
+            // The requests of every ready connection go to the workers in
+            // one batch: one wake-up for all of them.
+            let server = self.server.clone();
+            let stop = match &server.pool {
+                Some(pool) => pool.batch(|| self.on_events(&events)),
+                None => self.on_events(&events),
+            };
+            if stop {
                 break;
             }
         }
         self.close_all();
+    }
+
+    /// Handles one poll's events, then what workers handed back and the
+    /// timers due. True when the loop is to stop.
+    fn on_events(&mut self, events: &Events) -> bool {
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {}
+                Token(t) if t > LISTENER_BASE - self.listeners.len() && t <= LISTENER_BASE => {
+                    self.accept(LISTENER_BASE - t);
+                }
+                Token(slot) => {
+                    if event.is_writable() {
+                        self.flush_with(slot, true);
+                    }
+                    let closed = event.is_read_closed() || event.is_error();
+                    if event.is_readable() || closed {
+                        self.on_readable(slot, closed);
+                    }
+                }
+            }
+        }
+        self.take_ready();
+        let now = Instant::now();
+        self.fire_timers(now);
+        self.handle_phase(now)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {

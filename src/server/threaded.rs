@@ -676,7 +676,13 @@ impl<'a> Reader<'a> {
 
     fn run(&mut self) {
         loop {
-            match self.decode() {
+            // The requests of one read go to the workers in one batch.
+            let server = self.t.server.clone();
+            let decoded = match &server.pool {
+                Some(pool) => pool.batch(|| self.decode()),
+                None => self.decode(),
+            };
+            match decoded {
                 Decode::NeedBytes => {}
                 Decode::Full => {
                     if !self.wait_for_room() {
