@@ -144,6 +144,7 @@ fn inspect(event: &Decoded, summary: &mut Summary) {
         assert!(meta.is_empty() && body.map_or(true, |b| b.is_empty()));
     }
 
+    crate::codec::meta_scan::assert_agrees(meta);
     if let Ok(m) = RequestMeta::decode(meta) {
         summary.metas += 1;
         let bytes = m.to_vec();

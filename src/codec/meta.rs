@@ -1,7 +1,9 @@
 //! The meta section: one MessagePack map with string keys.
 //!
 //! Request, response and GOAWAY metas are plain serde structs written by
-//! `rmp-serde` as maps keyed by field name. Decoding first runs the
+//! `rmp-serde` as maps keyed by field name. Request and response metas of
+//! the usual shape are read in one pass by [`super::meta_scan`]; any other
+//! shape takes the general path, which first runs the
 //! structural check of [`super::msgpack`] (depth, declared lengths, trailing
 //! bytes, duplicate keys), then lets `rmp-serde` fill the struct, borrowing
 //! strings from the frame instead of copying them. Unknown keys are ignored,
@@ -12,7 +14,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::msgpack;
+use super::{meta_scan, msgpack};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 
@@ -113,9 +115,10 @@ impl<'a> RequestMeta<'a> {
 
     /// Decodes and validates a request meta section.
     pub fn decode(bytes: &'a [u8]) -> Result<RequestMeta<'a>, MetaError> {
-        let meta: RequestMeta<'a> = decode_map(bytes)?;
-        check_trace_id(meta.trace_id)?;
-        Ok(meta)
+        match meta_scan::request(bytes) {
+            Some(meta) => Ok(meta),
+            None => decode_request_slow(bytes),
+        }
     }
 
     /// Encodes the meta as a MessagePack map.
@@ -185,9 +188,10 @@ impl<'a> ResponseMeta<'a> {
 
     /// Decodes and validates a response meta section.
     pub fn decode(bytes: &'a [u8]) -> Result<ResponseMeta<'a>, MetaError> {
-        let meta: ResponseMeta<'a> = decode_map(bytes)?;
-        check_trace_id(meta.trace_id)?;
-        Ok(meta)
+        match meta_scan::response(bytes) {
+            Some(meta) => Ok(meta),
+            None => decode_response_slow(bytes),
+        }
     }
 
     /// Encodes the meta as a MessagePack map.
@@ -319,6 +323,22 @@ mod key {
     pub(super) fn md<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
         named("md", Option::<Metadata>::deserialize(d)).map(Option::unwrap_or_default)
     }
+}
+
+/// The general request meta decoder, for every shape
+/// [`meta_scan::request`] does not take.
+pub(super) fn decode_request_slow(bytes: &[u8]) -> Result<RequestMeta<'_>, MetaError> {
+    let meta: RequestMeta<'_> = decode_map(bytes)?;
+    check_trace_id(meta.trace_id)?;
+    Ok(meta)
+}
+
+/// The general response meta decoder, for every shape
+/// [`meta_scan::response`] does not take.
+pub(super) fn decode_response_slow(bytes: &[u8]) -> Result<ResponseMeta<'_>, MetaError> {
+    let meta: ResponseMeta<'_> = decode_map(bytes)?;
+    check_trace_id(meta.trace_id)?;
+    Ok(meta)
 }
 
 fn check_trace_id(id: Option<&str>) -> Result<(), MetaError> {

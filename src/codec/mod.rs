@@ -21,6 +21,7 @@ mod error;
 mod frame;
 mod header;
 mod meta;
+pub(crate) mod meta_scan;
 pub mod msgpack;
 
 pub use body::{decode_body, encode_body, DEFAULT_MAX_BODY_DEPTH};

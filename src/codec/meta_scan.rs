@@ -1,0 +1,265 @@
+//! One pass over the meta maps peers send on every call.
+//!
+//! The general decoder of [`super::meta`] checks the map's structure, then
+//! its keys for duplicates, then lets serde fill the struct: three walks
+//! over a few dozen bytes, for every request and every response. Nearly
+//! every meta is a small map of known keys with string and small-integer
+//! values, so this reads that shape in one walk. Anything else (an unknown
+//! key, a repeated key, `nil`, metadata entries, a wrong type, trailing
+//! bytes) makes it give up and leave the meta to the general decoder, which
+//! accepts or rejects it with its usual error: both paths give the same
+//! answer for every input.
+
+use super::meta::{RequestMeta, ResponseMeta, MAX_TRACE_ID_LEN};
+use crate::metadata::Metadata;
+
+/// A cursor over a meta section; every read is `None` on a shape it does
+/// not take.
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8]) -> Reader<'a> {
+        Reader { buf, pos: 0 }
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        let b = *self.buf.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
+        self.pos += n;
+        Some(bytes)
+    }
+
+    fn be(&mut self, n: usize) -> Option<u32> {
+        Some(
+            self.take(n)?
+                .iter()
+                .fold(0u32, |acc, &b| acc << 8 | u32::from(b)),
+        )
+    }
+
+    /// A map header with at most 65535 entries.
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Some(usize::from(m & 0x0f)),
+            0xde => self.be(2).map(|n| n as usize),
+            _ => None,
+        }
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        let len = match self.byte()? {
+            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
+            0xd9 => self.be(1)? as usize,
+            0xda => self.be(2)? as usize,
+            _ => return None,
+        };
+        std::str::from_utf8(self.take(len)?).ok()
+    }
+
+    /// An unsigned integer that fits in 32 bits, in its shortest usual
+    /// encodings.
+    fn u32(&mut self) -> Option<u32> {
+        match self.byte()? {
+            m @ 0x00..=0x7f => Some(u32::from(m)),
+            0xcc => self.be(1),
+            0xcd => self.be(2),
+            0xce => self.be(4),
+            _ => None,
+        }
+    }
+
+    /// Metadata, taken only when it is the empty map.
+    fn empty_md(&mut self) -> Option<Metadata> {
+        (self.byte()? == 0x80).then(Metadata::new)
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos == self.buf.len()
+    }
+}
+
+/// Records `bit` as seen; `None` if it was already.
+fn first_time(seen: &mut u8, bit: u8) -> Option<()> {
+    (*seen & bit == 0).then(|| *seen |= bit)
+}
+
+fn short_trace_id(id: &str) -> Option<&str> {
+    (id.len() <= MAX_TRACE_ID_LEN).then_some(id)
+}
+
+/// A request meta of the usual shape, or `None` for the general decoder.
+pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
+    let mut r = Reader::new(bytes);
+    let mut meta = RequestMeta::new("");
+    let mut seen = 0u8;
+    for _ in 0..r.map_len()? {
+        match r.str()? {
+            "method" => {
+                first_time(&mut seen, 1)?;
+                meta.method = r.str()?;
+            }
+            "timeout_ms" => {
+                first_time(&mut seen, 2)?;
+                meta.timeout_ms = r.u32()?;
+            }
+            "trace_id" => {
+                first_time(&mut seen, 4)?;
+                meta.trace_id = Some(short_trace_id(r.str()?)?);
+            }
+            "caller" => {
+                first_time(&mut seen, 8)?;
+                meta.caller = Some(r.str()?);
+            }
+            "md" => {
+                first_time(&mut seen, 16)?;
+                meta.md = r.empty_md()?;
+            }
+            _ => return None,
+        }
+    }
+    (seen & 1 == 1 && r.at_end()).then_some(meta)
+}
+
+/// A response meta of the usual shape, or `None` for the general decoder.
+pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
+    let mut r = Reader::new(bytes);
+    let mut meta = ResponseMeta {
+        code: 0,
+        message: None,
+        trace_id: None,
+        md: Metadata::new(),
+    };
+    let mut seen = 0u8;
+    for _ in 0..r.map_len()? {
+        match r.str()? {
+            "code" => {
+                first_time(&mut seen, 1)?;
+                meta.code = r.u32()?;
+            }
+            "message" => {
+                first_time(&mut seen, 2)?;
+                meta.message = Some(r.str()?);
+            }
+            "trace_id" => {
+                first_time(&mut seen, 4)?;
+                meta.trace_id = Some(short_trace_id(r.str()?)?);
+            }
+            "md" => {
+                first_time(&mut seen, 8)?;
+                meta.md = r.empty_md()?;
+            }
+            _ => return None,
+        }
+    }
+    (seen & 1 == 1 && r.at_end()).then_some(meta)
+}
+
+/// Panics unless both paths agree on `bytes` wherever the one-pass reader
+/// takes them: the fuzzer's check.
+pub(crate) fn assert_agrees(bytes: &[u8]) {
+    if let Some(fast) = request(bytes) {
+        assert_eq!(Ok(fast), super::meta::decode_request_slow(bytes));
+    }
+    if let Some(fast) = response(bytes) {
+        assert_eq!(Ok(fast), super::meta::decode_response_slow(bytes));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::meta::{decode_request_slow, decode_response_slow};
+    use crate::status::Code;
+
+    fn request_cases() -> Vec<Vec<u8>> {
+        let mut full = RequestMeta {
+            timeout_ms: 70_000,
+            trace_id: Some("4bf92f35-77b3-4da6-a3ce-e0b4da1b2c3d"),
+            caller: Some("billing"),
+            ..RequestMeta::new("/echo.Echo/Say")
+        };
+        let mut cases = vec![
+            RequestMeta::new("/a.A/b").to_vec(),
+            full.to_vec(),
+            // Each key once as the first, with the rest after it.
+            b"\x82\xaatimeout_ms\x05\xa6method\xa6/a.A/b".to_vec(),
+            // Empty md, nil md, a non-empty md, an unknown key.
+            b"\x82\xa6method\xa6/a.A/b\xa2md\x80".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa2md\xc0".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa2md\x81\xa1k\xa1v".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa5extra\x93\x01\x02\x03".to_vec(),
+            // A repeated key, a missing method, a wrong type, a trailing
+            // byte, a negative and an oversized timeout, a bad UTF-8 method.
+            b"\x82\xa6method\xa6/a.A/b\xa6method\xa6/a.A/c".to_vec(),
+            b"\x81\xaatimeout_ms\x05".to_vec(),
+            b"\x81\xa6method\x05".to_vec(),
+            b"\x81\xa6method\xa6/a.A/b\x00".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xaatimeout_ms\xff".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xaatimeout_ms\xcf\x00\x00\x00\x01\x00\x00\x00\x00".to_vec(),
+            b"\x81\xa6method\xa2\xff\xfe".to_vec(),
+            // Truncated, not a map, empty.
+            b"\x81\xa6method\xa6/a.A".to_vec(),
+            b"\x91\x01".to_vec(),
+            Vec::new(),
+        ];
+        // A trace id one byte too long.
+        let long = "x".repeat(MAX_TRACE_ID_LEN + 1);
+        full.trace_id = Some(&long);
+        cases.push(full.to_vec());
+        // Every prefix of a full meta.
+        let whole = cases[1].clone();
+        cases.extend((0..whole.len()).map(|n| whole[..n].to_vec()));
+        cases
+    }
+
+    #[test]
+    fn request_agrees_with_the_general_decoder() {
+        for bytes in request_cases() {
+            let slow = decode_request_slow(&bytes);
+            if let Some(fast) = request(&bytes) {
+                assert_eq!(Ok(fast), slow, "{bytes:02x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn request_takes_the_usual_shapes() {
+        for bytes in &request_cases()[..4] {
+            assert!(request(bytes).is_some(), "{bytes:02x?}");
+        }
+    }
+
+    #[test]
+    fn response_agrees_with_the_general_decoder() {
+        let cases = [
+            ResponseMeta::new(Code::OK).to_vec(),
+            ResponseMeta {
+                message: Some("no such method"),
+                trace_id: Some("t-1"),
+                ..ResponseMeta::new(Code::UNIMPLEMENTED)
+            }
+            .to_vec(),
+            b"\x82\xa4code\x00\xa2md\x80".to_vec(),
+            b"\x82\xa4code\x00\xa2md\x81\xa1k\xa1v".to_vec(),
+            b"\x82\xa4code\x00\xa4code\x01".to_vec(),
+            b"\x81\xa4code\xff".to_vec(),
+            b"\x81\xa7message\xa1x".to_vec(),
+            b"\x81\xa4code\x00\x00".to_vec(),
+        ];
+        for (i, bytes) in cases.iter().enumerate() {
+            let slow = decode_response_slow(bytes);
+            match response(bytes) {
+                Some(fast) => assert_eq!(Ok(fast), slow, "{bytes:02x?}"),
+                None => assert!(i > 2, "the usual shape {bytes:02x?} was not taken"),
+            }
+        }
+    }
+}
