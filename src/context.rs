@@ -58,7 +58,11 @@ struct RequestInfo {
 
 struct Inner {
     deadline: Option<Instant>,
-    trace_id: Option<TraceId>,
+    /// Set, or for a request that came without one, made on first use:
+    /// most successful requests never need theirs.
+    trace_id: OnceLock<TraceId>,
+    /// Whether `trace_id` is made on first use when unset.
+    make_trace_id: bool,
     parent: Option<Context>,
     request: Option<RequestInfo>,
     /// Fast path for `is_cancelled`.
@@ -173,9 +177,14 @@ impl Context {
         parent: Option<Context>,
         request: Option<RequestInfo>,
     ) -> Inner {
+        let cell = OnceLock::new();
+        if let Some(id) = trace_id {
+            let _ = cell.set(id);
+        }
         Inner {
             deadline,
-            trace_id,
+            trace_id: cell,
+            make_trace_id: false,
             parent,
             request,
             cancelled: AtomicBool::new(false),
@@ -200,11 +209,12 @@ impl Context {
         Arc::ptr_eq(&self.inner, &Context::background().inner)
     }
 
-    /// The context of a request a server read (crate-internal).
+    /// The context of a request a server read (crate-internal). Without the
+    /// caller's `trace_id`, a new one is made when first asked for.
     pub(crate) fn for_request(
         method: Arc<str>,
         deadline: Option<Instant>,
-        trace_id: TraceId,
+        trace_id: Option<TraceId>,
         caller: Option<&str>,
         peer: Option<SocketAddr>,
         metadata: Metadata,
@@ -215,12 +225,9 @@ impl Context {
             peer,
             metadata,
         };
-        Context::from_inner(Context::blank(
-            deadline,
-            Some(trace_id),
-            None,
-            Some(request),
-        ))
+        let mut inner = Context::blank(deadline, trace_id, None, Some(request));
+        inner.make_trace_id = true;
+        Context::from_inner(inner)
     }
 
     /// A child context: inherits everything, is cancelled when this one is,
@@ -232,7 +239,7 @@ impl Context {
         };
         let child = Context::from_inner(Context::blank(
             deadline,
-            trace_id.or(self.inner.trace_id),
+            trace_id.or_else(|| self.trace_id()),
             Some(self.clone()),
             None,
         ));
@@ -382,7 +389,12 @@ impl Context {
 
     /// The trace id, if any: a server context always has one.
     pub fn trace_id(&self) -> Option<TraceId> {
-        self.inner.trace_id
+        let cell = &self.inner.trace_id;
+        if self.inner.make_trace_id {
+            Some(*cell.get_or_init(TraceId::generate))
+        } else {
+            cell.get().copied()
+        }
     }
 
     fn request(&self) -> Option<&RequestInfo> {
@@ -446,7 +458,7 @@ impl fmt::Debug for Context {
         f.debug_struct("Context")
             .field("method", &self.method())
             .field("deadline", &self.inner.deadline)
-            .field("trace_id", &self.inner.trace_id)
+            .field("trace_id", &self.inner.trace_id.get())
             .field("cancelled", &self.cancel_reason())
             .finish_non_exhaustive()
     }
@@ -516,7 +528,7 @@ mod tests {
         let ctx = Context::for_request(
             Arc::from("/a.B/C"),
             None,
-            TraceId::generate(),
+            Some(TraceId::generate()),
             Some("caller"),
             None,
             Metadata::new(),

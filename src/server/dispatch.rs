@@ -188,7 +188,7 @@ fn write_ok(
     id: RequestId,
     flags: Flags,
     body: &[u8],
-    trace_id: Option<&TraceId>,
+    ctx: &Context,
     md: Metadata,
 ) {
     if st.wire == Wire::MsgpackRpc {
@@ -203,7 +203,14 @@ fn write_ok(
     if let Err(e) = st.out.response(id, flags, &meta, body) {
         log::error!("cannot encode the response to request {id}: {e}");
         let status = Status::internal(format!("cannot encode the response: {e}"));
-        write_status(st, id, flags, &status, trace_id, Metadata::new());
+        write_status(
+            st,
+            id,
+            flags,
+            &status,
+            ctx.trace_id().as_ref(),
+            Metadata::new(),
+        );
     }
 }
 
@@ -422,29 +429,28 @@ impl Dispatcher {
                 write_status(&mut st, id, flags, &status, trace, Metadata::new());
             }
         };
-        // check_trace_id in decode() bounds the length, so this is Some.
-        let trace_id = head
-            .trace_id
-            .and_then(TraceId::new)
-            .unwrap_or_else(TraceId::generate);
+        // check_trace_id in decode() bounds the length, so a given id fits.
+        let given_trace = head.trace_id.and_then(TraceId::new);
+        // Refusals name a trace id in their answer and the log: make one.
+        let trace_id = || given_trace.unwrap_or_else(TraceId::generate);
         if let Err(v) = flags.compression() {
             refuse(
                 Status::unimplemented(format!("compression {v} is reserved")),
-                Some(&trace_id),
+                Some(&trace_id()),
             );
             return None;
         }
         if let Err(v) = flags.encoding() {
             refuse(
                 Status::unimplemented(format!("body encoding {v} is reserved")),
-                Some(&trace_id),
+                Some(&trace_id()),
             );
             return None;
         }
         let method = match self.registry.lookup(head.method) {
             Ok(m) => m.clone(),
             Err(status) => {
-                refuse(status, Some(&trace_id));
+                refuse(status, Some(&trace_id()));
                 return None;
             }
         };
@@ -464,7 +470,7 @@ impl Dispatcher {
         let ctx = Context::for_request(
             method.full_name.clone(),
             deadline,
-            trace_id,
+            given_trace,
             head.caller,
             conn.peer,
             head.md,
@@ -487,7 +493,7 @@ impl Dispatcher {
                 if !oneway {
                     self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
                 }
-                refuse(Status::unavailable(message), Some(&trace_id));
+                refuse(Status::unavailable(message), ctx.trace_id().as_ref());
                 return None;
             }
             if oneway {
@@ -497,7 +503,7 @@ impl Dispatcher {
                 drop(st);
                 refuse(
                     Status::invalid_argument(format!("request id {id} is already in flight")),
-                    Some(&trace_id),
+                    ctx.trace_id().as_ref(),
                 );
                 return None;
             } else {
@@ -728,7 +734,6 @@ impl RequestTask {
             return;
         }
         let md = self.ctx.take_response_metadata();
-        let trace = self.ctx.trace_id();
         // Compressing under the lock would hold up the other workers
         // answering on this connection.
         let compression = self.flags.compression().unwrap_or_default();
@@ -766,21 +771,24 @@ impl RequestTask {
         } else if late.is_none() && ran && server.going_away.load(Ordering::Relaxed) {
             server.shutdown_drained.fetch_add(1, Ordering::Relaxed);
         }
+        // Only error answers carry the trace id: a successful one never
+        // makes it.
+        let trace = || self.ctx.trace_id();
         match (&reply, &late) {
             (_, Some(status)) => write_status(
                 &mut st,
                 self.id,
                 self.flags,
                 status,
-                trace.as_ref(),
+                trace().as_ref(),
                 Metadata::new(),
             ),
             (Ok(resp), None) => {
                 let body = packed.as_deref().unwrap_or(resp.body());
-                write_ok(&mut st, self.id, self.flags, body, trace.as_ref(), md);
+                write_ok(&mut st, self.id, self.flags, body, &self.ctx, md);
             }
             (Err(status), None) => {
-                write_status(&mut st, self.id, self.flags, status, trace.as_ref(), md)
+                write_status(&mut st, self.id, self.flags, status, trace().as_ref(), md)
             }
         }
         drop(st);
