@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -185,8 +186,33 @@ pub(crate) struct MethodEntry {
 
 /// The methods one listener serves, by full name.
 pub(crate) struct Registry {
-    methods: HashMap<Box<str>, Arc<MethodEntry>>,
+    methods: HashMap<Box<str>, Arc<MethodEntry>, BuildHasherDefault<Fnv>>,
     services: Vec<String>,
+}
+
+/// FNV-1a, for the method table: looked up once per request with a short
+/// key, where SipHash's setup costs more than the lookup. The table's keys
+/// are the server's own, so a peer choosing names cannot crowd a bucket:
+/// a name that is not in the table costs one probe like any other.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
 }
 
 fn min_timeout(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
@@ -204,7 +230,7 @@ impl Registry {
         server_filters: &[Arc<dyn Filter>],
         limits: BodyLimits,
     ) -> Registry {
-        let mut methods = HashMap::new();
+        let mut methods = HashMap::default();
         let mut names = Vec::with_capacity(services.len());
         for svc in services {
             let filters: Box<[Arc<dyn Filter>]> = server_filters
