@@ -29,7 +29,7 @@ use slab::Slab;
 use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
-use super::protocol::ConnDecoder;
+use super::protocol::{ConnDecoder, Message};
 use crate::codec::{Encoder, GoawayMeta, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
@@ -323,7 +323,7 @@ impl EventLoop {
         ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
-        let decoder = ConnDecoder::new(dispatcher.protocols, server.decode_limits(), &shared);
+        let decoder = dispatcher.decoder(&shared);
         entry.insert(Conn {
             shared,
             dispatcher,
@@ -450,20 +450,19 @@ impl EventLoop {
             } else {
                 &mut conn.partial
             };
-            if buf.is_empty() && !conn.decoder.is_mid_frame(buf) {
+            if buf.is_empty() && !conn.decoder.is_mid_message(buf) {
                 break;
             }
-            let decoded = match conn.decoder.decode(buf, &conn.shared) {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
+            let (dispatcher, shared, timers) = (&conn.dispatcher, &conn.shared, &mut self.timers);
+            let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
+            match conn.decoder.decode(buf, shared, &mut dispatch) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
-            };
-            let dispatcher = conn.dispatcher.clone();
-            let shared = conn.shared.clone();
-            dispatcher.on_message(&shared, decoded, now, &mut self.timers);
+            }
             if !self.may_read(slot) {
                 break;
             }
@@ -491,7 +490,7 @@ impl EventLoop {
             }
             conn.counted = held;
         }
-        conn.frame_started = if conn.decoder.is_mid_frame(&conn.partial) {
+        conn.frame_started = if conn.decoder.is_mid_message(&conn.partial) {
             conn.frame_started.or(Some(now))
         } else {
             None
@@ -534,10 +533,9 @@ impl EventLoop {
     fn goaway(&mut self, slot: usize, code: Code, message: &str) {
         if let Some(conn) = self.conns.get(slot) {
             let mut st = conn.shared.lock();
-            if !st.closed && st.wire.has_goaway() {
-                // A GOAWAY meta is a code and a message: it fits unless the
-                // message is over 64 KiB, which ours never are.
-                let _ = st.out.goaway(&GoawayMeta::new(code, message));
+            if !st.closed {
+                let protocol = st.protocol;
+                protocol.write_goaway(&mut st.out, code, message);
             }
         }
     }
@@ -546,12 +544,12 @@ impl EventLoop {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
-        let wire = {
+        let protocol = {
             let mut st = conn.shared.lock();
             st.draining = true;
-            st.wire
+            st.protocol
         };
-        if wire.has_goaway() {
+        if protocol.has_goaway() {
             self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
             self.flush(slot);
         } else {

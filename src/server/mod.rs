@@ -117,8 +117,10 @@ use self::builder::{LifecycleSetup, ListenerSpec};
 use self::dispatch::{Dispatcher, ServerShared};
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
+use self::protocol::DecodeConfig;
 use self::service::Registry;
 use self::threaded::Threaded;
+use crate::codec::FrameLimits;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::latch::Latch;
@@ -250,7 +252,18 @@ impl Server {
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
             let protocols = spec.protocols.unwrap_or(config.protocols);
-            bound.push((listener, addr, names, registry, protocols));
+            let decode = DecodeConfig {
+                frame: FrameLimits {
+                    max_body: config.limits.max_body,
+                    max_meta: config.limits.max_meta,
+                },
+                max_body_depth: config.limits.max_body_depth,
+                msgpack_rpc_default_service: config
+                    .msgpack_rpc_default_service
+                    .as_deref()
+                    .map(Arc::from),
+            };
+            bound.push((listener, addr, names, registry, (protocols, decode)));
         }
         let pool = if config.inline_handlers {
             None
@@ -278,16 +291,18 @@ impl Server {
             .iter()
             .map(|(_, addr, names, _, _)| (*addr, names.clone()))
             .collect();
-        let dispatchers = bound
-            .into_iter()
-            .map(|(listener, _, _, registry, protocols)| {
-                let dispatcher = Arc::new(Dispatcher {
-                    server: shared.clone(),
-                    registry,
-                    protocols,
+        let dispatchers =
+            bound
+                .into_iter()
+                .map(|(listener, _, _, registry, (protocols, decode))| {
+                    let dispatcher = Arc::new(Dispatcher {
+                        server: shared.clone(),
+                        registry,
+                        protocols,
+                        decode,
+                    });
+                    (listener, dispatcher)
                 });
-                (listener, dispatcher)
-            });
         let (driver, started) = match mode {
             Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
             Mode::Thread => {
