@@ -261,6 +261,28 @@ fn idle_and_frame_timeouts_close_without_a_goaway(mode: Mode) {
     server.shutdown();
 }
 
+fn a_connection_refused_at_accept_is_closed_without_a_goaway(mode: Mode) {
+    let server = builder(mode)
+        .service(echo_service())
+        .protocols(Protocols::MsgpackRpc)
+        .limits(Limits {
+            max_connections: 1,
+            ..Limits::default()
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut served = MrpcClient::connect(server.local_addr());
+    served.request(1, "echo.Echo.Say", &(say("first"),));
+    assert_eq!(served.ok::<Say>(1).text, "first");
+    // Past the limit: no native GOAWAY, which this client could not read,
+    // only the close.
+    let mut refused = MrpcClient::connect(server.local_addr());
+    refused.expect_closed();
+    served.request(2, "echo.Echo.Say", &(say("still served"),));
+    assert_eq!(served.ok::<Say>(2).text, "still served");
+    server.shutdown();
+}
+
 fn both_protocols_share_a_listener_and_can_be_pinned(mode: Mode) {
     let server = builder(mode)
         .service(echo_service())
@@ -370,6 +392,7 @@ per_mode!(
     a_message_in_pieces_is_read,
     a_malformed_message_closes_after_earlier_answers,
     limits_apply,
+    a_connection_refused_at_accept_is_closed_without_a_goaway,
     both_protocols_share_a_listener_and_can_be_pinned,
     idle_and_frame_timeouts_close_without_a_goaway,
     a_listener_can_be_pinned_apart_from_the_others,

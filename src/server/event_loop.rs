@@ -30,7 +30,7 @@ use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
-use crate::codec::{Encoder, GoawayMeta, ProtocolError};
+use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
 
@@ -290,9 +290,12 @@ impl EventLoop {
                 "too many connections (limit {})",
                 server.config.limits.max_connections
             );
-            let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, &msg));
-            // Best effort: a fresh socket's send buffer takes a few bytes.
-            let _ = stream.write(enc.as_slice());
+            // A protocol without GOAWAY is only closed.
+            let protocol = dispatcher.protocols.initial();
+            if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg) {
+                // Best effort: a fresh socket's send buffer takes a few bytes.
+                let _ = stream.write(enc.as_slice());
+            }
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return;
         }

@@ -44,8 +44,8 @@ use super::builder::{Limits, Timeouts};
 use super::connection::{ConnShared, ConnState, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
-use super::protocol::{ConnDecoder, Message};
-use crate::codec::{Encoder, GoawayMeta, ProtocolError};
+use super::protocol::{ConnDecoder, Message, Protocol};
+use crate::codec::{Encoder, ProtocolError};
 use crate::latch::{Latch, LatchGuard};
 use crate::status::Code;
 
@@ -347,7 +347,7 @@ impl Threaded {
         if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
-            refuse(&stream, &self.refusal);
+            refuse(&stream, dispatcher.protocols.initial(), &self.refusal);
             return;
         }
         // Accepted sockets may inherit the listener's non-blocking mode.
@@ -388,6 +388,7 @@ impl Threaded {
         let guard = self.conns.guard();
         let threaded = self.clone();
         let l = link.clone();
+        let protocol = dispatcher.protocols.initial();
         let spawned = self
             .builder(&link.reader_name)
             .spawn(move || conn_thread(threaded, l, dispatcher, guard));
@@ -398,6 +399,7 @@ impl Threaded {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             refuse(
                 link.stream(),
+                protocol,
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -462,13 +464,15 @@ fn connections_within(max_maps: usize, used: usize) -> usize {
 }
 
 /// Answers a connection that will not be served with GOAWAY
-/// RESOURCE_EXHAUSTED, best effort, and closes it.
-fn refuse(stream: &TcpStream, message: &str) {
+/// RESOURCE_EXHAUSTED in `protocol` (if it has one), best effort, and
+/// closes it.
+fn refuse(stream: &TcpStream, protocol: &dyn Protocol, message: &str) {
     let mut enc = Encoder::new();
-    let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, message));
-    // A fresh socket's send buffer takes a few bytes at once.
-    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
-    let _ = (&*stream).write_all(enc.as_slice());
+    if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message) {
+        // A fresh socket's send buffer takes a few bytes at once.
+        let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
+        let _ = (&*stream).write_all(enc.as_slice());
+    }
     let _ = stream.shutdown(Shutdown::Write);
 }
 
@@ -601,6 +605,7 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             );
             refuse(
                 link.stream(),
+                dispatcher.protocols.initial(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }

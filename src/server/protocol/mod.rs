@@ -82,6 +82,13 @@ impl Protocols {
             Protocols::MsgpackRpc => MSGPACK_RPC_ONLY,
         }
     }
+
+    /// The protocol a connection is taken to speak before its first byte
+    /// is read: the one the listener is pinned to, else the native one.
+    /// A connection refused at accept is answered in it.
+    pub(crate) fn initial(self) -> &'static dyn Protocol {
+        self.candidates()[0]
+    }
 }
 
 /// One wire protocol: how its connections are recognised and decoded, and
