@@ -118,6 +118,39 @@ fn typed_calls_under_every_name_form(mode: Mode) {
     server.shutdown();
 }
 
+fn each_listener_may_name_its_own_default_service(mode: Mode) {
+    let (calc, _) = service();
+    let server = builder(mode)
+        .service(calc)
+        .service_on("127.0.0.1:0", echo_service())
+        .msgpack_rpc_default_service("echo.Echo")
+        // The first listener at that address: the main one.
+        .msgpack_rpc_default_service_on("127.0.0.1:0", "calc.Calc")
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut main = MrpcClient::connect(server.local_addr());
+    main.request(1, "Add", &(40, 2));
+    assert_eq!(main.ok::<u32>(1), 42);
+    main.request(2, "Say", &(say("not here"),));
+    assert_eq!(main.err(2).0, Code::UNIMPLEMENTED.as_u32());
+    // The other listener keeps the server-wide default.
+    let echo_addr = server.addr_of("echo.Echo").unwrap();
+    assert_ne!(echo_addr, server.local_addr());
+    let mut other = MrpcClient::connect(echo_addr);
+    other.request(1, "Say", &(say("server-wide"),));
+    assert_eq!(other.ok::<Say>(1).text, "server-wide");
+    server.shutdown();
+
+    let refused = builder(mode)
+        .service(echo_service())
+        .msgpack_rpc_default_service_on("127.0.0.2:9", "echo.Echo")
+        .bind("127.0.0.1:0");
+    let Err(err) = refused else {
+        panic!("no listener at that address, yet bind succeeded");
+    };
+    assert!(err.to_string().contains("no listener"), "{err}");
+}
+
 fn params_of_several_elements_are_the_request(mode: Mode) {
     let (svc, _) = service();
     let server = builder(mode).service(svc).bind("127.0.0.1:0").unwrap();
@@ -385,6 +418,7 @@ fn shutdown_refuses_new_calls_and_closes_when_idle(mode: Mode) {
 
 per_mode!(
     typed_calls_under_every_name_form,
+    each_listener_may_name_its_own_default_service,
     params_of_several_elements_are_the_request,
     errors_are_code_and_message,
     notifications_run_as_oneway,

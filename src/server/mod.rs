@@ -258,9 +258,10 @@ impl Server {
                     max_meta: config.limits.max_meta,
                 },
                 max_body_depth: config.limits.max_body_depth,
-                msgpack_rpc_default_service: config
+                msgpack_rpc_default_service: spec
                     .msgpack_rpc_default_service
                     .as_deref()
+                    .or(config.msgpack_rpc_default_service.as_deref())
                     .map(Arc::from),
             };
             bound.push((listener, addr, names, registry, (protocols, decode)));
