@@ -17,7 +17,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{DecodeConfig, Message, MessageDecoder, Protocol, RequestHead};
 use crate::codec::msgpack::Scanner;
-use crate::codec::{Encoder, Flags, ProtocolError, RequestId};
+use crate::codec::{Encoder, Encoding, Flags, ProtocolError, RequestId};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
@@ -46,17 +46,19 @@ impl Protocol for MsgpackRpc {
         Box::new(MsgpackRpcDecoder::new(config))
     }
 
-    /// `[1, msgid, nil, result]`; the wire has no metadata.
+    /// `[1, msgid, nil, result]`; the wire has no metadata. A body in
+    /// MessagePack (a typed handler's) goes out as the result unchecked.
     fn write_ok(
         &self,
         out: &mut Encoder,
         id: RequestId,
-        _flags: Flags,
+        flags: Flags,
         body: &[u8],
         _trace: Option<&TraceId>,
         _md: Metadata,
     ) {
-        write_result(out.buf_mut(), id, body);
+        let one_value = flags.encoding() == Ok(Encoding::MsgPack);
+        write_result(out.buf_mut(), id, body, one_value);
     }
 
     /// `[1, msgid, [code, message], nil]`; the wire has no trace id or
@@ -408,16 +410,17 @@ fn method_path<'a>(name: &'a str, default_service: Option<&str>) -> Cow<'a, str>
     }
 }
 
-/// Appends `[1, msgid, nil, result]`. `result` must be one MessagePack
-/// value; other bytes (a raw handler's) are sent as a binary.
-fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8]) {
+/// Appends `[1, msgid, nil, result]`. `result` goes as is when it is one
+/// MessagePack value (known to be when `one_value`, else checked); other
+/// bytes (a raw handler's) are sent as a binary.
+fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8], one_value: bool) {
     out.put_u8(0x94);
     out.put_u8(0x01);
     put_uint(out, u64::from(id.0));
     out.put_u8(0xc0);
     if result.is_empty() {
         out.put_u8(0xc0);
-    } else if crate::codec::msgpack::check(result, usize::MAX).is_ok() {
+    } else if one_value || crate::codec::msgpack::check(result, usize::MAX).is_ok() {
         out.put_slice(result);
     } else {
         put_bin(out, result);
@@ -553,11 +556,15 @@ mod tests {
     #[test]
     fn responses_are_msgpack_rpc_arrays() {
         let mut out = BytesMut::new();
-        write_result(&mut out, RequestId(300), &[0x01]);
+        write_result(&mut out, RequestId(300), &[0x01], false);
         assert_eq!(&out[..], &[0x94, 0x01, 0xcd, 0x01, 0x2c, 0xc0, 0x01]);
         out.clear();
-        write_result(&mut out, RequestId(1), b"\xc1");
+        write_result(&mut out, RequestId(1), b"\xc1", false);
         assert_eq!(&out[..], &[0x94, 0x01, 0x01, 0xc0, 0xc4, 0x01, 0xc1]);
+        out.clear();
+        // A typed handler's body is taken for one value, unchecked.
+        write_result(&mut out, RequestId(1), &[0x92, 0x01, 0x02], true);
+        assert_eq!(&out[..], &[0x94, 0x01, 0x01, 0xc0, 0x92, 0x01, 0x02]);
         out.clear();
         write_error(&mut out, RequestId(2), &Status::unavailable("x"));
         assert_eq!(&out[..], &[0x94, 0x01, 0x02, 0x92, 0x0e, 0xa1, b'x', 0xc0]);
