@@ -15,21 +15,23 @@
 //! a writing thread with blocking I/O; handlers run on the same worker pool
 //! or inline on the reading thread.
 //!
-//! Per-request work that does not depend on the I/O mode (meta decoding,
-//! routing, deadlines, the in-flight table, the pool task, response
-//! encoding) lives in `dispatch`; `event_loop` and `threaded` drive it.
-//! The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! Per-request work that depends neither on the I/O mode nor on the wire
+//! protocol (routing, deadlines, the in-flight table, the pool task) lives
+//! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
+//! the wire protocol (framing, the native meta, the encoding of answers
+//! and GOAWAYs) is one implementation of a trait per protocol, in
+//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
 //! server carries them out. Every listener also serves the built-in health
 //! service, [`Health`].
 //!
 //! # A request's life
 //!
-//! The driver (an event loop, or the connection's reading thread) reads and
-//! decodes the frame, decodes its meta, routes
-//! the method, computes the deadline (the earliest of the caller's
-//! `timeout_ms`, the method's and the service's timeouts, counted from when
-//! the request was read) and queues it on the worker pool without ever
-//! blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
+//! The driver (an event loop, or the connection's reading thread) reads the
+//! bytes and has the connection's protocol decode them (for a native
+//! frame, its meta too) into a request; the dispatcher routes the method,
+//! computes the deadline (the earliest of the caller's `timeout_ms`, the
+//! method's and the service's timeouts, counted from when the request was
+//! read) and queues it on the worker pool without ever blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
 //! worker that picks up a request whose deadline already passed answers
 //! `DEADLINE_EXCEEDED` (saying how long it waited) without decompressing or
 //! decoding the body. Otherwise the filters run, then the handler's own
