@@ -437,8 +437,8 @@ impl EventLoop {
         }
     }
 
-    /// Cuts frames off the arena (`from_arena`) or the connection's partial
-    /// buffer and dispatches them, stopping early at the in-flight and
+    /// Cuts messages off the arena (`from_arena`) or the connection's
+    /// partial buffer and dispatches them, stopping early at the in-flight and
     /// pending-bytes limits. Whatever is left is kept in the partial
     /// buffer. Returns false if the connection was closed.
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {

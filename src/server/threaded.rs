@@ -770,8 +770,8 @@ impl<'a> Reader<'a> {
             && self.t.server.has_read_budget()
     }
 
-    /// Cuts frames off the buffer and dispatches them until more bytes are
-    /// needed or a limit is reached.
+    /// Cuts messages off the buffer and dispatches them until more bytes
+    /// are needed or a limit is reached.
     fn decode(&mut self) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
@@ -1037,8 +1037,8 @@ impl Writer {
                 return Step::End(WriterEnd::Done);
             }
             if st.draining && !st.protocol.has_goaway() && st.active() == 0 {
-                // A MessagePack-RPC client learns of the shutdown only by
-                // the connection closing.
+                // Without a GOAWAY, a client learns of the shutdown only
+                // by the connection closing.
                 return Step::End(WriterEnd::Done);
             }
             if link.reading_done.load(Ordering::SeqCst) {
