@@ -76,8 +76,9 @@
 //!                                   │  frames of `codec`
 //!                                   ▼
 //!  server: event loops (mio) or a thread per connection
-//!          └─ protocol: native frames or MessagePack-RPC, per connection
-//!          └─ dispatch: meta, routing, deadline, in-flight table
+//!          └─ protocol (a trait): native frames or MessagePack-RPC, per
+//!             connection; decodes requests, encodes answers
+//!          └─ dispatch: routing, deadline, in-flight table
 //!               └─ WorkerPool (bounded queue, deadline per task)
 //!                    └─ filters ─▶ decompress + decode ─▶ handler(&Context, req)
 //!          responses go back into the connection's output buffer, batched
@@ -94,9 +95,11 @@
 //!   (blocking reads and writes, two threads per connection). Per-request
 //!   work lives in one mode-independent dispatcher, so limits, status codes
 //!   and deadlines are identical in both. The dispatcher is also
-//!   protocol-independent: each connection's decoder (native, or
-//!   MessagePack-RPC, chosen by its first byte) hands it neutral requests,
-//!   and answers are encoded in the connection's protocol.
+//!   protocol-independent: each wire protocol (native, MessagePack-RPC) is
+//!   one implementation of a small internal trait, chosen per connection
+//!   by its first byte; its decoder hands the dispatcher neutral requests,
+//!   and it encodes the answers, so services, filters, the pool, deadlines
+//!   and shutdown never see which wire a request came on.
 //! - [`pool`]: the fixed [`WorkerPool`](pool::WorkerPool). A full queue
 //!   answers `RESOURCE_EXHAUSTED` at once; a request whose deadline passed
 //!   in the queue is answered `DEADLINE_EXCEEDED` unrun; a panic is caught.

@@ -118,6 +118,39 @@ fn typed_calls_under_every_name_form(mode: Mode) {
     server.shutdown();
 }
 
+fn each_listener_may_name_its_own_default_service(mode: Mode) {
+    let (calc, _) = service();
+    let server = builder(mode)
+        .service(calc)
+        .service_on("127.0.0.1:0", echo_service())
+        .msgpack_rpc_default_service("echo.Echo")
+        // The first listener at that address: the main one.
+        .msgpack_rpc_default_service_on("127.0.0.1:0", "calc.Calc")
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut main = MrpcClient::connect(server.local_addr());
+    main.request(1, "Add", &(40, 2));
+    assert_eq!(main.ok::<u32>(1), 42);
+    main.request(2, "Say", &(say("not here"),));
+    assert_eq!(main.err(2).0, Code::UNIMPLEMENTED.as_u32());
+    // The other listener keeps the server-wide default.
+    let echo_addr = server.addr_of("echo.Echo").unwrap();
+    assert_ne!(echo_addr, server.local_addr());
+    let mut other = MrpcClient::connect(echo_addr);
+    other.request(1, "Say", &(say("server-wide"),));
+    assert_eq!(other.ok::<Say>(1).text, "server-wide");
+    server.shutdown();
+
+    let refused = builder(mode)
+        .service(echo_service())
+        .msgpack_rpc_default_service_on("127.0.0.2:9", "echo.Echo")
+        .bind("127.0.0.1:0");
+    let Err(err) = refused else {
+        panic!("no listener at that address, yet bind succeeded");
+    };
+    assert!(err.to_string().contains("no listener"), "{err}");
+}
+
 fn params_of_several_elements_are_the_request(mode: Mode) {
     let (svc, _) = service();
     let server = builder(mode).service(svc).bind("127.0.0.1:0").unwrap();
@@ -261,6 +294,28 @@ fn idle_and_frame_timeouts_close_without_a_goaway(mode: Mode) {
     server.shutdown();
 }
 
+fn a_connection_refused_at_accept_is_closed_without_a_goaway(mode: Mode) {
+    let server = builder(mode)
+        .service(echo_service())
+        .protocols(Protocols::MsgpackRpc)
+        .limits(Limits {
+            max_connections: 1,
+            ..Limits::default()
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut served = MrpcClient::connect(server.local_addr());
+    served.request(1, "echo.Echo.Say", &(say("first"),));
+    assert_eq!(served.ok::<Say>(1).text, "first");
+    // Past the limit: no native GOAWAY, which this client could not read,
+    // only the close.
+    let mut refused = MrpcClient::connect(server.local_addr());
+    refused.expect_closed();
+    served.request(2, "echo.Echo.Say", &(say("still served"),));
+    assert_eq!(served.ok::<Say>(2).text, "still served");
+    server.shutdown();
+}
+
 fn both_protocols_share_a_listener_and_can_be_pinned(mode: Mode) {
     let server = builder(mode)
         .service(echo_service())
@@ -363,6 +418,7 @@ fn shutdown_refuses_new_calls_and_closes_when_idle(mode: Mode) {
 
 per_mode!(
     typed_calls_under_every_name_form,
+    each_listener_may_name_its_own_default_service,
     params_of_several_elements_are_the_request,
     errors_are_code_and_message,
     notifications_run_as_oneway,
@@ -370,6 +426,7 @@ per_mode!(
     a_message_in_pieces_is_read,
     a_malformed_message_closes_after_earlier_answers,
     limits_apply,
+    a_connection_refused_at_accept_is_closed_without_a_goaway,
     both_protocols_share_a_listener_and_can_be_pinned,
     idle_and_frame_timeouts_close_without_a_goaway,
     a_listener_can_be_pinned_apart_from_the_others,

@@ -217,7 +217,9 @@ pub struct ServerConfig {
     /// first byte announces (`docs/msgpack-rpc.md`).
     pub protocols: Protocols,
     /// The service a bare MessagePack-RPC method name (one with no `/` and
-    /// no `.`) belongs to. Default none: such names are unknown methods.
+    /// no `.`) belongs to, on every listener that does not name its own
+    /// ([`ServerBuilder::msgpack_rpc_default_service_on`]). Default none:
+    /// such names are unknown methods.
     pub msgpack_rpc_default_service: Option<String>,
 }
 
@@ -247,6 +249,46 @@ pub(crate) struct ListenerSpec {
     pub services: Vec<Service>,
     /// Overrides [`ServerConfig::protocols`] on this listener.
     pub protocols: Option<Protocols>,
+    /// Overrides [`ServerConfig::msgpack_rpc_default_service`] on this
+    /// listener.
+    pub msgpack_rpc_default_service: Option<String>,
+}
+
+impl ListenerSpec {
+    fn new(addrs: Vec<SocketAddr>, services: Vec<Service>) -> ListenerSpec {
+        ListenerSpec {
+            addrs,
+            services,
+            protocols: None,
+            msgpack_rpc_default_service: None,
+        }
+    }
+}
+
+/// A setting of the one listener at an address, which overrides the
+/// server-wide one there.
+enum ListenerSetting {
+    Protocols(Protocols),
+    MsgpackRpcDefaultService(String),
+}
+
+impl ListenerSetting {
+    /// The builder method that made the setting, for errors.
+    fn origin(&self) -> &'static str {
+        match self {
+            ListenerSetting::Protocols(_) => "protocols_on",
+            ListenerSetting::MsgpackRpcDefaultService(_) => "msgpack_rpc_default_service_on",
+        }
+    }
+
+    fn apply(self, spec: &mut ListenerSpec) {
+        match self {
+            ListenerSetting::Protocols(p) => spec.protocols = Some(p),
+            ListenerSetting::MsgpackRpcDefaultService(s) => {
+                spec.msgpack_rpc_default_service = Some(s)
+            }
+        }
+    }
 }
 
 /// Builds a [`Server`]: services, filters, threads, limits and timeouts.
@@ -274,7 +316,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     services: Vec<Service>,
     own: Vec<(Vec<SocketAddr>, Service)>,
-    pinned: Vec<(Vec<SocketAddr>, Protocols)>,
+    pinned: Vec<(Vec<SocketAddr>, ListenerSetting)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
     lifecycle: LifecycleSetup,
@@ -375,14 +417,8 @@ impl ServerBuilder {
     /// [`ServerBuilder::service_on`]), overriding
     /// [`ServerBuilder::protocols`] there: for instance one port for
     /// native clients and another pinned to MessagePack-RPC.
-    pub fn protocols_on(mut self, addr: impl ToSocketAddrs, protocols: Protocols) -> ServerBuilder {
-        match resolve(addr) {
-            Ok(addrs) => self.pinned.push((addrs, protocols)),
-            Err(e) => self.errors.push(format!(
-                "cannot resolve the address to pin protocols on: {e}"
-            )),
-        }
-        self
+    pub fn protocols_on(self, addr: impl ToSocketAddrs, protocols: Protocols) -> ServerBuilder {
+        self.pin(addr, ListenerSetting::Protocols(protocols))
     }
 
     /// Names the service bare MessagePack-RPC method names belong to, so a
@@ -390,6 +426,54 @@ impl ServerBuilder {
     /// [`ServerConfig::msgpack_rpc_default_service`]. Default none.
     pub fn msgpack_rpc_default_service(mut self, service: impl Into<String>) -> ServerBuilder {
         self.config.msgpack_rpc_default_service = Some(service.into());
+        self
+    }
+
+    /// Names the service bare MessagePack-RPC method names belong to on
+    /// the listener at `addr` alone (the address given to
+    /// [`ServerBuilder::bind`] or to [`ServerBuilder::service_on`]),
+    /// overriding [`ServerBuilder::msgpack_rpc_default_service`] there.
+    /// [`ServerBuilder::bind`] fails if no listener has that address.
+    ///
+    /// # Examples
+    ///
+    /// Two ports, each calling its own service by bare method names:
+    ///
+    /// ```
+    /// use syncrpc::{Server, Service};
+    ///
+    /// let server = Server::builder()
+    ///     .service(Service::new("calc.Calc"))
+    ///     .service_on("127.0.0.1:0", Service::new("echo.Echo"))
+    ///     .msgpack_rpc_default_service("echo.Echo")
+    ///     // The first listener at this address: the main one, which
+    ///     // `bind` makes. Its bare names are calc.Calc's methods.
+    ///     .msgpack_rpc_default_service_on("127.0.0.1:0", "calc.Calc")
+    ///     .bind("127.0.0.1:0")?;
+    /// assert_ne!(server.addr_of("echo.Echo"), Some(server.local_addr()));
+    /// server.shutdown();
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn msgpack_rpc_default_service_on(
+        self,
+        addr: impl ToSocketAddrs,
+        service: impl Into<String>,
+    ) -> ServerBuilder {
+        self.pin(
+            addr,
+            ListenerSetting::MsgpackRpcDefaultService(service.into()),
+        )
+    }
+
+    /// Records `setting` for the listener at `addr`, found at `bind`.
+    fn pin(mut self, addr: impl ToSocketAddrs, setting: ListenerSetting) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.pinned.push((addrs, setting)),
+            Err(e) => self.errors.push(format!(
+                "{}: cannot resolve the listener's address: {e}",
+                setting.origin()
+            )),
+        }
         self
     }
 
@@ -497,27 +581,20 @@ impl ServerBuilder {
             return Err(Error::usage(e.clone()));
         }
         let addrs = resolve(addr).map_err(|e| Error::io("cannot resolve the listen address", e))?;
-        let mut specs = vec![ListenerSpec {
-            addrs,
-            services: self.services,
-            protocols: None,
-        }];
+        let mut specs = vec![ListenerSpec::new(addrs, self.services)];
         for (addrs, svc) in self.own {
             match specs[1..].iter_mut().find(|s| s.addrs == addrs) {
                 Some(spec) => spec.services.push(svc),
-                None => specs.push(ListenerSpec {
-                    addrs,
-                    services: vec![svc],
-                    protocols: None,
-                }),
+                None => specs.push(ListenerSpec::new(addrs, vec![svc])),
             }
         }
-        for (addrs, protocols) in self.pinned {
+        for (addrs, setting) in self.pinned {
             match specs.iter_mut().find(|s| s.addrs == addrs) {
-                Some(spec) => spec.protocols = Some(protocols),
+                Some(spec) => setting.apply(spec),
                 None => {
                     return Err(Error::usage(format!(
-                        "protocols_on({addrs:?}): no listener at that address"
+                        "{}({addrs:?}): no listener at that address",
+                        setting.origin()
                     )))
                 }
             }

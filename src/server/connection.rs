@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use super::protocol::Wire;
+use super::protocol::{Protocol, NATIVE};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::latch::LatchGuard;
@@ -95,8 +95,9 @@ pub(crate) struct ConnState {
     pub closing: bool,
     /// The server is shutting down: new requests are answered UNAVAILABLE.
     pub draining: bool,
-    /// The protocol answers are encoded in.
-    pub wire: Wire,
+    /// The protocol the connection speaks, answers included: the native
+    /// one until the first byte says otherwise.
+    pub protocol: &'static dyn Protocol,
     next_seq: u64,
 }
 
@@ -192,7 +193,7 @@ impl ConnShared {
                 read_paused: false,
                 closing: false,
                 draining: false,
-                wire: Wire::Native,
+                protocol: NATIVE,
                 next_seq: 0,
             }),
         }

@@ -1,14 +1,16 @@
 //! Per-request dispatch, independent of how the bytes are read and written.
 //!
 //! A driver (the mio event loop, or thread mode's connection threads)
-//! decodes frames and hands each to [`Dispatcher::on_frame`], which decodes
-//! the meta, routes the method, computes the deadline, refuses duplicate
-//! ids, records the request in the connection's in-flight table and queues
-//! a [`RequestTask`] on the worker pool (or, when handlers run inline,
-//! hands it back to the driver's thread to run). Everything that answers a request,
-//! the worker's result, the deadline timer ([`DeadlineQueue`]), a full
-//! queue, a bad meta, appends its RESPONSE to the connection's output
-//! buffer here; the driver only moves bytes.
+//! decodes messages with its connection's protocol and hands each to
+//! [`Dispatcher::on_message`], which routes the method, computes the
+//! deadline, refuses duplicate ids, records the request in the
+//! connection's in-flight table and queues a [`RequestTask`] on the worker
+//! pool (or, when handlers run inline, hands it back to the driver's
+//! thread to run). Everything that answers a request, the worker's result,
+//! the deadline timer ([`DeadlineQueue`]), a full queue, a refusal,
+//! appends its answer to the connection's output buffer here, encoded by
+//! the connection's [`Protocol`](super::protocol::Protocol); the driver
+//! only moves bytes.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -22,18 +24,15 @@ use bytes::Bytes;
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
-use super::protocol::{msgpack_rpc, Call, DecodeLimits, Inbound, Protocols, Wire};
+use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, Registry};
-use crate::codec::{
-    compress, Compression, Decoded, Encoder, Flags, FrameLimits, FrameType, Header, RequestId,
-    RequestMeta, ResponseMeta, HEADER_LEN,
-};
+use crate::codec::{compress, Compression, Flags, RequestId};
 use crate::context::{CancelReason, Context};
 use crate::filter::{Next, Reply, Request};
 use crate::latch::{Latch, LatchGuard};
 use crate::metadata::Metadata;
 use crate::pool::{panic_message, SubmitError, Task, WorkerPool};
-use crate::status::{Code, Status};
+use crate::status::Status;
 use crate::trace::TraceId;
 
 /// State every connection and worker of one server shares.
@@ -84,20 +83,6 @@ impl ServerShared {
         }
     }
 
-    pub fn frame_limits(&self) -> FrameLimits {
-        FrameLimits {
-            max_body: self.config.limits.max_body,
-            max_meta: self.config.limits.max_meta,
-        }
-    }
-
-    pub fn decode_limits(&self) -> DecodeLimits {
-        DecodeLimits {
-            frame: self.frame_limits(),
-            max_body_depth: self.config.limits.max_body_depth,
-        }
-    }
-
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -134,55 +119,20 @@ impl Drop for Held {
 }
 
 /// Appends the answer carrying `status` to request `id`, in the
-/// connection's protocol: a RESPONSE with an empty body, or a
-/// MessagePack-RPC error.
+/// connection's protocol.
 pub(crate) fn write_status(
     st: &mut ConnState,
     id: RequestId,
     flags: Flags,
     status: &Status,
-    trace_id: Option<&TraceId>,
+    trace: Option<&TraceId>,
     md: Metadata,
 ) {
-    match st.wire {
-        Wire::Native => write_status_frame(&mut st.out, id, flags, status, trace_id, md),
-        Wire::MsgpackRpc => msgpack_rpc::write_error(st.out.buf_mut(), id, status),
-    }
+    st.protocol
+        .write_status(&mut st.out, id, flags, status, trace, md);
 }
 
-fn write_status_frame(
-    out: &mut Encoder,
-    id: RequestId,
-    flags: Flags,
-    status: &Status,
-    trace_id: Option<&TraceId>,
-    md: Metadata,
-) {
-    let message = status.message();
-    let mut meta = ResponseMeta {
-        message: (!message.is_empty()).then_some(message),
-        trace_id: trace_id.map(TraceId::as_str),
-        md,
-        ..ResponseMeta::new(status.code())
-    };
-    if meta.md.is_empty() && !status.metadata().is_empty() {
-        meta.md = status.metadata().clone();
-    }
-    if let Err(e) = out.response(id, flags, &meta, &[]) {
-        // Only a message or metadata over 64 KiB gets here.
-        log::error!("cannot encode the response to request {id}: {e}");
-        let fallback = ResponseMeta {
-            message: Some("the response meta was too large to encode"),
-            trace_id: trace_id.map(TraceId::as_str),
-            ..ResponseMeta::new(Code::INTERNAL)
-        };
-        let _ = out.response(id, flags, &fallback, &[]);
-    }
-}
-
-/// Appends a successful answer. The trace id goes only with errors, where
-/// it helps find the server's logs; on every successful response it would
-/// cost 45 bytes that nobody reads.
+/// Appends a successful answer, in the connection's protocol.
 fn write_ok(
     st: &mut ConnState,
     id: RequestId,
@@ -191,57 +141,31 @@ fn write_ok(
     ctx: &Context,
     md: Metadata,
 ) {
-    if st.wire == Wire::MsgpackRpc {
-        // No metadata on this wire.
-        msgpack_rpc::write_result(st.out.buf_mut(), id, body);
-        return;
-    }
-    let meta = ResponseMeta {
-        md,
-        ..ResponseMeta::new(Code::OK)
-    };
-    if let Err(e) = st.out.response(id, flags, &meta, body) {
+    if let Err(e) = st.protocol.write_ok(&mut st.out, id, flags, body, md) {
+        // Only metadata over 64 KiB gets here.
         log::error!("cannot encode the response to request {id}: {e}");
         let status = Status::internal(format!("cannot encode the response: {e}"));
-        write_status(
-            st,
-            id,
-            flags,
-            &status,
-            ctx.trace_id().as_ref(),
-            Metadata::new(),
-        );
+        let trace = ctx.trace_id();
+        write_status(st, id, flags, &status, trace.as_ref(), Metadata::new());
     }
 }
 
-/// What a request says about itself, whatever the protocol it came in.
-pub(crate) struct RequestHead<'a> {
-    pub id: RequestId,
-    pub flags: Flags,
-    pub oneway: bool,
-    /// The full `/service/method` path.
-    pub method: &'a str,
-    /// The caller's budget; 0 for none.
-    pub timeout_ms: u32,
-    pub trace_id: Option<&'a str>,
-    pub caller: Option<&'a str>,
-    pub md: Metadata,
-    /// Bytes the request took on the wire, besides its body.
-    pub overhead: usize,
-    /// The wire does not say how the body is encoded: hand it to the
-    /// handler in the encoding the handler takes.
-    pub any_encoding: bool,
-}
-
-/// Routes the frames of the connections of one listener.
+/// Routes the messages of the connections of one listener.
 pub(crate) struct Dispatcher {
     pub server: Arc<ServerShared>,
     pub registry: Arc<Registry>,
     /// The wire protocols of this listener's connections.
     pub protocols: Protocols,
+    /// What this listener's decoders are made with.
+    pub decode: DecodeConfig,
 }
 
 impl Dispatcher {
+    /// The decoder of a new connection `conn` of this listener.
+    pub fn decoder(&self, conn: &ConnShared) -> ConnDecoder {
+        ConnDecoder::new(self.protocols, &self.decode, conn)
+    }
+
     /// Handles one message of `conn`, read at `read_at`. Answers that
     /// need no handler (errors, PONG) are appended to the connection's
     /// output; the driver writes it after the batch. A server without
@@ -249,7 +173,7 @@ impl Dispatcher {
     pub fn on_message(
         &self,
         conn: &Arc<ConnShared>,
-        msg: Inbound,
+        msg: Message<'_>,
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) {
@@ -264,145 +188,31 @@ impl Dispatcher {
     pub fn on_message_deferred(
         &self,
         conn: &Arc<ConnShared>,
-        msg: Inbound,
+        msg: Message<'_>,
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) -> Option<RequestTask> {
         match msg {
-            Inbound::Native(decoded) => self.on_frame(conn, decoded, read_at, timers),
-            Inbound::MsgpackRpc(call) => self.on_call(conn, call, read_at, timers),
-        }
-    }
-
-    /// A MessagePack-RPC request or notification.
-    fn on_call(
-        &self,
-        conn: &Arc<ConnShared>,
-        mut call: Call,
-        read_at: Instant,
-        timers: &mut DeadlineQueue,
-    ) -> Option<RequestTask> {
-        let default_service = self.server.config.msgpack_rpc_default_service.as_deref();
-        let body = std::mem::take(&mut call.body);
-        let path = msgpack_rpc::method_path(call.method(), default_service);
-        let head = RequestHead {
-            id: call.msgid.unwrap_or(RequestId(0)),
-            flags: Flags::default(),
-            oneway: call.msgid.is_none(),
-            method: &path,
-            timeout_ms: 0,
-            trace_id: None,
-            caller: None,
-            md: Metadata::new(),
-            overhead: call.len - body.len(),
-            any_encoding: true,
-        };
-        self.start(conn, head, body, read_at, timers)
-    }
-
-    fn on_frame(
-        &self,
-        conn: &Arc<ConnShared>,
-        decoded: Decoded,
-        read_at: Instant,
-        timers: &mut DeadlineQueue,
-    ) -> Option<RequestTask> {
-        match decoded {
-            Decoded::Frame(frame) => match frame.header.frame_type {
-                FrameType::Request | FrameType::Oneway => {
-                    return self.request(
-                        conn,
-                        frame.header,
-                        &frame.meta,
-                        frame.body,
-                        read_at,
-                        timers,
-                    )
-                }
-                FrameType::Cancel => cancel(conn, frame.header.request_id),
-                FrameType::Ping => {
-                    let mut st = conn.lock();
-                    if !st.closed {
-                        st.out.pong(frame.header.request_id);
-                    }
-                }
-                // An answer to a PING we never send: nothing to do.
-                FrameType::Pong => {}
-                // The decoder refuses frames sent in the wrong direction.
-                FrameType::Response | FrameType::Goaway => {}
-            },
-            Decoded::BodyTooLarge { header, meta } => {
-                let limit = self.server.config.limits.max_body;
-                log::debug!(
-                    "conn {}: request {} body too large: {} > {limit} bytes",
-                    conn.id,
-                    header.request_id,
-                    header.body_len
-                );
-                if header.frame_type == FrameType::Request {
-                    let trace = RequestMeta::decode(&meta)
-                        .ok()
-                        .and_then(|m| m.trace_id.and_then(TraceId::new));
-                    let status = Status::resource_exhausted(format!(
-                        "body too large: {} > {limit} bytes",
-                        header.body_len
-                    ));
-                    let mut st = conn.lock();
-                    if !st.closed {
-                        write_status(
-                            &mut st,
-                            header.request_id,
-                            header.flags,
-                            &status,
-                            trace.as_ref(),
-                            Metadata::new(),
-                        );
-                    }
+            Message::Request { head, body } => {
+                return self.start(conn, head, body, read_at, timers)
+            }
+            Message::Cancel(id) => cancel(conn, id),
+            Message::Ping(token) => {
+                let mut st = conn.lock();
+                if !st.closed {
+                    let protocol = st.protocol;
+                    protocol.write_pong(&mut st.out, token);
                 }
             }
+            Message::Refuse {
+                id,
+                flags,
+                oneway,
+                status,
+                trace,
+            } => refuse(conn, id, flags, oneway, status, trace.as_ref()),
         }
         None
-    }
-
-    fn request(
-        &self,
-        conn: &Arc<ConnShared>,
-        header: Header,
-        meta_bytes: &Bytes,
-        body: Bytes,
-        read_at: Instant,
-        timers: &mut DeadlineQueue,
-    ) -> Option<RequestTask> {
-        let id = header.request_id;
-        let flags = header.flags;
-        let oneway = header.frame_type == FrameType::Oneway;
-        let meta = match RequestMeta::decode(meta_bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                log::debug!("conn {}: request {id} refused: {e}", conn.id);
-                if !oneway {
-                    let mut st = conn.lock();
-                    if !st.closed {
-                        let status = e.to_status();
-                        write_status(&mut st, id, flags, &status, None, Metadata::new());
-                    }
-                }
-                return None;
-            }
-        };
-        let head = RequestHead {
-            id,
-            flags,
-            oneway,
-            method: meta.method,
-            timeout_ms: meta.timeout_ms,
-            trace_id: meta.trace_id,
-            caller: meta.caller,
-            md: meta.md,
-            overhead: HEADER_LEN + meta_bytes.len(),
-            any_encoding: false,
-        };
-        self.start(conn, head, body, read_at, timers)
     }
 
     /// Routes a request, computes its deadline, records it in flight and
@@ -418,17 +228,7 @@ impl Dispatcher {
         let RequestHead {
             id, flags, oneway, ..
         } = head;
-        // Answers a request that is refused before it is in flight.
-        let refuse = |status: Status, trace: Option<&TraceId>| {
-            log::debug!("conn {}: request {id} refused: {status}", conn.id);
-            if oneway {
-                return;
-            }
-            let mut st = conn.lock();
-            if !st.closed {
-                write_status(&mut st, id, flags, &status, trace, Metadata::new());
-            }
-        };
+        let refuse = |status, trace| refuse(conn, id, flags, oneway, status, trace);
         // check_trace_id in decode() bounds the length, so a given id fits.
         let given_trace = head.trace_id.and_then(TraceId::new);
         // Refusals name a trace id in their answer and the log: make one.
@@ -483,12 +283,7 @@ impl Dispatcher {
                 return None;
             }
             if st.draining {
-                // MessagePack-RPC has no GOAWAY: this answer is all its
-                // clients learn of the shutdown.
-                let message = match st.wire {
-                    Wire::Native => "the server is shutting down; the request was not run",
-                    Wire::MsgpackRpc => "server shutting down",
-                };
+                let message = st.protocol.shutting_down_message();
                 drop(st);
                 if !oneway {
                     self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
@@ -565,6 +360,26 @@ impl Dispatcher {
             }
         }
         None
+    }
+}
+
+/// Answers a request that is refused before it is in flight (a ONEWAY is
+/// not answered).
+fn refuse(
+    conn: &ConnShared,
+    id: RequestId,
+    flags: Flags,
+    oneway: bool,
+    status: Status,
+    trace: Option<&TraceId>,
+) {
+    log::debug!("conn {}: request {id} refused: {status}", conn.id);
+    if oneway {
+        return;
+    }
+    let mut st = conn.lock();
+    if !st.closed {
+        write_status(&mut st, id, flags, &status, trace, Metadata::new());
     }
 }
 

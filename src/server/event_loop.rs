@@ -29,8 +29,8 @@ use slab::Slab;
 use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
-use super::protocol::ConnDecoder;
-use crate::codec::{Encoder, GoawayMeta, ProtocolError};
+use super::protocol::{ConnDecoder, Message};
+use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
 
@@ -303,9 +303,12 @@ impl EventLoop {
                 "too many connections (limit {})",
                 server.config.limits.max_connections
             );
-            let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, &msg));
-            // Best effort: a fresh socket's send buffer takes a few bytes.
-            let _ = stream.write(enc.as_slice());
+            // A protocol without GOAWAY is only closed.
+            let protocol = dispatcher.protocols.initial();
+            if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg) {
+                // Best effort: a fresh socket's send buffer takes a few bytes.
+                let _ = stream.write(enc.as_slice());
+            }
             let _ = stream.shutdown(std::net::Shutdown::Write);
             return;
         }
@@ -336,7 +339,7 @@ impl EventLoop {
         ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
-        let decoder = ConnDecoder::new(dispatcher.protocols, server.decode_limits(), &shared);
+        let decoder = dispatcher.decoder(&shared);
         entry.insert(Conn {
             shared,
             dispatcher,
@@ -447,8 +450,8 @@ impl EventLoop {
         }
     }
 
-    /// Cuts frames off the arena (`from_arena`) or the connection's partial
-    /// buffer and dispatches them, stopping early at the in-flight and
+    /// Cuts messages off the arena (`from_arena`) or the connection's
+    /// partial buffer and dispatches them, stopping early at the in-flight and
     /// pending-bytes limits. Whatever is left is kept in the partial
     /// buffer. Returns false if the connection was closed.
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
@@ -463,20 +466,19 @@ impl EventLoop {
             } else {
                 &mut conn.partial
             };
-            if buf.is_empty() && !conn.decoder.is_mid_frame(buf) {
+            if buf.is_empty() && !conn.decoder.is_mid_message(buf) {
                 break;
             }
-            let decoded = match conn.decoder.decode(buf, &conn.shared) {
-                Ok(Some(d)) => d,
-                Ok(None) => break,
+            let (dispatcher, shared, timers) = (&conn.dispatcher, &conn.shared, &mut self.timers);
+            let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
+            match conn.decoder.decode(buf, shared, &mut dispatch) {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     failed = Some(e);
                     break;
                 }
-            };
-            let dispatcher = conn.dispatcher.clone();
-            let shared = conn.shared.clone();
-            dispatcher.on_message(&shared, decoded, now, &mut self.timers);
+            }
             if !self.may_read(slot) {
                 break;
             }
@@ -504,7 +506,7 @@ impl EventLoop {
             }
             conn.counted = held;
         }
-        conn.frame_started = if conn.decoder.is_mid_frame(&conn.partial) {
+        conn.frame_started = if conn.decoder.is_mid_message(&conn.partial) {
             conn.frame_started.or(Some(now))
         } else {
             None
@@ -547,10 +549,9 @@ impl EventLoop {
     fn goaway(&mut self, slot: usize, code: Code, message: &str) {
         if let Some(conn) = self.conns.get(slot) {
             let mut st = conn.shared.lock();
-            if !st.closed && st.wire.has_goaway() {
-                // A GOAWAY meta is a code and a message: it fits unless the
-                // message is over 64 KiB, which ours never are.
-                let _ = st.out.goaway(&GoawayMeta::new(code, message));
+            if !st.closed {
+                let protocol = st.protocol;
+                protocol.write_goaway(&mut st.out, code, message);
             }
         }
     }
@@ -559,12 +560,12 @@ impl EventLoop {
         let Some(conn) = self.conns.get(slot) else {
             return;
         };
-        let wire = {
+        let protocol = {
             let mut st = conn.shared.lock();
             st.draining = true;
-            st.wire
+            st.protocol
         };
-        if wire.has_goaway() {
+        if protocol.has_goaway() {
             self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
             self.flush(slot);
         } else {

@@ -15,21 +15,23 @@
 //! a writing thread with blocking I/O; handlers run on the same worker pool
 //! or inline on the reading thread.
 //!
-//! Per-request work that does not depend on the I/O mode (meta decoding,
-//! routing, deadlines, the in-flight table, the pool task, response
-//! encoding) lives in `dispatch`; `event_loop` and `threaded` drive it.
-//! The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! Per-request work that depends neither on the I/O mode nor on the wire
+//! protocol (routing, deadlines, the in-flight table, the pool task) lives
+//! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
+//! the wire protocol (framing, the native meta, the encoding of answers
+//! and GOAWAYs) is one implementation of a trait per protocol, in
+//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
 //! server carries them out. Every listener also serves the built-in health
 //! service, [`Health`].
 //!
 //! # A request's life
 //!
-//! The driver (an event loop, or the connection's reading thread) reads and
-//! decodes the frame, decodes its meta, routes
-//! the method, computes the deadline (the earliest of the caller's
-//! `timeout_ms`, the method's and the service's timeouts, counted from when
-//! the request was read) and queues it on the worker pool without ever
-//! blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
+//! The driver (an event loop, or the connection's reading thread) reads the
+//! bytes and has the connection's protocol decode them (for a native
+//! frame, its meta too) into a request; the dispatcher routes the method,
+//! computes the deadline (the earliest of the caller's `timeout_ms`, the
+//! method's and the service's timeouts, counted from when the request was
+//! read) and queues it on the worker pool without ever blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
 //! worker that picks up a request whose deadline already passed answers
 //! `DEADLINE_EXCEEDED` (saying how long it waited) without decompressing or
 //! decoding the body. Otherwise the filters run, then the handler's own
@@ -117,8 +119,10 @@ use self::builder::{LifecycleSetup, ListenerSpec};
 use self::dispatch::{Dispatcher, ServerShared};
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
+use self::protocol::DecodeConfig;
 use self::service::Registry;
 use self::threaded::Threaded;
+use crate::codec::FrameLimits;
 use crate::error::Error;
 use crate::filter::Filter;
 use crate::latch::Latch;
@@ -250,7 +254,19 @@ impl Server {
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
             let protocols = spec.protocols.unwrap_or(config.protocols);
-            bound.push((listener, addr, names, registry, protocols));
+            let decode = DecodeConfig {
+                frame: FrameLimits {
+                    max_body: config.limits.max_body,
+                    max_meta: config.limits.max_meta,
+                },
+                max_body_depth: config.limits.max_body_depth,
+                msgpack_rpc_default_service: spec
+                    .msgpack_rpc_default_service
+                    .as_deref()
+                    .or(config.msgpack_rpc_default_service.as_deref())
+                    .map(Arc::from),
+            };
+            bound.push((listener, addr, names, registry, (protocols, decode)));
         }
         let pool = if config.inline_handlers {
             None
@@ -278,16 +294,18 @@ impl Server {
             .iter()
             .map(|(_, addr, names, _, _)| (*addr, names.clone()))
             .collect();
-        let dispatchers = bound
-            .into_iter()
-            .map(|(listener, _, _, registry, protocols)| {
-                let dispatcher = Arc::new(Dispatcher {
-                    server: shared.clone(),
-                    registry,
-                    protocols,
+        let dispatchers =
+            bound
+                .into_iter()
+                .map(|(listener, _, _, registry, (protocols, decode))| {
+                    let dispatcher = Arc::new(Dispatcher {
+                        server: shared.clone(),
+                        registry,
+                        protocols,
+                        decode,
+                    });
+                    (listener, dispatcher)
                 });
-                (listener, dispatcher)
-            });
         let (driver, started) = match mode {
             Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
             Mode::Thread => {

@@ -44,8 +44,8 @@ use super::builder::{Limits, Timeouts};
 use super::connection::{ConnShared, ConnState, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
-use super::protocol::{ConnDecoder, Inbound};
-use crate::codec::{Encoder, GoawayMeta, ProtocolError};
+use super::protocol::{ConnDecoder, Message, Protocol};
+use crate::codec::{Encoder, ProtocolError};
 use crate::latch::{Latch, LatchGuard};
 use crate::status::Code;
 
@@ -168,12 +168,10 @@ impl Link {
     fn goaway(&self, code: Code, message: &str) {
         {
             let mut st = self.conn.lock();
-            if st.closed || !st.wire.has_goaway() {
+            let protocol = st.protocol;
+            if st.closed || !protocol.write_goaway(&mut st.out, code, message) {
                 return;
             }
-            // A GOAWAY meta is a code and a message: it fits unless the
-            // message is over 64 KiB, which ours never are.
-            let _ = st.out.goaway(&GoawayMeta::new(code, message));
         }
         self.poke();
     }
@@ -186,13 +184,10 @@ impl Link {
                 return;
             }
             st.draining = true;
-            // MessagePack-RPC has no GOAWAY: the writer closes such a
-            // connection once nothing is in flight.
-            if st.wire.has_goaway() {
-                let _ = st
-                    .out
-                    .goaway(&GoawayMeta::new(Code::UNAVAILABLE, "server shutting down"));
-            }
+            // Without a GOAWAY, the writer closes the connection once
+            // nothing is in flight.
+            let protocol = st.protocol;
+            protocol.write_goaway(&mut st.out, Code::UNAVAILABLE, "server shutting down");
         }
         self.poke();
     }
@@ -352,7 +347,7 @@ impl Threaded {
         if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
-            refuse(&stream, &self.refusal);
+            refuse(&stream, dispatcher.protocols.initial(), &self.refusal);
             return;
         }
         // Accepted sockets may inherit the listener's non-blocking mode.
@@ -393,6 +388,7 @@ impl Threaded {
         let guard = self.conns.guard();
         let threaded = self.clone();
         let l = link.clone();
+        let protocol = dispatcher.protocols.initial();
         let spawned = self
             .builder(&link.reader_name)
             .spawn(move || conn_thread(threaded, l, dispatcher, guard));
@@ -403,6 +399,7 @@ impl Threaded {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             refuse(
                 link.stream(),
+                protocol,
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -467,13 +464,15 @@ fn connections_within(max_maps: usize, used: usize) -> usize {
 }
 
 /// Answers a connection that will not be served with GOAWAY
-/// RESOURCE_EXHAUSTED, best effort, and closes it.
-fn refuse(stream: &TcpStream, message: &str) {
+/// RESOURCE_EXHAUSTED in `protocol` (if it has one), best effort, and
+/// closes it.
+fn refuse(stream: &TcpStream, protocol: &dyn Protocol, message: &str) {
     let mut enc = Encoder::new();
-    let _ = enc.goaway(&GoawayMeta::new(Code::RESOURCE_EXHAUSTED, message));
-    // A fresh socket's send buffer takes a few bytes at once.
-    let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
-    let _ = (&*stream).write_all(enc.as_slice());
+    if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message) {
+        // A fresh socket's send buffer takes a few bytes at once.
+        let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
+        let _ = (&*stream).write_all(enc.as_slice());
+    }
     let _ = stream.shutdown(Shutdown::Write);
 }
 
@@ -606,6 +605,7 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             );
             refuse(
                 link.stream(),
+                dispatcher.protocols.initial(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -656,6 +656,34 @@ struct Reader<'a> {
     armed: Option<Duration>,
 }
 
+/// Hands a message of `link`'s connection to `dispatcher`, and runs the
+/// request there and then if handlers run inline.
+fn dispatch(link: &Link, dispatcher: &Dispatcher, msg: Message<'_>, now: Instant) {
+    let conn = &link.conn;
+    let (task, earlier) = {
+        let mut timers = lock(&link.timers);
+        let before = timers.next();
+        let task = dispatcher.on_message_deferred(conn, msg, now, &mut timers);
+        let after = timers.next();
+        let earlier = match (before, after) {
+            (None, Some(_)) => true,
+            (Some(b), Some(a)) => a < b,
+            _ => false,
+        };
+        (task, earlier)
+    };
+    if earlier {
+        {
+            let _st = conn.lock();
+            link.timers_changed.store(true, Ordering::SeqCst);
+        }
+        link.poke();
+    }
+    if let Some(task) = task {
+        task.run_inline();
+    }
+}
+
 impl<'a> Reader<'a> {
     fn new(t: &'a Threaded, link: &'a Link, dispatcher: &'a Dispatcher) -> Reader<'a> {
         let config = &t.server.config;
@@ -665,7 +693,7 @@ impl<'a> Reader<'a> {
             dispatcher,
             limits: &config.limits,
             timeouts: &config.timeouts,
-            decoder: ConnDecoder::new(dispatcher.protocols, t.server.decode_limits(), &link.conn),
+            decoder: dispatcher.decoder(&link.conn),
             buf: BytesMut::new(),
             counted: 0,
             last_activity: Instant::now(),
@@ -748,22 +776,27 @@ impl<'a> Reader<'a> {
             && self.t.server.has_read_budget()
     }
 
-    /// Cuts frames off the buffer and dispatches them until more bytes are
-    /// needed or a limit is reached.
+    /// Cuts messages off the buffer and dispatches them until more bytes
+    /// are needed or a limit is reached.
     fn decode(&mut self) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
         loop {
-            if self.buf.is_empty() && !self.decoder.is_mid_frame(&self.buf) {
+            if self.buf.is_empty() && !self.decoder.is_mid_message(&self.buf) {
                 break;
             }
             if !self.has_room() {
                 result = Decode::Full;
                 break;
             }
-            match self.decoder.decode(&mut self.buf, &self.link.conn) {
-                Ok(Some(decoded)) => self.dispatch(decoded, now),
-                Ok(None) => break,
+            let (link, dispatcher) = (self.link, self.dispatcher);
+            let mut dispatch = |msg: Message<'_>| dispatch(link, dispatcher, msg, now);
+            match self
+                .decoder
+                .decode(&mut self.buf, &link.conn, &mut dispatch)
+            {
+                Ok(true) => {}
+                Ok(false) => break,
                 Err(e) => {
                     result = Decode::Failed(e);
                     break;
@@ -776,34 +809,6 @@ impl<'a> Reader<'a> {
             self.link.poke();
         }
         result
-    }
-
-    fn dispatch(&mut self, decoded: Inbound, now: Instant) {
-        let conn = &self.link.conn;
-        let (task, earlier) = {
-            let mut timers = lock(&self.link.timers);
-            let before = timers.next();
-            let task = self
-                .dispatcher
-                .on_message_deferred(conn, decoded, now, &mut timers);
-            let after = timers.next();
-            let earlier = match (before, after) {
-                (None, Some(_)) => true,
-                (Some(b), Some(a)) => a < b,
-                _ => false,
-            };
-            (task, earlier)
-        };
-        if earlier {
-            {
-                let _st = conn.lock();
-                self.link.timers_changed.store(true, Ordering::SeqCst);
-            }
-            self.link.poke();
-        }
-        if let Some(task) = task {
-            task.run_inline();
-        }
     }
 
     /// Keeps the budget's count and the frame timer in step with `buf`.
@@ -823,7 +828,7 @@ impl<'a> Reader<'a> {
             }
             self.counted = held;
         }
-        self.frame_started = if self.decoder.is_mid_frame(&self.buf) {
+        self.frame_started = if self.decoder.is_mid_message(&self.buf) {
             self.frame_started.or(Some(now))
         } else {
             None
@@ -1037,9 +1042,9 @@ impl Writer {
                 // STOPPING: with the output flushed, this is the end.
                 return Step::End(WriterEnd::Done);
             }
-            if st.draining && !st.wire.has_goaway() && st.active() == 0 {
-                // A MessagePack-RPC client learns of the shutdown only by
-                // the connection closing.
+            if st.draining && !st.protocol.has_goaway() && st.active() == 0 {
+                // Without a GOAWAY, a client learns of the shutdown only
+                // by the connection closing.
                 return Step::End(WriterEnd::Done);
             }
             if link.reading_done.load(Ordering::SeqCst) {

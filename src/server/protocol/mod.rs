@@ -2,21 +2,36 @@
 //! path.
 //!
 //! A connection speaks one wire protocol, chosen by its first byte (or
-//! pinned by the server's [`Protocols`]): the native framing of
-//! `docs/protocol.md`, or MessagePack-RPC (`docs/msgpack-rpc.md`). Its
-//! [`ConnDecoder`] turns bytes into [`Inbound`] messages for the
-//! dispatcher, and its [`Wire`], kept in the connection's state, tells the
-//! dispatcher how to encode answers. Services, filters, the worker pool,
-//! deadlines and shutdown see only requests, never the wire they came on.
+//! pinned by its listener's [`Protocols`]). Each wire protocol is one
+//! implementation of [`Protocol`]: the native framing of
+//! `docs/protocol.md` ([`native::Native`]) and MessagePack-RPC of
+//! `docs/msgpack-rpc.md` ([`msgpack_rpc::MsgpackRpc`]). A protocol is
+//! stateless; it makes a [`MessageDecoder`] per connection, which cuts the
+//! connection's bytes into protocol-neutral [`Message`]s, and it encodes
+//! the answers: results, statuses, PONGs and GOAWAYs.
+//!
+//! A connection's [`ConnDecoder`] picks the protocol on the first byte and
+//! records it in the connection's state, where whatever answers a request
+//! (a worker, the deadline timer, the shutdown) finds it. Services,
+//! filters, the worker pool, deadlines and shutdown see only messages and
+//! a `&dyn Protocol`, never which wire a request came on.
+//!
+//! Adding a wire protocol is one more implementation of [`Protocol`] and
+//! [`MessageDecoder`], and a way for [`Protocols`] to select it.
 
 pub(crate) mod msgpack_rpc;
+pub(crate) mod native;
 
-use bytes::BytesMut;
+use std::fmt;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 
 use super::connection::ConnShared;
-use crate::codec::{Decoded, Decoder, FrameLimits, ProtocolError, Side};
-
-pub(crate) use self::msgpack_rpc::{Call, MsgpackRpcDecoder};
+use crate::codec::{EncodeError, Encoder, Flags, FrameLimits, ProtocolError, RequestId};
+use crate::metadata::Metadata;
+use crate::status::{Code, Status};
+use crate::trace::TraceId;
 
 /// Which wire protocols a server accepts on its connections.
 ///
@@ -47,113 +62,243 @@ pub enum Protocols {
     MsgpackRpc,
 }
 
-/// The protocol a connection speaks, as far as its answers are concerned.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) enum Wire {
-    /// Native frames; also a connection whose first byte has not arrived.
-    #[default]
-    Native,
-    MsgpackRpc,
-}
+/// The native protocol, which a connection is taken to speak until its
+/// first byte says otherwise.
+pub(crate) const NATIVE: &dyn Protocol = &native::Native;
 
-impl Wire {
-    /// Whether GOAWAY frames may be sent (MessagePack-RPC has none).
-    pub fn has_goaway(self) -> bool {
-        self == Wire::Native
+/// MessagePack-RPC.
+const MSGPACK_RPC: &dyn Protocol = &msgpack_rpc::MsgpackRpc;
+
+impl Protocols {
+    /// The protocols a connection may speak, the fallback first: the one
+    /// whose decoder is given a first byte that no protocol claims.
+    fn candidates(self) -> &'static [&'static dyn Protocol] {
+        const BOTH: &[&dyn Protocol] = &[NATIVE, MSGPACK_RPC];
+        const NATIVE_ONLY: &[&dyn Protocol] = &[NATIVE];
+        const MSGPACK_RPC_ONLY: &[&dyn Protocol] = &[MSGPACK_RPC];
+        match self {
+            Protocols::Both => BOTH,
+            Protocols::Native => NATIVE_ONLY,
+            Protocols::MsgpackRpc => MSGPACK_RPC_ONLY,
+        }
+    }
+
+    /// The protocol a connection is taken to speak before its first byte
+    /// is read: the one the listener is pinned to, else the native one.
+    /// A connection refused at accept is answered in it.
+    pub(crate) fn initial(self) -> &'static dyn Protocol {
+        self.candidates()[0]
     }
 }
 
-/// One message of the peer, in whatever protocol it speaks.
-#[derive(Debug)]
-pub(crate) enum Inbound {
-    Native(Decoded),
-    MsgpackRpc(Call),
+/// One wire protocol: how its connections are recognised and decoded, and
+/// how answers are encoded. Stateless; the per-connection state is in the
+/// [`MessageDecoder`] it makes.
+pub(crate) trait Protocol: Sync + fmt::Debug {
+    /// The protocol's name, for logs.
+    fn name(&self) -> &'static str;
+
+    /// Whether a connection whose first byte is `first` speaks this
+    /// protocol.
+    fn claims(&self, first: u8) -> bool;
+
+    /// The decoder of a new connection.
+    fn decoder(&self, config: &DecodeConfig) -> Box<dyn MessageDecoder>;
+
+    /// Appends the successful answer to request `id`, sent with `flags`.
+    /// Fails only if the answer cannot be encoded (metadata over 64 KiB);
+    /// the caller then answers `INTERNAL`.
+    fn write_ok(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        body: &[u8],
+        md: Metadata,
+    ) -> Result<(), EncodeError>;
+
+    /// Appends the answer carrying `status` to request `id`.
+    fn write_status(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        status: &Status,
+        trace: Option<&TraceId>,
+        md: Metadata,
+    );
+
+    /// Appends the answer to a [`Message::Ping`].
+    fn write_pong(&self, _out: &mut Encoder, _token: RequestId) {}
+
+    /// Whether the protocol can tell a client the connection is ending.
+    fn has_goaway(&self) -> bool;
+
+    /// Appends a message saying the connection ends, with `code` and
+    /// `message`; false if the protocol has none ([`Protocol::has_goaway`]).
+    fn write_goaway(&self, out: &mut Encoder, code: Code, message: &str) -> bool;
+
+    /// The message of the UNAVAILABLE answer to a request read after the
+    /// shutdown began, which is not run.
+    fn shutting_down_message(&self) -> &'static str;
 }
 
-/// Limits every protocol's decoder enforces.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct DecodeLimits {
+/// The stateful half of a protocol: one per connection.
+pub(crate) trait MessageDecoder: Send + fmt::Debug {
+    /// Cuts at most one message off the front of `buf` and hands it to
+    /// `on_message`, borrowed. Returns false while the message is
+    /// incomplete, true once one was cut (a message that needs nothing,
+    /// such as a native PONG, is not handed on). An error breaks the
+    /// framing: the connection closes.
+    fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        on_message: &mut dyn FnMut(Message<'_>),
+    ) -> Result<bool, ProtocolError>;
+
+    /// True while a message has begun but not ended; the frame timeout
+    /// runs meanwhile.
+    fn is_mid_message(&self, buf: &BytesMut) -> bool {
+        !buf.is_empty()
+    }
+
+    /// Called when the peer closed its sending side: an error if it
+    /// stopped in the middle of a message.
+    fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
+        if self.is_mid_message(buf) {
+            Err(ProtocolError::Truncated { have: buf.len() })
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// What a request says about itself, whatever the protocol it came in.
+#[derive(Debug)]
+pub(crate) struct RequestHead<'a> {
+    pub id: RequestId,
+    pub flags: Flags,
+    pub oneway: bool,
+    /// The full `/service/method` path.
+    pub method: &'a str,
+    /// The caller's budget; 0 for none.
+    pub timeout_ms: u32,
+    pub trace_id: Option<&'a str>,
+    pub caller: Option<&'a str>,
+    pub md: Metadata,
+    /// Bytes the request took on the wire, besides its body.
+    pub overhead: usize,
+    /// The wire does not say how the body is encoded: hand it to the
+    /// handler in the encoding the handler takes.
+    pub any_encoding: bool,
+}
+
+/// One message of the peer, in no particular protocol.
+#[derive(Debug)]
+pub(crate) enum Message<'a> {
+    /// A request to run; `head.oneway` if it is never answered.
+    Request { head: RequestHead<'a>, body: Bytes },
+    /// The request with this id is no longer wanted.
+    Cancel(RequestId),
+    /// A liveness check, answered with the same token.
+    Ping(RequestId),
+    /// A request answered `status` without running: its head could not be
+    /// read, or its body is over the limit.
+    Refuse {
+        id: RequestId,
+        flags: Flags,
+        oneway: bool,
+        status: Status,
+        trace: Option<TraceId>,
+    },
+}
+
+/// What the decoders of one listener's connections need to know.
+#[derive(Clone, Debug)]
+pub(crate) struct DecodeConfig {
     pub frame: FrameLimits,
     pub max_body_depth: usize,
+    /// The service bare MessagePack-RPC method names belong to.
+    pub msgpack_rpc_default_service: Option<Arc<str>>,
 }
 
 /// A connection's decoder: undecided until the first byte, then one
 /// protocol's for the connection's life.
 #[derive(Debug)]
-pub(crate) enum ConnDecoder {
-    Detect(DecodeLimits),
-    Native(Decoder),
-    MsgpackRpc(MsgpackRpcDecoder),
+pub(crate) struct ConnDecoder {
+    state: State,
 }
 
-/// Whether `b` starts a MessagePack array (fixarray, array16, array32).
-pub(crate) fn is_array_header(b: u8) -> bool {
-    matches!(b, 0x90..=0x9f | 0xdc | 0xdd)
+#[derive(Debug)]
+enum State {
+    /// Waiting for the first byte to choose among these protocols.
+    Detect(&'static [&'static dyn Protocol], DecodeConfig),
+    Decode(Box<dyn MessageDecoder>),
 }
 
 impl ConnDecoder {
-    /// The decoder for a new connection `conn` of a server that accepts
+    /// The decoder for a new connection `conn` of a listener that accepts
     /// `protocols`.
-    pub fn new(protocols: Protocols, limits: DecodeLimits, conn: &ConnShared) -> ConnDecoder {
-        match protocols {
-            Protocols::Both => ConnDecoder::Detect(limits),
-            Protocols::Native => ConnDecoder::Native(Decoder::new(Side::Server, limits.frame)),
-            Protocols::MsgpackRpc => {
-                conn.lock().wire = Wire::MsgpackRpc;
-                ConnDecoder::MsgpackRpc(MsgpackRpcDecoder::new(limits))
-            }
-        }
+    pub fn new(protocols: Protocols, config: &DecodeConfig, conn: &ConnShared) -> ConnDecoder {
+        let state = match protocols.candidates() {
+            [only] => State::Decode(choose(*only, config, conn)),
+            several => State::Detect(several, config.clone()),
+        };
+        ConnDecoder { state }
     }
 
-    /// Cuts the next message off the front of `buf`; `Ok(None)` while it
-    /// is incomplete. An error breaks the framing: the connection closes.
+    /// Cuts at most one message off the front of `buf` and hands it to
+    /// `on_message`; see [`MessageDecoder::decode`].
     pub fn decode(
         &mut self,
         buf: &mut BytesMut,
         conn: &ConnShared,
-    ) -> Result<Option<Inbound>, ProtocolError> {
-        if let ConnDecoder::Detect(limits) = *self {
+        on_message: &mut dyn FnMut(Message<'_>),
+    ) -> Result<bool, ProtocolError> {
+        if let State::Detect(candidates, config) = &self.state {
             let Some(&first) = buf.first() else {
-                return Ok(None);
+                return Ok(false);
             };
-            *self = if is_array_header(first) {
-                conn.lock().wire = Wire::MsgpackRpc;
-                log::trace!("conn {}: speaks MessagePack-RPC", conn.id);
-                ConnDecoder::MsgpackRpc(MsgpackRpcDecoder::new(limits))
-            } else {
-                // Anything else, the magic's first byte included, is for
-                // the native decoder to accept or reject.
-                ConnDecoder::Native(Decoder::new(Side::Server, limits.frame))
-            };
+            // Nobody's byte goes to the fallback, to accept or reject.
+            let protocol = candidates
+                .iter()
+                .find(|p| p.claims(first))
+                .unwrap_or(&candidates[0]);
+            log::trace!("conn {}: speaks {}", conn.id, protocol.name());
+            self.state = State::Decode(choose(*protocol, config, conn));
         }
-        match self {
-            ConnDecoder::Native(d) => Ok(d.decode(buf)?.map(Inbound::Native)),
-            ConnDecoder::MsgpackRpc(d) => Ok(d.decode(buf)?.map(Inbound::MsgpackRpc)),
-            ConnDecoder::Detect(_) => Ok(None),
+        match &mut self.state {
+            State::Decode(d) => d.decode(buf, on_message),
+            State::Detect(..) => Ok(false),
         }
     }
 
     /// True while a message has begun but not ended; the frame timeout
     /// runs meanwhile.
-    pub fn is_mid_frame(&self, buf: &BytesMut) -> bool {
-        match self {
-            ConnDecoder::Native(d) => d.is_mid_frame(buf),
-            ConnDecoder::MsgpackRpc(_) | ConnDecoder::Detect(_) => !buf.is_empty(),
+    pub fn is_mid_message(&self, buf: &BytesMut) -> bool {
+        match &self.state {
+            State::Decode(d) => d.is_mid_message(buf),
+            State::Detect(..) => !buf.is_empty(),
         }
     }
 
     /// Called when the peer closed its sending side: an error if it
     /// stopped in the middle of a message.
     pub fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
-        match self {
-            ConnDecoder::Native(d) => d.finish(buf),
-            ConnDecoder::MsgpackRpc(_) | ConnDecoder::Detect(_) => {
-                if buf.is_empty() {
-                    Ok(())
-                } else {
-                    Err(ProtocolError::Truncated { have: buf.len() })
-                }
-            }
+        match &self.state {
+            State::Decode(d) => d.finish(buf),
+            State::Detect(..) if buf.is_empty() => Ok(()),
+            State::Detect(..) => Err(ProtocolError::Truncated { have: buf.len() }),
         }
     }
+}
+
+/// Makes `protocol` the one `conn` speaks, answers included.
+fn choose(
+    protocol: &'static dyn Protocol,
+    config: &DecodeConfig,
+    conn: &ConnShared,
+) -> Box<dyn MessageDecoder> {
+    conn.lock().protocol = protocol;
+    protocol.decoder(config)
 }

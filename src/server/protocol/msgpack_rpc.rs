@@ -6,15 +6,21 @@
 //! also checks the structure (nesting depth, declared lengths, invalid
 //! markers) once per byte however the message is split across reads. The
 //! mapping to services is described in `docs/msgpack-rpc.md`.
+//!
+//! The message writers and [`parse_response`] also serve the Rust client's
+//! MessagePack-RPC mode.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::DecodeLimits;
+use super::{DecodeConfig, Message, MessageDecoder, Protocol, RequestHead};
 use crate::codec::msgpack::Scanner;
-use crate::codec::{ProtocolError, RequestId};
-use crate::status::Status;
+use crate::codec::{EncodeError, Encoder, Encoding, Flags, ProtocolError, RequestId};
+use crate::metadata::Metadata;
+use crate::status::{Code, Status};
+use crate::trace::TraceId;
 
 /// Message type of a request.
 const REQUEST: u64 = 0;
@@ -23,47 +29,146 @@ const RESPONSE: u64 = 1;
 /// Message type of a notification.
 const NOTIFICATION: u64 = 2;
 
+/// MessagePack-RPC, served on the same services as the native protocol.
+#[derive(Debug)]
+pub(crate) struct MsgpackRpc;
+
+impl Protocol for MsgpackRpc {
+    fn name(&self) -> &'static str {
+        "MessagePack-RPC"
+    }
+
+    fn claims(&self, first: u8) -> bool {
+        is_array_header(first)
+    }
+
+    fn decoder(&self, config: &DecodeConfig) -> Box<dyn MessageDecoder> {
+        Box::new(MsgpackRpcDecoder::new(config))
+    }
+
+    /// `[1, msgid, nil, result]`; the wire has no metadata. A body in
+    /// MessagePack (a typed handler's) goes out as the result unchecked.
+    fn write_ok(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        body: &[u8],
+        _md: Metadata,
+    ) -> Result<(), EncodeError> {
+        let one_value = flags.encoding() == Ok(Encoding::MsgPack);
+        write_result(out.buf_mut(), id, body, one_value);
+        Ok(())
+    }
+
+    /// `[1, msgid, [code, message], nil]`; the wire has no trace id or
+    /// metadata.
+    fn write_status(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        _flags: Flags,
+        status: &Status,
+        _trace: Option<&TraceId>,
+        _md: Metadata,
+    ) {
+        write_error(out.buf_mut(), id, status);
+    }
+
+    fn has_goaway(&self) -> bool {
+        false
+    }
+
+    fn write_goaway(&self, _out: &mut Encoder, _code: Code, _message: &str) -> bool {
+        false
+    }
+
+    /// Without a GOAWAY, this answer is all a client learns of the
+    /// shutdown.
+    fn shutting_down_message(&self) -> &'static str {
+        "server shutting down"
+    }
+}
+
+/// Whether `b` starts a MessagePack array (fixarray, array16, array32).
+fn is_array_header(b: u8) -> bool {
+    matches!(b, 0x90..=0x9f | 0xdc | 0xdd)
+}
+
 /// A request or notification, cut off the read buffer.
 #[derive(Debug)]
-pub(crate) struct Call {
+struct Call {
     /// The msgid of a request; `None` for a notification.
-    pub msgid: Option<RequestId>,
+    msgid: Option<RequestId>,
     /// The method name as sent: UTF-8, checked by the decoder (kept as
     /// a slice of the message so a call allocates no string).
     method: Bytes,
     /// The MessagePack bytes a handler decodes: the single element of
     /// `params`, or the whole `params` array.
-    pub body: Bytes,
+    body: Bytes,
     /// The message's length on the wire.
-    pub len: usize,
+    len: usize,
 }
 
 /// The incremental decoder of one MessagePack-RPC connection.
 #[derive(Debug)]
-pub(crate) struct MsgpackRpcDecoder {
+struct MsgpackRpcDecoder {
     scan: Scanner,
     max_message: usize,
     max_depth: usize,
+    /// The service of bare method names.
+    default_service: Option<Arc<str>>,
+}
+
+impl MessageDecoder for MsgpackRpcDecoder {
+    fn decode(
+        &mut self,
+        buf: &mut BytesMut,
+        on_message: &mut dyn FnMut(Message<'_>),
+    ) -> Result<bool, ProtocolError> {
+        let Some(mut call) = self.next_call(buf)? else {
+            return Ok(false);
+        };
+        let body = std::mem::take(&mut call.body);
+        let path = method_path(call.method(), self.default_service.as_deref());
+        on_message(Message::Request {
+            head: RequestHead {
+                id: call.msgid.unwrap_or(RequestId(0)),
+                flags: Flags::default(),
+                oneway: call.msgid.is_none(),
+                method: &path,
+                timeout_ms: 0,
+                trace_id: None,
+                caller: None,
+                md: Metadata::new(),
+                overhead: call.len - body.len(),
+                any_encoding: true,
+            },
+            body,
+        });
+        Ok(true)
+    }
 }
 
 impl MsgpackRpcDecoder {
-    pub fn new(limits: DecodeLimits) -> MsgpackRpcDecoder {
+    fn new(config: &DecodeConfig) -> MsgpackRpcDecoder {
         // The message array and `params` wrap the body.
-        let max_depth = limits.max_body_depth.saturating_add(2);
+        let max_depth = config.max_body_depth.saturating_add(2);
         MsgpackRpcDecoder {
             scan: Scanner::new(max_depth),
-            max_message: limits.frame.max_body.saturating_add(limits.frame.max_meta),
+            max_message: config.frame.max_body.saturating_add(config.frame.max_meta),
             max_depth,
+            default_service: config.msgpack_rpc_default_service.clone(),
         }
     }
 
     /// Cuts the next message off `buf`. The scan resumes where the last
     /// call stopped, so a message arriving in pieces is read once.
-    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Call>, ProtocolError> {
+    fn next_call(&mut self, buf: &mut BytesMut) -> Result<Option<Call>, ProtocolError> {
         let Some(&first) = buf.first() else {
             return Ok(None);
         };
-        if !super::is_array_header(first) {
+        if !is_array_header(first) {
             return Err(ProtocolError::BadMessage("not an array"));
         }
         let end = match self.scan.advance(buf) {
@@ -210,7 +315,7 @@ impl Reader<'_> {
 
 impl Call {
     /// The method name as sent.
-    pub fn method(&self) -> &str {
+    fn method(&self) -> &str {
         // Checked by `parse`; a failure here would be a bug, not bad input.
         std::str::from_utf8(&self.method).unwrap_or_default()
     }
@@ -293,7 +398,7 @@ pub(crate) fn parse_response(msg: Bytes) -> Result<Answer, ProtocolError> {
 /// The full `/service/method` path a MessagePack-RPC method name stands
 /// for: the name itself if it starts with `/`, else `service.method` split
 /// at the last dot, else a bare method of `default_service`.
-pub(crate) fn method_path<'a>(name: &'a str, default_service: Option<&str>) -> Cow<'a, str> {
+fn method_path<'a>(name: &'a str, default_service: Option<&str>) -> Cow<'a, str> {
     if name.starts_with('/') {
         return Cow::Borrowed(name);
     }
@@ -305,16 +410,17 @@ pub(crate) fn method_path<'a>(name: &'a str, default_service: Option<&str>) -> C
     }
 }
 
-/// Appends `[1, msgid, nil, result]`. `result` must be one MessagePack
-/// value; other bytes (a raw handler's) are sent as a binary.
-pub(crate) fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8]) {
+/// Appends `[1, msgid, nil, result]`. `result` goes as is when it is one
+/// MessagePack value (known to be when `one_value`, else checked); other
+/// bytes (a raw handler's) are sent as a binary.
+fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8], one_value: bool) {
     out.put_u8(0x94);
     out.put_u8(0x01);
     put_uint(out, u64::from(id.0));
     out.put_u8(0xc0);
     if result.is_empty() {
         out.put_u8(0xc0);
-    } else if crate::codec::msgpack::check(result, usize::MAX).is_ok() {
+    } else if one_value || crate::codec::msgpack::check(result, usize::MAX).is_ok() {
         out.put_slice(result);
     } else {
         put_bin(out, result);
@@ -322,7 +428,7 @@ pub(crate) fn write_result(out: &mut BytesMut, id: RequestId, result: &[u8]) {
 }
 
 /// Appends `[1, msgid, [code, message], nil]`.
-pub(crate) fn write_error(out: &mut BytesMut, id: RequestId, status: &Status) {
+fn write_error(out: &mut BytesMut, id: RequestId, status: &Status) {
     out.put_u8(0x94);
     out.put_u8(0x01);
     put_uint(out, u64::from(id.0));
@@ -352,12 +458,13 @@ mod tests {
     use crate::codec::FrameLimits;
 
     fn decoder() -> MsgpackRpcDecoder {
-        MsgpackRpcDecoder::new(DecodeLimits {
+        MsgpackRpcDecoder::new(&DecodeConfig {
             frame: FrameLimits {
                 max_body: 64,
                 max_meta: 16,
             },
             max_body_depth: 4,
+            msgpack_rpc_default_service: None,
         })
     }
 
@@ -371,11 +478,11 @@ mod tests {
         let mut buf = BytesMut::new();
         for b in &msg[..msg.len() - 1] {
             buf.put_u8(*b);
-            assert!(dec.decode(&mut buf).unwrap().is_none());
+            assert!(dec.next_call(&mut buf).unwrap().is_none());
         }
         buf.put_u8(msg[msg.len() - 1]);
         buf.put_u8(0x93); // the start of the next message stays
-        let call = dec.decode(&mut buf).unwrap().unwrap();
+        let call = dec.next_call(&mut buf).unwrap().unwrap();
         assert_eq!(call.msgid, Some(RequestId(7)));
         assert_eq!(call.method(), "a.B");
         assert_eq!(&call.body[..], &[0x81, 0xa1, b'x', 0x01]);
@@ -386,7 +493,7 @@ mod tests {
     fn notification_with_two_params_keeps_the_array() {
         let msg = [0x93, 0x02, 0xa1, b'm', 0x92, 0x01, 0x02];
         let call = decoder()
-            .decode(&mut BytesMut::from(&msg[..]))
+            .next_call(&mut BytesMut::from(&msg[..]))
             .unwrap()
             .unwrap();
         assert_eq!(call.msgid, None);
@@ -425,13 +532,15 @@ mod tests {
             ),
         ];
         for (bytes, want) in cases {
-            let e = decoder().decode(&mut BytesMut::from(*bytes)).unwrap_err();
+            let e = decoder()
+                .next_call(&mut BytesMut::from(*bytes))
+                .unwrap_err();
             assert_eq!(e.to_string(), *want, "{bytes:02x?}");
         }
         let mut big = BytesMut::from(&[0x94, 0x00, 0x01, 0xa1, b'm', 0x91, 0xc5, 0x01, 0x00][..]);
         big.extend_from_slice(&[0; 80]);
         assert_eq!(
-            decoder().decode(&mut big).unwrap_err().to_string(),
+            decoder().next_call(&mut big).unwrap_err().to_string(),
             "MessagePack-RPC message too large: 89 > 80 bytes"
         );
     }
@@ -447,11 +556,15 @@ mod tests {
     #[test]
     fn responses_are_msgpack_rpc_arrays() {
         let mut out = BytesMut::new();
-        write_result(&mut out, RequestId(300), &[0x01]);
+        write_result(&mut out, RequestId(300), &[0x01], false);
         assert_eq!(&out[..], &[0x94, 0x01, 0xcd, 0x01, 0x2c, 0xc0, 0x01]);
         out.clear();
-        write_result(&mut out, RequestId(1), b"\xc1");
+        write_result(&mut out, RequestId(1), b"\xc1", false);
         assert_eq!(&out[..], &[0x94, 0x01, 0x01, 0xc0, 0xc4, 0x01, 0xc1]);
+        out.clear();
+        // A typed handler's body is taken for one value, unchecked.
+        write_result(&mut out, RequestId(1), &[0x92, 0x01, 0x02], true);
+        assert_eq!(&out[..], &[0x94, 0x01, 0x01, 0xc0, 0x92, 0x01, 0x02]);
         out.clear();
         write_error(&mut out, RequestId(2), &Status::unavailable("x"));
         assert_eq!(&out[..], &[0x94, 0x01, 0x02, 0x92, 0x0e, 0xa1, b'x', 0xc0]);
