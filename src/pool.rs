@@ -436,6 +436,10 @@ impl<T: Task> WorkerPool<T> {
             if idle.sleepers > idle.wakeups {
                 idle.wakeups += 1;
                 sh.unwoken.fetch_sub(1, Ordering::SeqCst);
+                // Notify after unlocking: a sleeper woken while the lock is
+                // held would wake only to block on it again, which on a
+                // busy core costs two more context switches.
+                drop(idle);
                 sh.idle.notify_one();
                 return true;
             }
