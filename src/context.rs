@@ -70,6 +70,9 @@ struct Inner {
     state: Mutex<CancelState>,
     cond: Condvar,
     response_md: Mutex<Metadata>,
+    /// Whether `response_md` was ever set: most handlers set none, and
+    /// then writing the response takes no lock for it.
+    has_response_md: AtomicBool,
     /// Keeps this context registered with its parent's cancellation.
     parent_registration: Mutex<Option<CancelGuard>>,
 }
@@ -191,6 +194,7 @@ impl Context {
             state: Mutex::new(CancelState::default()),
             cond: Condvar::new(),
             response_md: Mutex::new(Metadata::new()),
+            has_response_md: AtomicBool::new(false),
             parent_registration: Mutex::new(None),
         }
     }
@@ -431,13 +435,19 @@ impl Context {
 
     /// Sets a metadata entry sent back with the response.
     pub fn set_response_metadata(&self, key: impl Into<String>, value: impl Into<MetadataValue>) {
-        lock(&self.root().inner.response_md).insert(key, value);
+        let root = &self.root().inner;
+        lock(&root.response_md).insert(key, value);
+        root.has_response_md.store(true, Ordering::Release);
     }
 
     /// Takes the response metadata set so far (crate-internal: the server
     /// does this when it writes the response).
     pub(crate) fn take_response_metadata(&self) -> Metadata {
-        std::mem::take(&mut *lock(&self.root().inner.response_md))
+        let root = &self.root().inner;
+        if !root.has_response_md.load(Ordering::Acquire) {
+            return Metadata::new();
+        }
+        std::mem::take(&mut *lock(&root.response_md))
     }
 
     /// The context that carries the request, or the outermost one.

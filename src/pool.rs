@@ -447,6 +447,12 @@ impl<T: Task> WorkerPool<T> {
         false
     }
 
+    /// Tasks waiting in the queue: [`PoolStats::queued`] alone, cheaper
+    /// to read.
+    pub fn queued(&self) -> usize {
+        self.shared.receiver.len()
+    }
+
     /// The pool's counts.
     pub fn stats(&self) -> PoolStats {
         let s = &self.shared;

@@ -614,7 +614,7 @@ impl RequestTask {
             buffer_pool::give(p);
         }
         recycle(reply);
-        let queued = server.pool.as_ref().map_or(0, |p| p.stats().queued);
+        let queued = server.pool.as_ref().map_or(0, WorkerPool::queued);
         if queued > 0 || !self.conn.workers_write() {
             // More requests are waiting (or the socket is the driver's
             // alone): leave the writing to the driver, woken once for the
