@@ -44,6 +44,15 @@ pub trait Task: Send + 'static {
         let _ = queued_for;
     }
 
+    /// Called on a worker thread when it finds the queue empty, before it
+    /// sleeps or exits: the moment to finish work that several tasks share,
+    /// such as writing their results in one go. Default: nothing.
+    fn idle()
+    where
+        Self: Sized,
+    {
+    }
+
     /// Called instead of [`Task::run`] when the pool shut down with the task
     /// still queued.
     fn abandon(self)
@@ -501,6 +510,7 @@ impl<T: Task> WorkerPool<T> {
                 report.abandoned += 1;
                 q.task.abandon();
             }
+            T::idle();
         }
         // Idle workers exit promptly now that the queue is empty. Once the
         // latch is at zero every worker is past its last task and joining
@@ -531,8 +541,11 @@ fn next_task<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
     loop {
         match shared.receiver.try_recv() {
             Ok(q) => return Some(q),
-            Err(TryRecvError::Disconnected) => return None,
-            Err(TryRecvError::Empty) => {}
+            Err(TryRecvError::Disconnected) => {
+                T::idle();
+                return None;
+            }
+            Err(TryRecvError::Empty) => T::idle(),
         }
         let mut idle = shared.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
         idle.sleepers += 1;

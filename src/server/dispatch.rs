@@ -12,6 +12,7 @@
 //! the connection's [`Protocol`](super::protocol::Protocol); the driver
 //! only moves bytes.
 
+use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::panic::{self, AssertUnwindSafe};
@@ -492,6 +493,66 @@ fn flush(conn: &Arc<ConnShared>) {
     }
 }
 
+/// Connections a worker answered on and has not written yet: it writes
+/// them when it runs out of work, in one write each for all the answers
+/// it appended meanwhile, instead of waking their drivers to do it.
+struct Unflushed {
+    conns: Vec<Arc<ConnShared>>,
+    /// Answers appended since the last write.
+    answers: usize,
+}
+
+/// A worker under steady load writes after this many answers or
+/// connections at the latest, so no answer waits for the queue to empty.
+const MAX_UNFLUSHED_ANSWERS: usize = 64;
+const MAX_UNFLUSHED_CONNS: usize = 16;
+
+thread_local! {
+    static UNFLUSHED: RefCell<Unflushed> = const {
+        RefCell::new(Unflushed {
+            conns: Vec::new(),
+            answers: 0,
+        })
+    };
+}
+
+/// Notes that `conn` has an answer to write; writes everything noted once
+/// the limits are reached.
+fn flush_later(conn: &Arc<ConnShared>) {
+    let full = UNFLUSHED.with(|u| {
+        let mut u = u.borrow_mut();
+        if !u.conns.iter().any(|c| Arc::ptr_eq(c, conn)) {
+            u.conns.push(conn.clone());
+        }
+        u.answers += 1;
+        u.answers >= MAX_UNFLUSHED_ANSWERS || u.conns.len() >= MAX_UNFLUSHED_CONNS
+    });
+    if full {
+        flush_unflushed();
+    }
+}
+
+/// Writes every connection [`flush_later`] noted on this thread.
+fn flush_unflushed() {
+    let conns = UNFLUSHED.with(|u| {
+        let mut u = u.borrow_mut();
+        u.answers = 0;
+        std::mem::take(&mut u.conns)
+    });
+    for conn in &conns {
+        flush(conn);
+    }
+    // Keep the list's allocation for the next round.
+    UNFLUSHED.with(|u| {
+        let mut u = u.borrow_mut();
+        if u.conns.is_empty() {
+            let mut conns = conns;
+            conns.clear();
+            u.conns = conns;
+        }
+    });
+}
+
 /// One request on its way through the worker pool.
 pub(crate) struct RequestTask {
     conn: Arc<ConnShared>,
@@ -614,11 +675,9 @@ impl RequestTask {
             buffer_pool::give(p);
         }
         recycle(reply);
-        let queued = server.pool.as_ref().map_or(0, WorkerPool::queued);
-        if queued > 0 || !self.conn.workers_write() {
-            // More requests are waiting (or the socket is the driver's
-            // alone): leave the writing to the driver, woken once for the
-            // whole batch, and get on with them.
+        if !self.conn.workers_write() {
+            // The socket is the driver's alone: wake it, once for all the
+            // answers appended until it looks.
             let wake = {
                 let mut st = self.conn.lock();
                 !std::mem::replace(&mut st.notified, true) && !st.closed
@@ -626,9 +685,14 @@ impl RequestTask {
             if wake {
                 self.conn.wake();
             }
+        } else if server.pool.as_ref().map_or(0, WorkerPool::queued) > 0 {
+            // More requests are waiting: get on with them, and write this
+            // answer with the next ones (see `Task::idle`).
+            flush_later(&self.conn);
         } else {
             // Nothing else to do: write now, saving the driver a wake-up.
             flush(&self.conn);
+            flush_unflushed();
         }
     }
 
@@ -715,6 +779,10 @@ impl Task for RequestTask {
     fn abandon(self) {
         let status = Status::unavailable("the server is shutting down; the request was not run");
         self.finish(Err(status), false);
+    }
+
+    fn idle() {
+        flush_unflushed();
     }
 }
 
