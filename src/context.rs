@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_channel::{Receiver, Sender};
+
 use crate::metadata::{Metadata, MetadataValue};
 use crate::status::Status;
 use crate::trace::TraceId;
@@ -161,6 +163,18 @@ impl fmt::Debug for CancelGuard {
     }
 }
 
+/// How many request contexts wait for reuse at most.
+const SPARE_CONTEXTS: usize = 1024;
+
+/// Allocations of request contexts ready for the next request. A context
+/// is made on the thread that reads its request and freed on the worker
+/// that answers it; the system allocator serves that pattern slowly, and
+/// reuse spares the allocation altogether.
+fn spare_contexts() -> &'static (Sender<Arc<Inner>>, Receiver<Arc<Inner>>) {
+    static SPARE: OnceLock<(Sender<Arc<Inner>>, Receiver<Arc<Inner>>)> = OnceLock::new();
+    SPARE.get_or_init(|| crossbeam_channel::bounded(SPARE_CONTEXTS))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A listener that panicked cannot leave the state inconsistent: every
     // critical section here is a few plain assignments.
@@ -231,7 +245,23 @@ impl Context {
         };
         let mut inner = Context::blank(deadline, trace_id, None, Some(request));
         inner.make_trace_id = true;
+        if let Ok(mut spare) = spare_contexts().1.try_recv() {
+            if let Some(slot) = Arc::get_mut(&mut spare) {
+                *slot = inner;
+                return Context { inner: spare };
+            }
+        }
         Context::from_inner(inner)
+    }
+
+    /// Gives a request's context back for reuse once the server is done
+    /// with it, unless something else still holds it (a clone kept by the
+    /// handler, a child context). What it held is dropped now.
+    pub(crate) fn recycle(mut self) {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            *inner = Context::blank(None, None, None, None);
+            let _ = spare_contexts().0.try_send(self.inner);
+        }
     }
 
     /// A child context: inherits everything, is cancelled when this one is,
@@ -531,6 +561,39 @@ mod tests {
         assert!(lock(&ctx.inner.state).listeners.is_empty());
         cancel.cancel();
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_reused_request_context_keeps_nothing_of_the_last_request() {
+        for _ in 0..2 * SPARE_CONTEXTS {
+            let ctx = Context::for_request(
+                Arc::from("/a.B/C"),
+                Some(Instant::now()),
+                Some(TraceId::new("old").unwrap()),
+                Some("old-caller"),
+                None,
+                [("k", "v")].into_iter().collect(),
+            );
+            ctx.set_response_metadata("r", "x");
+            let _kept = ctx.on_cancel(|_| {});
+            ctx.cancel(CancelReason::Cancelled);
+            ctx.recycle();
+        }
+        let kept =
+            Context::for_request(Arc::from("/a.B/D"), None, None, None, None, Metadata::new());
+        // A context a handler still holds is not reused.
+        let clone = kept.clone();
+        kept.recycle();
+        assert_eq!(clone.method(), "/a.B/D");
+        let ctx =
+            Context::for_request(Arc::from("/a.B/E"), None, None, None, None, Metadata::new());
+        assert_eq!(ctx.method(), "/a.B/E");
+        assert!(!ctx.is_cancelled());
+        assert_eq!(ctx.deadline(), None);
+        assert_eq!(ctx.caller(), None);
+        assert!(ctx.metadata().is_empty());
+        assert!(ctx.take_response_metadata().is_empty());
+        assert_ne!(ctx.trace_id().unwrap().as_str(), "old");
     }
 
     #[test]

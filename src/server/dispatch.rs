@@ -694,6 +694,7 @@ impl RequestTask {
             flush(&self.conn);
             flush_unflushed();
         }
+        self.ctx.recycle();
     }
 
     fn drop_result(&self, reply: Reply, ran: bool) {
