@@ -163,6 +163,9 @@ impl fmt::Debug for CancelGuard {
     }
 }
 
+/// Both ends of the list of spare request contexts.
+type SpareContexts = (Sender<Arc<Inner>>, Receiver<Arc<Inner>>);
+
 /// How many request contexts wait for reuse at most.
 const SPARE_CONTEXTS: usize = 1024;
 
@@ -170,8 +173,8 @@ const SPARE_CONTEXTS: usize = 1024;
 /// is made on the thread that reads its request and freed on the worker
 /// that answers it; the system allocator serves that pattern slowly, and
 /// reuse spares the allocation altogether.
-fn spare_contexts() -> &'static (Sender<Arc<Inner>>, Receiver<Arc<Inner>>) {
-    static SPARE: OnceLock<(Sender<Arc<Inner>>, Receiver<Arc<Inner>>)> = OnceLock::new();
+fn spare_contexts() -> &'static SpareContexts {
+    static SPARE: OnceLock<SpareContexts> = OnceLock::new();
     SPARE.get_or_init(|| crossbeam_channel::bounded(SPARE_CONTEXTS))
 }
 
