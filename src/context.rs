@@ -167,7 +167,7 @@ impl fmt::Debug for CancelGuard {
 type SpareContexts = (Sender<Arc<Inner>>, Receiver<Arc<Inner>>);
 
 /// How many request contexts wait for reuse at most.
-const SPARE_CONTEXTS: usize = 1024;
+const SPARE_CONTEXTS: usize = 4096;
 
 /// Allocations of request contexts ready for the next request. A context
 /// is made on the thread that reads its request and freed on the worker
