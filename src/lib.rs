@@ -81,7 +81,8 @@
 //!          └─ dispatch: routing, deadline, in-flight table
 //!               └─ WorkerPool (bounded queue, deadline per task)
 //!                    └─ filters ─▶ decompress + decode ─▶ handler(&Context, req)
-//!          responses go back into the connection's output buffer, batched
+//!          responses go back into the connection's output buffer; a
+//!          worker writes them in one go when its queue runs dry
 //!  shutdown coordinator: health, GOAWAY, drain, join (Latch), hooks, report
 //! ```
 //!

@@ -4,11 +4,13 @@
 //! Event mode (the default):
 //!
 //! ```text
-//!            accept/read/decode                 try_submit (never blocks)
-//! sockets ──────────────────────▶ event loop(s) ─────────────────────────▶ worker pool
-//!    ▲                               │  ▲                                    │
-//!    │        write (batched)        │  │ ready list + Waker (once per batch) │ filters → handler
-//!    └───────────────────────────────┘  └──────── connection output buffer ◀─┘
+//!            accept/read/decode          try_submit, one wake-up per read
+//! sockets ──────────────────────▶ event loop(s) ──────────────────────────▶ worker pool
+//!    ▲  ▲                            │  ▲                                     │
+//!    │  │ write once the socket is   │  │ ready list + Waker (limits,        │ filters → handler
+//!    │  │ writable again             │  │ closing, a full socket)            │
+//!    │  └────────────────────────────┘  └──────── connection output buffer ◀──┤
+//!    └──────────── the worker writes what it answered when its queue is dry ──┘
 //! ```
 //!
 //! Thread mode: an acceptor thread, and per connection a reading thread and
@@ -20,8 +22,9 @@
 //! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
 //! the wire protocol (framing, the native meta, the encoding of answers
 //! and GOAWAYs) is one implementation of a trait per protocol, in
-//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
-//! server carries them out. Every listener also serves the built-in health
+//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps
+//! are the coordinator's, in [`crate::shutdown`]; the server carries them
+//! out. Every listener also serves the built-in health
 //! service, [`Health`].
 //!
 //! # A request's life
@@ -31,7 +34,8 @@
 //! frame, its meta too) into a request; the dispatcher routes the method,
 //! computes the deadline (the earliest of the caller's `timeout_ms`, the
 //! method's and the service's timeouts, counted from when the request was
-//! read) and queues it on the worker pool without ever blocking: a full queue is answered `RESOURCE_EXHAUSTED` at once. A
+//! read) and queues it on the worker pool without ever blocking: a full
+//! queue is answered `RESOURCE_EXHAUSTED` at once. A
 //! worker that picks up a request whose deadline already passed answers
 //! `DEADLINE_EXCEEDED` (saying how long it waited) without decompressing or
 //! decoding the body. Otherwise the filters run, then the handler's own
@@ -74,10 +78,18 @@
 //! All named after [`ServerConfig::thread_name`]: `workers` workers (none
 //! with inline handlers) and a shutdown coordinator, plus, in event mode,
 //! `event_loops` loops (default 1), or, in thread mode, an acceptor and
-//! two threads per connection. In event mode a response is written by the
-//! worker that produced it when it has nothing else queued, or else by the
-//! loop, woken once for the whole batch; either way many responses go out
-//! in one `write`. In thread mode the connection's writing thread writes
+//! two threads per connection.
+//!
+//! Batching is where throughput is won. The requests one read of a
+//! connection yields are queued as one batch ([`crate::pool::WorkerPool::batch`]):
+//! a sleeping worker is woken once for all of them, not preempting the
+//! loop for the first. In event mode a worker that answers while more work
+//! is queued only appends to the connection's output and notes the
+//! connection; when its queue runs dry (or after 64 answers or 16
+//! connections under steady load) it writes every connection it noted, many
+//! responses in one `write`, and the loop is not woken at all. The loop
+//! writes the answers it makes itself (refusals, PONG) and what a full
+//! socket left behind, once it is writable again. In thread mode the connection's writing thread writes
 //! them, so a client that does not read never blocks a worker. A response
 //! never reaches another connection: it is tied to its connection's state,
 //! not to a slot or descriptor number, and dropped if that connection
