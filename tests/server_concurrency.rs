@@ -10,6 +10,7 @@ use util::{echo_service, encode, gate_service, say, Mode, RawClient};
 
 per_mode!(
     a_slow_handler_does_not_block_other_connections,
+    an_answer_is_sent_before_the_worker_starts_a_slow_handler,
     cancel_of_a_queued_request_means_it_never_runs,
     cancel_of_a_running_request_cancels_its_context,
     a_closed_connection_never_leaks_its_response_to_a_newcomer,
@@ -39,6 +40,47 @@ fn a_slow_handler_does_not_block_other_connections(mode: Mode) {
     }
     g.release(1);
     assert_eq!(slow.response().decode::<String>(), "done");
+}
+
+/// One worker, a quick call queued right before a slow one: the quick
+/// answer must not wait in the output until the slow handler returns.
+fn an_answer_is_sent_before_the_worker_starts_a_slow_handler(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .workers(1)
+        .service(gate)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    let empty = encode(&());
+    for round in 0..3u32 {
+        let (quick, slow) = (2 * round + 1, 2 * round + 2);
+        c.push_request(
+            quick,
+            &RequestMeta::new("/echo.Echo/Say"),
+            Flags::default(),
+            &encode(&say("quick")),
+        );
+        c.push_request(
+            slow,
+            &RequestMeta::new("/gate.Gate/Block"),
+            Flags::default(),
+            &empty,
+        );
+        c.flush();
+        g.wait_started(1);
+        let r = c.response();
+        assert_eq!(r.id, quick);
+        assert_eq!(r.decode::<util::Say>(), say("quick"));
+        // Answered while the slow call still waits for its release (it
+        // gives up with ABORTED if never released).
+        assert_eq!(server.stats().requests_in_flight, 1);
+        g.release(1);
+        let r = c.response();
+        assert_eq!(r.id, slow);
+        assert_eq!(r.decode::<String>(), "done");
+    }
 }
 
 fn cancel_of_a_queued_request_means_it_never_runs(mode: Mode) {

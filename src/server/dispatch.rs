@@ -760,7 +760,16 @@ impl Task for RequestTask {
             }
             return;
         }
+        // Answers held back for the next write must not wait for a
+        // handler that may take long.
+        if !self.method.pace.is_quick() {
+            flush_unflushed();
+        }
+        let started = self.method.pace.sample().then(Instant::now);
         let reply = self.call();
+        if let Some(at) = started {
+            self.method.pace.record(at.elapsed());
+        }
         self.finish(reply, true);
     }
 

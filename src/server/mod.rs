@@ -86,8 +86,9 @@
 //! loop for the first. In event mode a worker that answers while more work
 //! is queued only appends to the connection's output and notes the
 //! connection; when its queue runs dry (or after 64 answers or 16
-//! connections under steady load) it writes every connection it noted, many
-//! responses in one `write`, and the loop is not woken at all. The loop
+//! connections under steady load, or before it starts a handler that has
+//! not lately returned within 50 µs) it writes every connection it noted,
+//! many responses in one `write`, and the loop is not woken at all. The loop
 //! writes the answers it makes itself (refusals, PONG) and what a full
 //! socket left behind, once it is writable again. In thread mode the connection's writing thread writes
 //! them, so a client that does not read never blocks a worker. A response
@@ -103,6 +104,7 @@ mod dispatch;
 mod event_loop;
 mod handler;
 mod health;
+mod pace;
 pub(crate) mod protocol;
 mod service;
 mod threaded;

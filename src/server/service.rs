@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::handler::{BodyLimits, Raw, RawHandler, Typed, UnaryHandler};
+use super::pace::Pace;
 use crate::filter::{Endpoint, Filter};
 use crate::status::Status;
 
@@ -182,6 +183,8 @@ pub(crate) struct MethodEntry {
     /// Server filters, then service filters.
     pub filters: Box<[Arc<dyn Filter>]>,
     pub endpoint: Arc<dyn Endpoint>,
+    /// How long its handler usually runs.
+    pub pace: Pace,
 }
 
 /// The methods one listener serves, by full name.
@@ -255,6 +258,7 @@ impl Registry {
                     timeout: min_timeout(def.timeout, svc.timeout),
                     filters: filters.clone(),
                     endpoint: (def.make)(limits),
+                    pace: Pace::new(),
                 };
                 methods.insert(Box::from(&*full_name), Arc::new(entry));
             }
