@@ -178,12 +178,30 @@ struct Batch {
     started: Option<Instant>,
 }
 
+/// A batch wakes workers for what it queued so far once it holds this
+/// many tasks, so that other cores can start on them.
+const WAKE_EVERY: usize = 64;
+
 impl Batch {
     const NONE: Batch = Batch {
         pool: 0,
         tasks: 0,
         started: None,
     };
+
+    /// Counts one more task queued in the batch open on this thread; true
+    /// when [`WAKE_EVERY`] are waiting for their wake-up (the count starts
+    /// again).
+    fn count_one(cell: &Cell<Batch>) -> bool {
+        let mut batch = cell.get();
+        batch.tasks += 1;
+        let due = batch.tasks >= WAKE_EVERY;
+        if due {
+            batch.tasks = 0;
+        }
+        cell.set(batch);
+        due
+    }
 }
 
 thread_local! {
@@ -317,37 +335,20 @@ impl<T: Task> WorkerPool<T> {
         let Some(tx) = sender.as_ref() else {
             return Err(SubmitError::Closed(task));
         };
-        let held = BATCH.with(|b| {
+        let batching = BATCH.with(|b| {
             let batch = b.get();
-            (batch.pool == self.id() && batch.pool != 0).then(|| {
-                b.set(Batch {
-                    tasks: batch.tasks + 1,
-                    ..batch
-                });
-                batch.started
-            })
+            (batch.pool == self.id()).then_some(batch.started)
         });
-        let at = held.flatten().unwrap_or_else(Instant::now);
+        let at = batching.flatten().unwrap_or_else(Instant::now);
         match tx.try_send(Queued { task, at }) {
             Ok(()) => {
-                if held.is_none() {
+                if batching.is_none() {
                     self.wake_one();
+                } else if BATCH.with(Batch::count_one) {
+                    // A long batch does not keep every worker waiting.
+                    self.wake(WAKE_EVERY);
                 }
                 Ok(())
-            }
-            Err(e) if held.is_some() => {
-                // Not queued after all: take back its wake-up.
-                BATCH.with(|b| {
-                    let batch = b.get();
-                    b.set(Batch {
-                        tasks: batch.tasks - 1,
-                        ..batch
-                    });
-                });
-                Err(match e {
-                    TrySendError::Full(q) => SubmitError::Full(q.task),
-                    TrySendError::Disconnected(q) => SubmitError::Closed(q.task),
-                })
             }
             Err(TrySendError::Full(q)) => Err(SubmitError::Full(q.task)),
             Err(TrySendError::Disconnected(q)) => Err(SubmitError::Closed(q.task)),
@@ -376,7 +377,9 @@ impl<T: Task> WorkerPool<T> {
 
     /// Runs `f`, holding back the wake-ups of the tasks this thread submits
     /// to this pool meanwhile; when `f` returns (or panics), as many sleeping
-    /// workers as there were tasks are woken at once.
+    /// workers as there were tasks are woken at once. A batch that grows
+    /// long wakes workers every 64 tasks, so other cores need not wait for
+    /// its end.
     ///
     /// A thread that decodes many requests from one read submits them
     /// inside one batch: waking a worker for the first task would let the
@@ -411,11 +414,7 @@ impl<T: Task> WorkerPool<T> {
         impl<T: Task> Drop for Release<'_, T> {
             fn drop(&mut self) {
                 let batch = BATCH.with(|b| b.replace(Batch::NONE));
-                for _ in 0..batch.tasks {
-                    if !self.0.wake_one() {
-                        break;
-                    }
-                }
+                self.0.wake(batch.tasks);
             }
         }
         BATCH.with(|b| {
@@ -427,6 +426,15 @@ impl<T: Task> WorkerPool<T> {
         });
         let _release = Release(self);
         f()
+    }
+
+    /// Wakes up to `n` sleeping workers, as many as are not being woken.
+    fn wake(&self, n: usize) {
+        for _ in 0..n {
+            if !self.wake_one() {
+                break;
+            }
+        }
     }
 
     /// Tells this pool's batches from another's.
