@@ -14,6 +14,7 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
+use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -295,27 +296,33 @@ impl Dispatcher {
             if oneway {
                 st.oneway_running += 1;
                 0
-            } else if st.in_flight.contains_key(&id) {
-                drop(st);
-                refuse(
-                    Status::invalid_argument(format!("request id {id} is already in flight")),
-                    ctx.trace_id().as_ref(),
-                );
-                return None;
             } else {
+                // A refused request uses up a number: they need only be
+                // unique.
                 let seq = st.next_seq();
-                st.in_flight.insert(
-                    id,
-                    InFlight {
-                        seq,
-                        ctx: ctx.clone(),
-                        started: false,
-                        read_at,
-                        timeout,
-                        flags,
-                        _count: self.server.requests.guard(),
-                    },
-                );
+                match st.in_flight.entry(id) {
+                    Entry::Occupied(_) => {
+                        drop(st);
+                        refuse(
+                            Status::invalid_argument(format!(
+                                "request id {id} is already in flight"
+                            )),
+                            ctx.trace_id().as_ref(),
+                        );
+                        return None;
+                    }
+                    Entry::Vacant(slot) => {
+                        slot.insert(InFlight {
+                            seq,
+                            ctx: ctx.clone(),
+                            started: false,
+                            read_at,
+                            timeout,
+                            flags,
+                            _count: self.server.requests.guard(),
+                        });
+                    }
+                }
                 seq
             }
         };
