@@ -57,6 +57,11 @@ const READ_CHUNK: usize = 64 * 1024;
 /// nothing) is replaced by one of its own size: an idle or stalled
 /// connection keeps no read-sized buffer.
 const KEEP_PARTIAL: usize = 4 * 1024;
+/// After a read that took less than this, the next read waits with a
+/// buffer of this size rather than [`READ_CHUNK`]: a connection that sends
+/// little at a time, or is idle, keeps no read-sized buffer while its
+/// thread is blocked in `read`.
+const SMALL_READ: usize = 4 * 1024;
 /// Recheck interval while reading is paused for the shared byte budget.
 const BUDGET_RECHECK: Duration = Duration::from_millis(5);
 /// First and longest pause of accepting after an accept error (out of
@@ -654,6 +659,9 @@ struct Reader<'a> {
     frame_started: Option<Instant>,
     /// The read timeout currently set on the socket.
     armed: Option<Duration>,
+    /// How much the next read may take: [`READ_CHUNK`] while reads come
+    /// back full, [`SMALL_READ`] after a short one.
+    chunk: usize,
 }
 
 /// Hands a message of `link`'s connection to `dispatcher`, and runs the
@@ -699,6 +707,7 @@ impl<'a> Reader<'a> {
             last_activity: Instant::now(),
             frame_started: None,
             armed: None,
+            chunk: SMALL_READ,
         }
     }
 
@@ -737,7 +746,7 @@ impl<'a> Reader<'a> {
             // Straight into the frame buffer, which only holds memory while
             // it holds bytes (see `account`).
             let len = self.buf.len();
-            self.buf.resize(len + READ_CHUNK, 0);
+            self.buf.resize(len + self.chunk, 0);
             let read = self.link.stream().read(&mut self.buf[len..]);
             self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
             match read {
@@ -745,7 +754,10 @@ impl<'a> Reader<'a> {
                     self.peer_closed();
                     return;
                 }
-                Ok(_) => self.last_activity = Instant::now(),
+                Ok(n) => {
+                    self.last_activity = Instant::now();
+                    self.chunk = if n < SMALL_READ { SMALL_READ } else { READ_CHUNK };
+                }
                 Err(e)
                     if matches!(
                         e.kind(),
