@@ -756,7 +756,11 @@ impl<'a> Reader<'a> {
                 }
                 Ok(n) => {
                     self.last_activity = Instant::now();
-                    self.chunk = if n < SMALL_READ { SMALL_READ } else { READ_CHUNK };
+                    self.chunk = if n < SMALL_READ {
+                        SMALL_READ
+                    } else {
+                        READ_CHUNK
+                    };
                 }
                 Err(e)
                     if matches!(
