@@ -237,6 +237,77 @@ mod tests {
         }
     }
 
+    /// A value of any of the types a peer might send under a known key.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(vec![0xc0]),
+            Just(vec![0x80]),
+            Just(vec![0x81, 0xa1, b'k', 0xa1, b'v']),
+            Just(vec![0x91, 0x01]),
+            any::<u64>().prop_map(|n| {
+                let mut v = Vec::new();
+                rmp::encode::write_uint(&mut v, n).unwrap();
+                v
+            }),
+            any::<i64>().prop_map(|n| {
+                let mut v = Vec::new();
+                rmp::encode::write_sint(&mut v, n).unwrap();
+                v
+            }),
+            "[a-z/.]{0,80}".prop_map(|s| {
+                let mut v = Vec::new();
+                rmp::encode::write_str(&mut v, &s).unwrap();
+                v
+            }),
+            proptest::collection::vec(any::<u8>(), 0..8).prop_map(|b| {
+                let mut v = Vec::new();
+                rmp::encode::write_bin(&mut v, &b).unwrap();
+                v
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn both_paths_agree_on_maps_of_known_keys(
+            entries in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec![
+                        "method", "timeout_ms", "trace_id", "caller", "md",
+                        "code", "message", "other",
+                    ]),
+                    any_value(),
+                ),
+                0..7,
+            ),
+            leading in proptest::sample::select(vec![None, Some("method"), Some("code")]),
+            trailing in proptest::bool::ANY,
+        ) {
+            // Often start with the required key, so the fast path has a
+            // chance at the rest.
+            let mut entries = entries;
+            if let Some(key) = leading {
+                let mut value = Vec::new();
+                match key {
+                    "method" => rmp::encode::write_str(&mut value, "/a.B/c").unwrap(),
+                    _ => rmp::encode::write_uint(&mut value, 5).map(drop).unwrap(),
+                }
+                entries.insert(0, (key, value));
+            }
+            let mut bytes = Vec::new();
+            rmp::encode::write_map_len(&mut bytes, entries.len() as u32).unwrap();
+            for (key, value) in &entries {
+                rmp::encode::write_str(&mut bytes, key).unwrap();
+                bytes.extend_from_slice(value);
+            }
+            if trailing {
+                bytes.push(0x00);
+            }
+            assert_agrees(&bytes);
+        }
+    }
+
     #[test]
     fn response_agrees_with_the_general_decoder() {
         let cases = [
