@@ -10,80 +10,19 @@
 //! accepts or rejects it with its usual error: both paths give the same
 //! answer for every input.
 
+use super::cursor::Cursor;
 use super::meta::{RequestMeta, ResponseMeta, MAX_TRACE_ID_LEN};
 use crate::metadata::Metadata;
 
-/// A cursor over a meta section; every read is `None` on a shape it does
-/// not take.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// An integer that fits in 32 bits; a larger one is the general
+/// decoder's to reject.
+fn u32_at(r: &mut Cursor<'_>) -> Option<u32> {
+    u32::try_from(r.uint()?).ok()
 }
 
-impl<'a> Reader<'a> {
-    fn new(buf: &'a [u8]) -> Reader<'a> {
-        Reader { buf, pos: 0 }
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        let b = *self.buf.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let bytes = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(bytes)
-    }
-
-    fn be(&mut self, n: usize) -> Option<u32> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0u32, |acc, &b| acc << 8 | u32::from(b)),
-        )
-    }
-
-    /// A map header with at most 65535 entries.
-    fn map_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            m @ 0x80..=0x8f => Some(usize::from(m & 0x0f)),
-            0xde => self.be(2).map(|n| n as usize),
-            _ => None,
-        }
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        let len = match self.byte()? {
-            m @ 0xa0..=0xbf => usize::from(m & 0x1f),
-            0xd9 => self.be(1)? as usize,
-            0xda => self.be(2)? as usize,
-            _ => return None,
-        };
-        std::str::from_utf8(self.take(len)?).ok()
-    }
-
-    /// An unsigned integer that fits in 32 bits, in its shortest usual
-    /// encodings.
-    fn u32(&mut self) -> Option<u32> {
-        match self.byte()? {
-            m @ 0x00..=0x7f => Some(u32::from(m)),
-            0xcc => self.be(1),
-            0xcd => self.be(2),
-            0xce => self.be(4),
-            _ => None,
-        }
-    }
-
-    /// Metadata, taken only when it is the empty map.
-    fn empty_md(&mut self) -> Option<Metadata> {
-        (self.byte()? == 0x80).then(Metadata::new)
-    }
-
-    fn at_end(&self) -> bool {
-        self.pos == self.buf.len()
-    }
+/// Metadata, taken only when it is the empty map.
+fn empty_md(r: &mut Cursor<'_>) -> Option<Metadata> {
+    (r.byte()? == 0x80).then(Metadata::new)
 }
 
 /// Records `bit` as seen; `None` if it was already.
@@ -97,7 +36,7 @@ fn short_trace_id(id: &str) -> Option<&str> {
 
 /// A request meta of the usual shape, or `None` for the general decoder.
 pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
-    let mut r = Reader::new(bytes);
+    let mut r = Cursor::new(bytes);
     let mut meta = RequestMeta::new("");
     let mut seen = 0u8;
     for _ in 0..r.map_len()? {
@@ -108,7 +47,7 @@ pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
             }
             "timeout_ms" => {
                 first_time(&mut seen, 2)?;
-                meta.timeout_ms = r.u32()?;
+                meta.timeout_ms = u32_at(&mut r)?;
             }
             "trace_id" => {
                 first_time(&mut seen, 4)?;
@@ -120,7 +59,7 @@ pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
             }
             "md" => {
                 first_time(&mut seen, 16)?;
-                meta.md = r.empty_md()?;
+                meta.md = empty_md(&mut r)?;
             }
             _ => return None,
         }
@@ -130,7 +69,7 @@ pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
 
 /// A response meta of the usual shape, or `None` for the general decoder.
 pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
-    let mut r = Reader::new(bytes);
+    let mut r = Cursor::new(bytes);
     let mut meta = ResponseMeta {
         code: 0,
         message: None,
@@ -142,7 +81,7 @@ pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
         match r.str()? {
             "code" => {
                 first_time(&mut seen, 1)?;
-                meta.code = r.u32()?;
+                meta.code = u32_at(&mut r)?;
             }
             "message" => {
                 first_time(&mut seen, 2)?;
@@ -154,7 +93,7 @@ pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
             }
             "md" => {
                 first_time(&mut seen, 8)?;
-                meta.md = r.empty_md()?;
+                meta.md = empty_md(&mut r)?;
             }
             _ => return None,
         }

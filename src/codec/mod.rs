@@ -15,6 +15,7 @@
 
 mod body;
 mod compress;
+pub(crate) mod cursor;
 mod decoder;
 mod encoder;
 mod error;

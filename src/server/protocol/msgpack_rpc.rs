@@ -16,6 +16,7 @@ use std::sync::Arc;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{DecodeConfig, Message, MessageDecoder, Protocol, RequestHead};
+use crate::codec::cursor::Cursor;
 use crate::codec::msgpack::Scanner;
 use crate::codec::{EncodeError, Encoder, Encoding, Flags, ProtocolError, RequestId};
 use crate::metadata::Metadata;
@@ -199,7 +200,7 @@ impl MsgpackRpcDecoder {
 /// Reads the parts of a message the scanner found complete and well-formed.
 fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
     let len = msg.len();
-    let mut r = Reader { buf: &msg, pos: 0 };
+    let mut r = Cursor::new(&msg);
     let n = r
         .array_len()
         .ok_or(ProtocolError::BadMessage("not an array"))?;
@@ -225,8 +226,9 @@ fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
         _ => return Err(ProtocolError::BadMessage("unknown message type")),
     };
     let n = {
+        // A string, or a binary: some clients send method names as bytes.
         let method = r
-            .str()
+            .str_bytes(true)
             .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
         std::str::from_utf8(method)
             .map_err(|_| ProtocolError::BadMessage("the method is not UTF-8"))?;
@@ -248,69 +250,6 @@ fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
         body,
         len,
     })
-}
-
-/// Reads the few scalar headers a message starts with.
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl Reader<'_> {
-    fn take(&mut self, n: usize) -> Option<&[u8]> {
-        let b = self.buf.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(b)
-    }
-
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(
-            self.take(n)?
-                .iter()
-                .fold(0u64, |acc, &b| acc << 8 | u64::from(b)),
-        )
-    }
-
-    fn array_len(&mut self) -> Option<u64> {
-        let m = *self.take(1)?.first()?;
-        match m {
-            0x90..=0x9f => Some(u64::from(m & 0x0f)),
-            0xdc => self.be(2),
-            0xdd => self.be(4),
-            _ => None,
-        }
-    }
-
-    fn uint(&mut self) -> Option<u64> {
-        let m = *self.take(1)?.first()?;
-        match m {
-            0x00..=0x7f => Some(u64::from(m)),
-            0xcc => self.be(1),
-            0xcd => self.be(2),
-            0xce => self.be(4),
-            0xcf => self.be(8),
-            // Signed encodings of non-negative values, which some
-            // encoders use.
-            0xd0 => self.be(1).filter(|v| *v < 0x80),
-            0xd1 => self.be(2).filter(|v| *v < 0x8000),
-            0xd2 => self.be(4).filter(|v| *v < 0x8000_0000),
-            0xd3 => self.be(8).filter(|v| *v < 0x8000_0000_0000_0000),
-            _ => None,
-        }
-    }
-
-    /// A string, or a binary (some clients send method names as bytes).
-    fn str(&mut self) -> Option<&[u8]> {
-        let m = *self.take(1)?.first()?;
-        let n = match m {
-            0xa0..=0xbf => u64::from(m & 0x1f),
-            0xd9 | 0xc4 => self.be(1)?,
-            0xda | 0xc5 => self.be(2)?,
-            0xdb | 0xc6 => self.be(4)?,
-            _ => return None,
-        };
-        self.take(usize::try_from(n).ok()?)
-    }
 }
 
 impl Call {
@@ -361,7 +300,7 @@ pub(crate) struct Answer {
 /// Reads a response `[1, msgid, error, result]` the scanner found complete
 /// and well-formed.
 pub(crate) fn parse_response(msg: Bytes) -> Result<Answer, ProtocolError> {
-    let mut r = Reader { buf: &msg, pos: 0 };
+    let mut r = Cursor::new(&msg);
     if r.array_len() != Some(4) || r.uint() != Some(RESPONSE) {
         return Err(ProtocolError::BadMessage("not a response"));
     }
