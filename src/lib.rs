@@ -127,6 +127,7 @@ mod filter;
 pub mod filters;
 #[doc(hidden)]
 pub mod fuzzing;
+mod hash;
 mod latch;
 mod metadata;
 pub mod pool;

@@ -23,7 +23,6 @@
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -44,6 +43,7 @@ use crate::codec::{
 };
 use crate::context::{CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};
+use crate::hash::FastHash;
 use crate::server::protocol::msgpack_rpc;
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
@@ -153,27 +153,7 @@ enum State {
     Closed(Broken),
 }
 
-/// Hashes request ids, which are sequential, with one multiplication.
-#[derive(Default)]
-struct IdHasher(u64);
-
-impl Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8 | u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.0 = u64::from(n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-type Calls = HashMap<u32, Arc<Slot>, BuildHasherDefault<IdHasher>>;
+type Calls = HashMap<u32, Arc<Slot>, FastHash>;
 
 struct Pending {
     state: State,

@@ -16,7 +16,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,6 +26,7 @@ use bytes::{Buf, BytesMut};
 use super::protocol::{Protocol, NATIVE};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
+use crate::hash::FastHash;
 use crate::latch::LatchGuard;
 
 /// How a driver is told that a connection needs it: reading may resume,
@@ -78,7 +78,7 @@ pub(crate) struct ConnState {
     pub write_blocked_since: Option<Instant>,
     /// A write failed: the driver closes the connection.
     pub write_failed: bool,
-    pub in_flight: HashMap<RequestId, InFlight, IdHash>,
+    pub in_flight: HashMap<RequestId, InFlight, FastHash>,
     /// ONEWAY requests queued or running: they count against the
     /// in-flight limit but have no id to track.
     pub oneway_running: usize,
@@ -186,7 +186,7 @@ impl ConnShared {
                 retry_write: false,
                 write_blocked_since: None,
                 write_failed: false,
-                in_flight: HashMap::with_hasher(IdHash::new()),
+                in_flight: HashMap::default(),
                 oneway_running: 0,
                 closed: false,
                 notified: false,
@@ -299,60 +299,6 @@ impl ConnShared {
             e.ctx.cancel(crate::context::CancelReason::Cancelled);
         }
         n
-    }
-}
-
-/// Hashes request ids for the in-flight table: a folded multiply with a
-/// random per-process key. A few cycles rather than SipHash's dozens, and a
-/// peer that does not know the key cannot choose ids that collide.
-#[derive(Clone, Copy)]
-pub(crate) struct IdHash {
-    key: u64,
-}
-
-impl IdHash {
-    fn new() -> IdHash {
-        static KEY: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-        let key =
-            *KEY.get_or_init(|| std::collections::hash_map::RandomState::new().hash_one(0u64));
-        IdHash { key }
-    }
-}
-
-impl BuildHasher for IdHash {
-    type Hasher = IdHasher;
-
-    fn build_hasher(&self) -> IdHasher {
-        IdHasher {
-            key: self.key,
-            state: 0,
-        }
-    }
-}
-
-pub(crate) struct IdHasher {
-    key: u64,
-    state: u64,
-}
-
-fn fold_mul(x: u64) -> u64 {
-    let p = u128::from(x) * 0x9E37_79B9_7F4A_7C15_u128;
-    (p as u64) ^ ((p >> 64) as u64)
-}
-
-impl Hasher for IdHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.state = fold_mul(self.state ^ u64::from(*b) ^ self.key);
-        }
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.state = fold_mul(self.state ^ u64::from(n) ^ self.key);
-    }
-
-    fn finish(&self) -> u64 {
-        self.state
     }
 }
 

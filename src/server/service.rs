@@ -2,7 +2,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,6 +11,7 @@ use serde::Serialize;
 use super::handler::{BodyLimits, Raw, RawHandler, Typed, UnaryHandler};
 use super::pace::Pace;
 use crate::filter::{Endpoint, Filter};
+use crate::hash::FastHash;
 use crate::status::Status;
 
 type MakeEndpoint = Box<dyn FnOnce(BodyLimits) -> Arc<dyn Endpoint> + Send>;
@@ -189,43 +189,8 @@ pub(crate) struct MethodEntry {
 
 /// The methods one listener serves, by full name.
 pub(crate) struct Registry {
-    methods: HashMap<Box<str>, Arc<MethodEntry>, BuildHasherDefault<MethodHasher>>,
+    methods: HashMap<Box<str>, Arc<MethodEntry>, FastHash>,
     services: Vec<String>,
-}
-
-/// A word-at-a-time multiplicative hash (as in rustc's FxHash) for the
-/// method table: looked up once per request with a short key, where
-/// SipHash's setup and rounds cost more than the lookup. The table's keys
-/// are the server's own, so a peer choosing names cannot crowd a bucket: a
-/// name that is not in the table costs one probe like any other.
-#[derive(Default)]
-struct MethodHasher(u64);
-
-impl MethodHasher {
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
-    }
-}
-
-impl Hasher for MethodHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        for w in &mut words {
-            self.add(u64::from_le_bytes(w.try_into().expect("8 bytes")));
-        }
-        let mut tail = [0u8; 8];
-        let rest = words.remainder();
-        tail[..rest.len()].copy_from_slice(rest);
-        self.add(u64::from_le_bytes(tail) ^ rest.len() as u64);
-    }
-
-    fn write_u8(&mut self, b: u8) {
-        self.add(u64::from(b));
-    }
-
-    fn finish(&self) -> u64 {
-        self.0
-    }
 }
 
 fn min_timeout(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
