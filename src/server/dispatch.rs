@@ -541,21 +541,12 @@ fn flush_later(conn: &Arc<ConnShared>) {
 
 /// Writes every connection [`flush_later`] noted on this thread.
 fn flush_unflushed() {
-    let conns = UNFLUSHED.with(|u| {
-        let mut u = u.borrow_mut();
-        u.answers = 0;
-        std::mem::take(&mut u.conns)
-    });
-    for conn in &conns {
-        flush(conn);
-    }
-    // Keep the list's allocation for the next round.
+    // `flush` never notes a connection, so the list can stay borrowed.
     UNFLUSHED.with(|u| {
         let mut u = u.borrow_mut();
-        if u.conns.is_empty() {
-            let mut conns = conns;
-            conns.clear();
-            u.conns = conns;
+        u.answers = 0;
+        for conn in u.conns.drain(..) {
+            flush(&conn);
         }
     });
 }
