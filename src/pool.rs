@@ -695,10 +695,24 @@ mod tests {
         assert_eq!(p.stats().panicked, 1);
     }
 
+    /// Waits until the pool's only worker has gone to sleep, so that what
+    /// the test queues next runs only if something wakes it.
+    fn wait_asleep<T: Task>(p: &WorkerPool<T>) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while p.shared.unwoken.load(Ordering::SeqCst) == 0 {
+            assert!(Instant::now() < until, "the worker never went to sleep");
+            thread::yield_now();
+        }
+        // It announces itself and checks the queue under this lock, and
+        // lets go of it only inside the wait.
+        drop(p.shared.idle_lock.lock().unwrap());
+    }
+
     #[test]
     fn a_batch_wakes_for_what_it_queued_even_when_it_panics() {
         let p: WorkerPool<Job> = pool(1, 2);
         let (tx, rx) = unbounded();
+        wait_asleep(&p);
         let refused = p.batch(|| {
             (0..3)
                 .filter(|_| {
@@ -708,11 +722,12 @@ mod tests {
                 })
                 .count()
         });
-        // The queue holds two; the worker may have taken one meanwhile.
-        assert!(refused <= 1);
-        for _ in 0..3 - refused {
+        // The queue holds two, and the worker sleeps until the batch ends.
+        assert_eq!(refused, 1);
+        for _ in 0..2 {
             rx.recv_timeout(Duration::from_secs(10)).unwrap();
         }
+        wait_asleep(&p);
         let tx2 = tx.clone();
         let panicked = panic::catch_unwind(AssertUnwindSafe(|| {
             p.batch(|| {
@@ -724,9 +739,29 @@ mod tests {
         assert!(panicked.is_err());
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
         // The batch is over: a plain submit wakes the worker itself.
+        wait_asleep(&p);
         p.try_submit(Box::new(move || tx.send(()).unwrap()))
             .unwrap();
         rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        p.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn a_long_batch_wakes_workers_before_it_ends() {
+        let p: WorkerPool<Job> = pool(1, 2 * WAKE_EVERY);
+        let (tx, rx) = unbounded();
+        wait_asleep(&p);
+        p.batch(|| {
+            for _ in 0..WAKE_EVERY {
+                let tx = tx.clone();
+                p.try_submit(Box::new(move || tx.send(()).unwrap()))
+                    .unwrap();
+            }
+            // Still inside the batch: only the early wake-up runs these.
+            for _ in 0..WAKE_EVERY {
+                rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+        });
         p.shutdown(Duration::from_secs(10));
     }
 
