@@ -119,7 +119,9 @@ impl Encoder {
                 md,
             } if md.is_empty() => {
                 let meta = [0x81, 0xa4, b'c', b'o', b'd', b'e', *code as u8];
-                self.frame_with_meta(FrameType::Response, flags, id, &meta, body)
+                self.frame_with(FrameType::Response, flags, id, body, |buf| {
+                    buf.extend_from_slice(&meta)
+                })
             }
             _ => self.frame(FrameType::Response, flags, id, meta, body),
         }
@@ -155,12 +157,27 @@ impl Encoder {
         meta: &M,
         body: &[u8],
     ) -> Result<(), EncodeError> {
+        self.frame_with(frame_type, flags, id, body, |buf| {
+            meta::write_to(&mut buf.writer(), meta)
+        })
+    }
+
+    /// Appends a frame whose meta `write_meta` appends in place, after a
+    /// header that is filled in once the meta's length is known.
+    fn frame_with(
+        &mut self,
+        frame_type: FrameType,
+        flags: Flags,
+        id: RequestId,
+        body: &[u8],
+        write_meta: impl FnOnce(&mut BytesMut),
+    ) -> Result<(), EncodeError> {
         let body_len =
             u32::try_from(body.len()).map_err(|_| EncodeError::BodyTooLarge(body.len()))?;
         let start = self.buf.len();
         self.buf.reserve(HEADER_LEN + 64 + body.len());
         self.buf.put_bytes(0, HEADER_LEN);
-        meta::write_to(&mut (&mut self.buf).writer(), meta);
+        write_meta(&mut self.buf);
         let meta_len = self.buf.len() - start - HEADER_LEN;
         let Ok(meta_len) = u16::try_from(meta_len) else {
             self.buf.truncate(start);
@@ -175,35 +192,6 @@ impl Encoder {
             body_len,
         };
         header.encode(&mut self.buf[start..]);
-        Ok(())
-    }
-
-    /// Appends a frame whose meta is already encoded.
-    fn frame_with_meta(
-        &mut self,
-        frame_type: FrameType,
-        flags: Flags,
-        id: RequestId,
-        meta: &[u8],
-        body: &[u8],
-    ) -> Result<(), EncodeError> {
-        let body_len =
-            u32::try_from(body.len()).map_err(|_| EncodeError::BodyTooLarge(body.len()))?;
-        let meta_len =
-            u16::try_from(meta.len()).map_err(|_| EncodeError::MetaTooLarge(meta.len()))?;
-        let mut header = [0u8; HEADER_LEN];
-        Header {
-            frame_type,
-            flags,
-            meta_len,
-            request_id: id,
-            body_len,
-        }
-        .encode(&mut header);
-        self.buf.reserve(HEADER_LEN + meta.len() + body.len());
-        self.buf.extend_from_slice(&header);
-        self.buf.extend_from_slice(meta);
-        self.buf.extend_from_slice(body);
         Ok(())
     }
 
