@@ -89,6 +89,17 @@ impl ServerShared {
         self.next_conn_id.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Brings a read buffer's count in the shared request-byte budget,
+    /// `counted`, to the `held` bytes it now holds.
+    pub fn recount_buffered(&self, counted: &mut usize, held: usize) {
+        if held > *counted {
+            self.buffered.fetch_add(held - *counted, Ordering::Relaxed);
+        } else if held < *counted {
+            self.buffered.fetch_sub(*counted - held, Ordering::Relaxed);
+        }
+        *counted = held;
+    }
+
     /// True while the request-byte budget shared by all connections has
     /// room for more reading.
     pub fn has_read_budget(&self) -> bool {

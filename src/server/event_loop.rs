@@ -501,16 +501,8 @@ impl EventLoop {
         if conn.partial.is_empty() && conn.partial.capacity() > KEEP_PARTIAL {
             conn.partial = BytesMut::new();
         }
-        let held = conn.partial.len();
-        if held != conn.counted {
-            let budget = &self.server.buffered;
-            if held > conn.counted {
-                budget.fetch_add(held - conn.counted, Ordering::Relaxed);
-            } else {
-                budget.fetch_sub(conn.counted - held, Ordering::Relaxed);
-            }
-            conn.counted = held;
-        }
+        self.server
+            .recount_buffered(&mut conn.counted, conn.partial.len());
         conn.frame_started = if conn.decoder.is_mid_message(&conn.partial) {
             conn.frame_started.or(Some(now))
         } else {

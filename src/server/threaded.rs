@@ -834,16 +834,9 @@ impl<'a> Reader<'a> {
         if self.buf.capacity() > KEEP_PARTIAL && self.buf.len() <= KEEP_PARTIAL {
             self.buf = BytesMut::from(&self.buf[..]);
         }
-        let held = self.buf.len();
-        if held != self.counted {
-            let budget = &self.t.server.buffered;
-            if held > self.counted {
-                budget.fetch_add(held - self.counted, Ordering::Relaxed);
-            } else {
-                budget.fetch_sub(self.counted - held, Ordering::Relaxed);
-            }
-            self.counted = held;
-        }
+        self.t
+            .server
+            .recount_buffered(&mut self.counted, self.buf.len());
         self.frame_started = if self.decoder.is_mid_message(&self.buf) {
             self.frame_started.or(Some(now))
         } else {
