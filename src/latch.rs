@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 struct Inner {
     /// The count itself: counting up and down is one atomic operation.
     count: AtomicUsize,
+    /// Threads in `wait*`: the count reaching zero with none of them
+    /// waiting wakes nobody, and so makes no system call.
+    waiters: AtomicUsize,
     /// Taken only to wait, and to wake the waiters when the count hits zero.
     lock: Mutex<()>,
     zero: Condvar,
@@ -54,6 +57,7 @@ impl Latch {
         Latch {
             inner: Arc::new(Inner {
                 count: AtomicUsize::new(0),
+                waiters: AtomicUsize::new(0),
                 lock: Mutex::new(()),
                 zero: Condvar::new(),
             }),
@@ -81,9 +85,11 @@ impl Latch {
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1));
         match prev {
             Err(_) => panic!("Latch::done called more times than add"),
-            Ok(1) => {
-                // Taking the lock orders this wake-up after any waiter's
-                // check of the count, so none sleeps through it.
+            // A waiter announces itself before it checks the count, and
+            // this looks after the count fell: either it sees zero or this
+            // sees it. Taking the lock orders this wake-up after its check,
+            // so it does not sleep through it.
+            Ok(1) if self.inner.waiters.load(Ordering::SeqCst) > 0 => {
                 drop(self.lock());
                 self.inner.zero.notify_all();
             }
@@ -107,6 +113,7 @@ impl Latch {
 
     /// Blocks until the count is zero.
     pub fn wait(&self) {
+        let _waiting = Waiting::new(&self.inner);
         let mut g = self.lock();
         while self.count() > 0 {
             g = self.inner.zero.wait(g).unwrap_or_else(|e| e.into_inner());
@@ -128,6 +135,7 @@ impl Latch {
     /// Blocks until the count is zero or `deadline` passes; true if it
     /// reached zero.
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
+        let _waiting = Waiting::new(&self.inner);
         let mut g = self.lock();
         while self.count() > 0 {
             let now = Instant::now();
@@ -142,6 +150,22 @@ impl Latch {
                 .0;
         }
         true
+    }
+}
+
+/// Counts a thread in [`Inner::waiters`] while it lives.
+struct Waiting<'a>(&'a Inner);
+
+impl<'a> Waiting<'a> {
+    fn new(inner: &'a Inner) -> Waiting<'a> {
+        inner.waiters.fetch_add(1, Ordering::SeqCst);
+        Waiting(inner)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
