@@ -8,16 +8,17 @@
 //! is caught and logged, and its worker goes on.
 
 use std::any::Any;
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::fmt;
 use std::io;
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
 
 use crate::latch::Latch;
 
@@ -33,6 +34,15 @@ pub trait Task: Send + 'static {
     /// When the task stops being worth running. Default: never.
     fn deadline(&self) -> Option<Instant> {
         None
+    }
+
+    /// Whether the task is expected to finish soon. Tasks queued together
+    /// in a [`WorkerPool::batch`] reach a worker together; before running
+    /// one that is not quick, the worker hands the rest back to the queue,
+    /// so no task waits behind a long one while another worker is free.
+    /// Default: false.
+    fn is_quick(&self) -> bool {
+        false
     }
 
     /// Called instead of [`Task::run`] when the deadline passed while the
@@ -167,51 +177,43 @@ pub struct PoolReport {
     pub stuck: Vec<String>,
 }
 
-/// The batch of [`WorkerPool::batch`] open on a thread.
-#[derive(Clone, Copy)]
-struct Batch {
-    /// Which pool's wake-ups are held back; 0 for none.
+/// The batch of [`WorkerPool::batch`] open on a thread: the tasks it
+/// queued, which go to the workers together.
+struct Stage {
+    /// Which pool the batch is for; 0 for none.
     pool: usize,
-    /// Tasks queued in the batch.
-    tasks: usize,
     /// The batch's reading of the clock.
     started: Option<Instant>,
+    /// A `VecDeque<T>` of the tasks queued and not yet sent, kept between
+    /// batches so its allocation is reused.
+    tasks: Option<Box<dyn Any>>,
 }
 
-/// A batch wakes workers for what it queued so far once it holds this
-/// many tasks, so that other cores can start on them.
+/// A batch sends what it queued so far once it holds this many tasks, so
+/// that other workers can start on them.
 const WAKE_EVERY: usize = 64;
 
-impl Batch {
-    const NONE: Batch = Batch {
-        pool: 0,
-        tasks: 0,
-        started: None,
-    };
-
-    /// Counts one more task queued in the batch open on this thread; true
-    /// when [`WAKE_EVERY`] are waiting for their wake-up (the count starts
-    /// again).
-    fn count_one(cell: &Cell<Batch>) -> bool {
-        let mut batch = cell.get();
-        batch.tasks += 1;
-        let due = batch.tasks >= WAKE_EVERY;
-        if due {
-            batch.tasks = 0;
-        }
-        cell.set(batch);
-        due
-    }
-}
-
 thread_local! {
-    static BATCH: Cell<Batch> = const { Cell::new(Batch::NONE) };
+    static STAGE: RefCell<Stage> = const {
+        RefCell::new(Stage {
+            pool: 0,
+            started: None,
+            tasks: None,
+        })
+    };
+    /// Tasks the worker on this thread has taken and not yet started.
+    static TAKEN: Cell<usize> = const { Cell::new(0) };
 }
 
+/// Tasks that travel through the channel together.
 struct Queued<T> {
-    task: T,
+    tasks: VecDeque<T>,
+    /// When they were queued.
     at: Instant,
 }
+
+/// Emptied task lists kept for reuse.
+const SPARE_LISTS: usize = 256;
 
 #[derive(Default)]
 struct Idle {
@@ -225,6 +227,20 @@ struct Idle {
 struct Shared<T> {
     sender: RwLock<Option<Sender<Queued<T>>>>,
     receiver: Receiver<Queued<T>>,
+    /// Tasks accepted and not yet taken by a worker: the queue's length,
+    /// which `capacity` bounds. A task counts from the moment
+    /// [`WorkerPool::try_submit`] accepts it, even while its batch holds it.
+    queued: AtomicUsize,
+    capacity: usize,
+    /// Set once shutdown begins: no more tasks are accepted.
+    closed: AtomicBool,
+    /// Room in the queue for [`WorkerPool::submit`], which waits for it.
+    room_lock: Mutex<()>,
+    room: Condvar,
+    /// Threads waiting for room: with none, taking tasks wakes nobody.
+    room_waiters: AtomicUsize,
+    /// Emptied task lists, so batches allocate nothing.
+    spare: (Sender<VecDeque<T>>, Receiver<VecDeque<T>>),
     busy: AtomicUsize,
     /// Workers asleep waiting for work. Workers sleep on `idle` rather than
     /// in the channel's own blocking receive, whose back-off yields the CPU
@@ -285,11 +301,22 @@ impl<T: Task> WorkerPool<T> {
     /// already started are stopped.
     pub fn new(config: PoolConfig) -> io::Result<WorkerPool<T>> {
         let workers = config.workers.max(1);
-        let (tx, rx) = bounded(config.queue_capacity.max(1));
+        let capacity = config.queue_capacity.max(1);
+        // Every message holds at least one task, and at most `capacity`
+        // tasks are queued; a worker handing tasks back can briefly add as
+        // many again.
+        let (tx, rx) = bounded(2 * capacity);
         let pool = WorkerPool {
             shared: Arc::new(Shared {
                 sender: RwLock::new(Some(tx)),
                 receiver: rx,
+                queued: AtomicUsize::new(0),
+                capacity,
+                closed: AtomicBool::new(false),
+                room_lock: Mutex::new(()),
+                room: Condvar::new(),
+                room_waiters: AtomicUsize::new(0),
+                spare: bounded(SPARE_LISTS),
                 busy: AtomicUsize::new(0),
                 idle_lock: Mutex::new(Idle::default()),
                 idle: Condvar::new(),
@@ -331,62 +358,142 @@ impl<T: Task> WorkerPool<T> {
     /// Queues `task` if there is room, without blocking; otherwise hands it
     /// back.
     pub fn try_submit(&self, task: T) -> Result<(), SubmitError<T>> {
-        let sender = self.shared.sender.read().unwrap_or_else(|e| e.into_inner());
-        let Some(tx) = sender.as_ref() else {
+        let sh = &self.shared;
+        if sh.closed.load(Ordering::Acquire) {
             return Err(SubmitError::Closed(task));
-        };
-        let batching = BATCH.with(|b| {
-            let batch = b.get();
-            (batch.pool == self.id()).then_some(batch.started)
-        });
-        let at = batching.flatten().unwrap_or_else(Instant::now);
-        match tx.try_send(Queued { task, at }) {
-            Ok(()) => {
-                if batching.is_none() {
-                    self.wake_one();
-                } else if BATCH.with(Batch::count_one) {
-                    // A long batch does not keep every worker waiting.
-                    self.wake(WAKE_EVERY);
-                }
-                Ok(())
-            }
-            Err(TrySendError::Full(q)) => Err(SubmitError::Full(q.task)),
-            Err(TrySendError::Disconnected(q)) => Err(SubmitError::Closed(q.task)),
         }
-    }
-
-    /// Queues `task`, blocking while the queue is full.
-    pub fn submit(&self, task: T) -> Result<(), SubmitError<T>> {
-        // Clone the sender so a blocked submit does not hold the lock that
-        // shutdown needs.
-        let tx = {
-            let sender = self.shared.sender.read().unwrap_or_else(|e| e.into_inner());
-            match sender.as_ref() {
-                Some(tx) => tx.clone(),
-                None => return Err(SubmitError::Closed(task)),
+        if sh.queued.fetch_add(1, Ordering::AcqRel) >= sh.capacity {
+            sh.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Full(task));
+        }
+        let task = match self.stage(task) {
+            Ok(full) => {
+                if full {
+                    // A long batch does not keep every worker waiting.
+                    self.send_staged();
+                }
+                return Ok(());
             }
+            Err(task) => task,
         };
-        tx.send(Queued {
-            task,
+        let mut tasks = self.spare_list();
+        tasks.push_back(task);
+        self.send(Queued {
+            tasks,
             at: Instant::now(),
-        })
-        .map_err(|e| SubmitError::Closed(e.into_inner().task))?;
-        self.wake_one();
+        });
         Ok(())
     }
 
-    /// Runs `f`, holding back the wake-ups of the tasks this thread submits
-    /// to this pool meanwhile; when `f` returns (or panics), as many sleeping
-    /// workers as there were tasks are woken at once. A batch that grows
-    /// long wakes workers every 64 tasks, so other cores need not wait for
-    /// its end.
+    /// Queues `task` in the batch open on this thread, if it is for this
+    /// pool; true if the batch should go out now. Hands the task back if
+    /// there is no such batch.
+    fn stage(&self, task: T) -> Result<bool, T> {
+        STAGE.with(|stage| {
+            let mut stage = stage.borrow_mut();
+            if stage.pool != self.id() {
+                return Err(task);
+            }
+            let boxed = stage
+                .tasks
+                .get_or_insert_with(|| Box::new(VecDeque::<T>::new()));
+            if !boxed.is::<VecDeque<T>>() {
+                // The last batch on this thread was another kind of pool's.
+                *boxed = Box::new(VecDeque::<T>::new());
+            }
+            let tasks = boxed.downcast_mut::<VecDeque<T>>().expect("just checked");
+            if tasks.capacity() == 0 {
+                *tasks = self.spare_list();
+            }
+            tasks.push_back(task);
+            Ok(tasks.len() >= WAKE_EVERY)
+        })
+    }
+
+    /// Sends what the batch open on this thread has queued.
+    fn send_staged(&self) {
+        let taken = STAGE.with(|stage| {
+            let mut stage = stage.borrow_mut();
+            let at = stage.started.unwrap_or_else(Instant::now);
+            let tasks = stage.tasks.as_mut()?.downcast_mut::<VecDeque<T>>()?;
+            (!tasks.is_empty()).then(|| (std::mem::take(tasks), at))
+        });
+        if let Some((tasks, at)) = taken {
+            self.send(Queued { tasks, at });
+        }
+    }
+
+    /// Puts accepted tasks on the channel and wakes a worker for them.
+    fn send(&self, q: Queued<T>) {
+        let sent = {
+            let sender = self.shared.sender.read().unwrap_or_else(|e| e.into_inner());
+            match sender.as_ref() {
+                Some(tx) => tx.try_send(q).map_err(|e| e.into_inner()),
+                None => Err(q),
+            }
+        };
+        match sent {
+            Ok(()) => {
+                self.wake_one();
+            }
+            Err(q) => {
+                // Shut down after the tasks were accepted (the channel has
+                // room for every accepted task): they will not run.
+                self.shared
+                    .queued
+                    .fetch_sub(q.tasks.len(), Ordering::AcqRel);
+                for task in q.tasks {
+                    task.abandon();
+                }
+            }
+        }
+    }
+
+    /// An empty task list, reused if one is spare.
+    fn spare_list(&self) -> VecDeque<T> {
+        self.shared.spare.1.try_recv().unwrap_or_default()
+    }
+
+    /// Like [`WorkerPool::try_submit`], but waits for room in the queue
+    /// when it is full. Fails only once the pool is shut down.
+    pub fn submit(&self, mut task: T) -> Result<(), SubmitError<T>> {
+        let sh = &self.shared;
+        loop {
+            task = match self.try_submit(task) {
+                Err(SubmitError::Full(task)) => task,
+                other => return other,
+            };
+            sh.room_waiters.fetch_add(1, Ordering::SeqCst);
+            let mut room = sh.room_lock.lock().unwrap_or_else(|e| e.into_inner());
+            while sh.queued.load(Ordering::SeqCst) >= sh.capacity
+                && !sh.closed.load(Ordering::SeqCst)
+            {
+                room = sh.room.wait(room).unwrap_or_else(|e| e.into_inner());
+            }
+            drop(room);
+            sh.room_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Runs `f`, holding back the tasks this thread submits to this pool
+    /// meanwhile; when `f` returns (or panics), they go to the queue
+    /// together and one sleeping worker is woken for them. A batch that
+    /// grows long sends what it holds every 64 tasks, so other cores need
+    /// not wait for its end.
     ///
     /// A thread that decodes many requests from one read submits them
     /// inside one batch: waking a worker for the first task would let the
     /// scheduler switch to it at once, on a busy core, and it would run one
-    /// task and sleep again. Tasks queued in a batch share one reading of
-    /// the clock for their queueing time. Batches do not nest: an inner one
-    /// just runs `f`.
+    /// task and sleep again. The batch costs the queue one message instead
+    /// of one per task, and its tasks share one reading of the clock for
+    /// their queueing time.
+    ///
+    /// The worker that takes a batch runs its tasks in order, but does not
+    /// keep them from others: while another worker sleeps it hands half of
+    /// what is left back to the queue, and before a task that is not
+    /// [quick](Task::is_quick) it hands back all of it. Tasks are accepted
+    /// or refused ([`SubmitError::Full`]) as they are submitted, as outside
+    /// a batch. Batches do not nest: an inner one just runs `f`.
     ///
     /// # Examples
     ///
@@ -407,34 +514,31 @@ impl<T: Task> WorkerPool<T> {
     /// pool.shutdown(Duration::from_secs(5));
     /// ```
     pub fn batch<R>(&self, f: impl FnOnce() -> R) -> R {
-        if BATCH.with(|b| b.get().pool != 0) {
+        let open = STAGE.with(|stage| {
+            let mut stage = stage.borrow_mut();
+            if stage.pool != 0 {
+                return false;
+            }
+            stage.pool = self.id();
+            stage.started = Some(Instant::now());
+            true
+        });
+        if !open {
             return f();
         }
         struct Release<'a, T: Task>(&'a WorkerPool<T>);
         impl<T: Task> Drop for Release<'_, T> {
             fn drop(&mut self) {
-                let batch = BATCH.with(|b| b.replace(Batch::NONE));
-                self.0.wake(batch.tasks);
+                self.0.send_staged();
+                STAGE.with(|stage| {
+                    let mut stage = stage.borrow_mut();
+                    stage.pool = 0;
+                    stage.started = None;
+                });
             }
         }
-        BATCH.with(|b| {
-            b.set(Batch {
-                pool: self.id(),
-                tasks: 0,
-                started: Some(Instant::now()),
-            })
-        });
         let _release = Release(self);
         f()
-    }
-
-    /// Wakes up to `n` sleeping workers, as many as are not being woken.
-    fn wake(&self, n: usize) {
-        for _ in 0..n {
-            if !self.wake_one() {
-                break;
-            }
-        }
     }
 
     /// Tells this pool's batches from another's.
@@ -445,29 +549,13 @@ impl<T: Task> WorkerPool<T> {
     /// Wakes a sleeping worker, if one is not already being woken, for a
     /// task just queued. False if every sleeper was already being woken.
     fn wake_one(&self) -> bool {
-        // Pairs with the worker's announce-then-check in `next_task`: either
-        // the worker sees the task, or this sees the worker.
-        let sh = &self.shared;
-        if sh.unwoken.load(Ordering::SeqCst) > 0 {
-            let mut idle = sh.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
-            if idle.sleepers > idle.wakeups {
-                idle.wakeups += 1;
-                sh.unwoken.fetch_sub(1, Ordering::SeqCst);
-                // Notify after unlocking: a sleeper woken while the lock is
-                // held would wake only to block on it again, which on a
-                // busy core costs two more context switches.
-                drop(idle);
-                sh.idle.notify_one();
-                return true;
-            }
-        }
-        false
+        wake_one(&self.shared)
     }
 
     /// Tasks waiting in the queue: [`PoolStats::queued`] alone, cheaper
     /// to read.
     pub fn queued(&self) -> usize {
-        self.shared.receiver.len()
+        self.shared.queued.load(Ordering::Relaxed) + TAKEN.with(Cell::get)
     }
 
     /// The pool's counts.
@@ -476,7 +564,7 @@ impl<T: Task> WorkerPool<T> {
         PoolStats {
             workers: s.workers,
             busy: s.busy.load(Ordering::Relaxed),
-            queued: s.receiver.len(),
+            queued: s.queued.load(Ordering::Relaxed),
             completed: s.completed.load(Ordering::Relaxed),
             expired: s.expired.load(Ordering::Relaxed),
             panicked: s.panicked.load(Ordering::Relaxed),
@@ -490,6 +578,7 @@ impl<T: Task> WorkerPool<T> {
     /// more and reports nothing.
     pub fn shutdown(&self, timeout: Duration) -> PoolReport {
         let deadline = Instant::now() + timeout;
+        self.shared.closed.store(true, Ordering::SeqCst);
         let Some(tx) = self
             .shared
             .sender
@@ -499,6 +588,10 @@ impl<T: Task> WorkerPool<T> {
         else {
             return PoolReport::default();
         };
+        if self.shared.room_waiters.load(Ordering::SeqCst) > 0 {
+            drop(self.shared.room_lock.lock());
+            self.shared.room.notify_all();
+        }
         // Dropping the only sender lets the workers run the queue dry and
         // then see the channel disconnected.
         drop(tx);
@@ -515,8 +608,12 @@ impl<T: Task> WorkerPool<T> {
         if !self.shared.alive.wait_deadline(deadline) {
             // Out of time: whatever is still queued will not run.
             while let Ok(q) = self.shared.receiver.try_recv() {
-                report.abandoned += 1;
-                q.task.abandon();
+                let n = q.tasks.len();
+                self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+                report.abandoned += n;
+                for task in q.tasks {
+                    task.abandon();
+                }
             }
             T::idle();
         }
@@ -543,9 +640,9 @@ impl<T: Task> fmt::Debug for WorkerPool<T> {
     }
 }
 
-/// The next task, sleeping while there is none; `None` once the pool is
+/// The next tasks, sleeping while there are none; `None` once the pool is
 /// shut down and the queue is empty.
-fn next_task<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
+fn next_batch<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
     loop {
         match shared.receiver.try_recv() {
             Ok(q) => return Some(q),
@@ -575,28 +672,97 @@ fn next_task<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
 }
 
 fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
-    while let Some(q) = next_task(shared) {
-        if let Some(deadline) = q.task.deadline() {
-            let now = Instant::now();
-            if now >= deadline {
-                shared.expired.fetch_add(1, Ordering::Relaxed);
-                q.task.expire(now - q.at);
-                continue;
-            }
+    while let Some(mut q) = next_batch(shared) {
+        shared.queued.fetch_sub(q.tasks.len(), Ordering::AcqRel);
+        if shared.room_waiters.load(Ordering::SeqCst) > 0 {
+            drop(shared.room_lock.lock());
+            shared.room.notify_all();
         }
         shared.busy.fetch_add(1, Ordering::Relaxed);
-        let result = panic::catch_unwind(AssertUnwindSafe(|| q.task.run()));
+        let mut completed = 0;
+        while let Some(task) = q.tasks.pop_front() {
+            share(shared, &task, &mut q);
+            TAKEN.with(|t| t.set(q.tasks.len()));
+            if let Some(deadline) = task.deadline() {
+                let now = Instant::now();
+                if now >= deadline {
+                    shared.expired.fetch_add(1, Ordering::Relaxed);
+                    task.expire(now - q.at);
+                    continue;
+                }
+            }
+            let result = panic::catch_unwind(AssertUnwindSafe(|| task.run()));
+            completed += 1;
+            if let Err(payload) = result {
+                shared.panicked.fetch_add(1, Ordering::Relaxed);
+                log::error!(
+                    "task panicked on {}: {}",
+                    thread::current().name().unwrap_or("worker"),
+                    panic_message(&*payload)
+                );
+            }
+        }
+        TAKEN.with(|t| t.set(0));
         shared.busy.fetch_sub(1, Ordering::Relaxed);
-        shared.completed.fetch_add(1, Ordering::Relaxed);
-        if let Err(payload) = result {
-            shared.panicked.fetch_add(1, Ordering::Relaxed);
-            log::error!(
-                "task panicked on {}: {}",
-                thread::current().name().unwrap_or("worker"),
-                panic_message(&*payload)
-            );
+        shared.completed.fetch_add(completed, Ordering::Relaxed);
+        let _ = shared.spare.0.try_send(q.tasks);
+    }
+}
+
+/// Before `next` runs, hands tasks taken with it back to the queue when
+/// others could run them sooner: all of them if `next` is not quick, half
+/// of them if a worker sleeps (so a batch spreads over the idle workers).
+fn share<T: Task>(shared: &Shared<T>, next: &T, rest: &mut Queued<T>) {
+    let left = rest.tasks.len();
+    if left == 0 {
+        return;
+    }
+    let n = if !next.is_quick() {
+        left
+    } else if shared.unwoken.load(Ordering::SeqCst) > 0 {
+        left.div_ceil(2)
+    } else {
+        return;
+    };
+    let sender = shared.sender.read().unwrap_or_else(|e| e.into_inner());
+    let Some(tx) = sender.as_ref() else {
+        // Shutting down: this worker runs them itself.
+        return;
+    };
+    let mut tasks = shared.spare.1.try_recv().unwrap_or_default();
+    tasks.extend(rest.tasks.drain(left - n..));
+    shared.queued.fetch_add(n, Ordering::AcqRel);
+    match tx.try_send(Queued { tasks, at: rest.at }) {
+        Ok(()) => {
+            drop(sender);
+            wake_one(shared);
+        }
+        Err(e) => {
+            shared.queued.fetch_sub(n, Ordering::AcqRel);
+            rest.tasks.extend(e.into_inner().tasks);
         }
     }
+}
+
+/// Wakes a sleeping worker, if one is not already being woken, for tasks
+/// just queued. False if every sleeper was already being woken.
+fn wake_one<T>(sh: &Shared<T>) -> bool {
+    // Pairs with the worker's announce-then-check in `next_batch`: either
+    // the worker sees the task, or this sees the worker.
+    if sh.unwoken.load(Ordering::SeqCst) > 0 {
+        let mut idle = sh.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.sleepers > idle.wakeups {
+            idle.wakeups += 1;
+            sh.unwoken.fetch_sub(1, Ordering::SeqCst);
+            // Notify after unlocking: a sleeper woken while the lock is
+            // held would wake only to block on it again, which on a
+            // busy core costs two more context switches.
+            drop(idle);
+            sh.idle.notify_one();
+            return true;
+        }
+    }
+    false
 }
 
 /// The text of a panic payload, for logs and INTERNAL statuses.
@@ -763,6 +929,144 @@ mod tests {
             }
         });
         p.shutdown(Duration::from_secs(10));
+    }
+
+    /// A task that waits on `gate` (if any) and then reports `id`.
+    struct Step {
+        quick: bool,
+        gate: Option<Receiver<()>>,
+        done: crossbeam_channel::Sender<u32>,
+        id: u32,
+    }
+
+    impl Task for Step {
+        fn run(self) {
+            if let Some(gate) = self.gate {
+                gate.recv_timeout(Duration::from_secs(10))
+                    .expect("the task it waits for never ran");
+            }
+            self.done.send(self.id).unwrap();
+        }
+        fn is_quick(&self) -> bool {
+            self.quick
+        }
+    }
+
+    /// Waits until `n` workers sleep with no wake-up on its way.
+    fn wait_unwoken<T: Task>(p: &WorkerPool<T>, n: usize) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while p.shared.unwoken.load(Ordering::SeqCst) < n {
+            assert!(Instant::now() < until, "the workers never went to sleep");
+            thread::yield_now();
+        }
+        drop(p.shared.idle_lock.lock().unwrap());
+    }
+
+    #[test]
+    fn a_batch_spreads_over_sleeping_workers() {
+        // Both tasks are quick, but the first waits for the second: only
+        // another worker taking half of the batch lets it finish.
+        let p: WorkerPool<Step> = pool(2, 8);
+        wait_unwoken(&p, 2);
+        let (done_tx, done_rx) = unbounded();
+        let (gate_tx, gate_rx) = unbounded();
+        p.batch(|| {
+            p.try_submit(Step {
+                quick: true,
+                gate: Some(gate_rx),
+                done: done_tx.clone(),
+                id: 1,
+            })
+            .unwrap();
+            p.try_submit(Step {
+                quick: true,
+                gate: None,
+                done: done_tx.clone(),
+                id: 2,
+            })
+            .unwrap();
+        });
+        // Well within the 10 s the first task waits for its gate.
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(2));
+        gate_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+        p.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn no_task_waits_behind_one_that_is_not_quick() {
+        let p: WorkerPool<Step> = pool(2, 8);
+        let (done_tx, done_rx) = unbounded();
+        // Keep one worker busy, so no worker sleeps when the batch arrives.
+        let (hold_tx, hold_rx) = unbounded();
+        p.try_submit(Step {
+            quick: true,
+            gate: Some(hold_rx),
+            done: done_tx.clone(),
+            id: 0,
+        })
+        .unwrap();
+        wait_unwoken(&p, 1);
+        let (gate_tx, gate_rx) = unbounded();
+        p.batch(|| {
+            p.try_submit(Step {
+                quick: false,
+                gate: Some(gate_rx),
+                done: done_tx.clone(),
+                id: 1,
+            })
+            .unwrap();
+            p.try_submit(Step {
+                quick: true,
+                gate: None,
+                done: done_tx.clone(),
+                id: 2,
+            })
+            .unwrap();
+        });
+        // The worker that took the batch runs task 1, which waits for 2:
+        // 2 went back to the queue, and runs once the other worker is free.
+        hold_tx.send(()).unwrap();
+        let mut first: Vec<u32> = (0..2)
+            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
+            .collect();
+        first.sort_unstable();
+        assert_eq!(first, [0, 2]);
+        gate_tx.send(()).unwrap();
+        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(1));
+        p.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn submit_waits_for_room_and_fails_after_shutdown() {
+        let p: WorkerPool<Job> = pool(1, 1);
+        let (block_tx, block_rx) = unbounded::<()>();
+        let (started_tx, started_rx) = unbounded::<()>();
+        p.submit(Box::new(move || {
+            started_tx.send(()).unwrap();
+            block_rx.recv().unwrap();
+        }))
+        .unwrap();
+        started_rx.recv().unwrap();
+        let (ran_tx, ran_rx) = unbounded::<u32>();
+        let tx = ran_tx.clone();
+        p.submit(Box::new(move || tx.send(1).unwrap())).unwrap(); // fills the queue
+        thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let tx = ran_tx.clone();
+                p.submit(Box::new(move || tx.send(2).unwrap())).is_ok()
+            });
+            block_tx.send(()).unwrap();
+            assert!(waiter.join().unwrap());
+        });
+        let mut ran: Vec<u32> = ran_rx.iter().take(2).collect();
+        ran.sort_unstable();
+        assert_eq!(ran, [1, 2]);
+        p.shutdown(Duration::from_secs(10));
+        assert!(matches!(
+            p.submit(Box::new(|| {})),
+            Err(SubmitError::Closed(_))
+        ));
     }
 
     struct Counted {
