@@ -6,15 +6,15 @@
 //! caller's budget runs out, the whole chain stops. Top-level code starts
 //! from [`Context::background`].
 
+use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-
 use crate::metadata::{Metadata, MetadataValue};
+use crate::spare::SpareList;
 use crate::status::Status;
 use crate::trace::TraceId;
 
@@ -163,19 +163,21 @@ impl fmt::Debug for CancelGuard {
     }
 }
 
-/// Both ends of the list of spare request contexts.
-type SpareContexts = (Sender<Arc<Inner>>, Receiver<Arc<Inner>>);
-
-/// How many request contexts wait for reuse at most.
+/// How many request contexts wait for reuse between threads at most.
 const SPARE_CONTEXTS: usize = 4096;
 
 /// Allocations of request contexts ready for the next request. A context
 /// is made on the thread that reads its request and freed on the worker
 /// that answers it; the system allocator serves that pattern slowly, and
 /// reuse spares the allocation altogether.
-fn spare_contexts() -> &'static SpareContexts {
-    static SPARE: OnceLock<SpareContexts> = OnceLock::new();
-    SPARE.get_or_init(|| crossbeam_channel::bounded(SPARE_CONTEXTS))
+fn spare_contexts() -> &'static SpareList<Arc<Inner>> {
+    static SPARE: OnceLock<SpareList<Arc<Inner>>> = OnceLock::new();
+    SPARE.get_or_init(|| SpareList::new(SPARE_CONTEXTS))
+}
+
+thread_local! {
+    /// This thread's spare contexts.
+    static SPARE_HERE: RefCell<Vec<Arc<Inner>>> = const { RefCell::new(Vec::new()) };
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -248,7 +250,11 @@ impl Context {
         };
         let mut inner = Context::blank(deadline, trace_id, None, Some(request));
         inner.make_trace_id = true;
-        if let Ok(mut spare) = spare_contexts().1.try_recv() {
+        let spare = SPARE_HERE
+            .try_with(|here| spare_contexts().take(here))
+            .ok()
+            .flatten();
+        if let Some(mut spare) = spare {
             if let Some(slot) = Arc::get_mut(&mut spare) {
                 *slot = inner;
                 return Context { inner: spare };
@@ -263,7 +269,9 @@ impl Context {
     pub(crate) fn recycle(mut self) {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             *inner = Context::blank(None, None, None, None);
-            let _ = spare_contexts().0.try_send(self.inner);
+            let inner = self.inner;
+            // During thread exit this thread's list may be gone: just drop.
+            let _ = SPARE_HERE.try_with(|here| spare_contexts().give(here, inner));
         }
     }
 
@@ -586,7 +594,7 @@ mod tests {
             let old = Arc::as_ptr(&ctx.inner);
             ctx.recycle();
             let ctx = fresh();
-            // Other tests may take the spare meanwhile, but not every time.
+            // This thread's own spare comes back first.
             reused += usize::from(Arc::as_ptr(&ctx.inner) == old);
             assert_eq!(ctx.method(), "/a.B/E");
             assert!(!ctx.is_cancelled());
@@ -597,7 +605,7 @@ mod tests {
             assert!(ctx.take_response_metadata().is_empty());
             assert_ne!(ctx.trace_id().unwrap().as_str(), "old");
         }
-        assert!(reused > 0, "no context was reused");
+        assert_eq!(reused, 100, "contexts were not reused");
 
         // A context something still holds is not reused.
         let held = fresh();

@@ -133,6 +133,7 @@ mod metadata;
 pub mod pool;
 pub mod server;
 pub mod shutdown;
+mod spare;
 mod status;
 mod task_group;
 mod trace;
