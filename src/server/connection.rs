@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
+use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
@@ -160,6 +161,8 @@ pub(crate) struct ConnShared {
     /// The socket, non-blocking. The driver reads it; whoever flushes
     /// writes it.
     pub stream: TcpStream,
+    /// The listener's services and the server's shared state.
+    pub dispatcher: Arc<Dispatcher>,
     waker: Arc<dyn Wake>,
     state: Mutex<ConnState>,
 }
@@ -170,6 +173,7 @@ impl ConnShared {
         slot: usize,
         peer: Option<SocketAddr>,
         stream: TcpStream,
+        dispatcher: Arc<Dispatcher>,
         waker: Arc<dyn Wake>,
     ) -> ConnShared {
         ConnShared {
@@ -177,6 +181,7 @@ impl ConnShared {
             slot,
             peer,
             stream,
+            dispatcher,
             waker,
             state: Mutex::new(ConnState {
                 out: Encoder::new(),
@@ -207,6 +212,11 @@ impl ConnShared {
 
     pub fn wake(self: &Arc<Self>) {
         self.waker.wake(self);
+    }
+
+    /// The server's shared state.
+    pub fn server(&self) -> &ServerShared {
+        &self.dispatcher.server
     }
 
     /// See [`Wake::workers_write`].

@@ -16,6 +16,7 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
+use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -27,7 +28,7 @@ use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
-use super::service::{MethodEntry, Registry};
+use super::service::{MethodEntry, MethodId, Registry};
 use crate::codec::{compress, Compression, Flags, RequestId};
 use crate::context::{CancelReason, Context};
 use crate::filter::{Next, Reply, Request};
@@ -107,25 +108,37 @@ impl ServerShared {
     }
 }
 
-/// Request bytes counted against the shared budget while this lives.
+/// A request's hold on its connection, and on its bytes of the shared
+/// request-byte budget, which it gives back when dropped. The budget is
+/// reached through the connection, so a request costs no count on the
+/// server's shared state.
 pub(crate) struct Held {
-    server: Arc<ServerShared>,
+    conn: Arc<ConnShared>,
     bytes: usize,
 }
 
 impl Held {
-    pub fn new(server: &Arc<ServerShared>, bytes: usize) -> Held {
-        server.buffered.fetch_add(bytes, Ordering::Relaxed);
+    pub fn new(conn: &Arc<ConnShared>, bytes: usize) -> Held {
+        conn.server().buffered.fetch_add(bytes, Ordering::Relaxed);
         Held {
-            server: server.clone(),
+            conn: conn.clone(),
             bytes,
         }
     }
 }
 
+impl Deref for Held {
+    type Target = Arc<ConnShared>;
+
+    fn deref(&self) -> &Arc<ConnShared> {
+        &self.conn
+    }
+}
+
 impl Drop for Held {
     fn drop(&mut self) {
-        self.server
+        self.conn
+            .server()
             .buffered
             .fetch_sub(self.bytes, Ordering::Relaxed);
     }
@@ -260,8 +273,8 @@ impl Dispatcher {
             );
             return None;
         }
-        let method = match self.registry.lookup(head.method) {
-            Ok(m) => m.clone(),
+        let (method_id, method) = match self.registry.lookup(head.method) {
+            Ok(m) => m,
             Err(status) => {
                 refuse(status, Some(&trace_id()));
                 return None;
@@ -288,7 +301,6 @@ impl Dispatcher {
             conn.peer,
             head.md,
         );
-        let held = Held::new(&self.server, head.overhead + body.len());
 
         let seq = {
             let mut st = conn.lock();
@@ -338,14 +350,13 @@ impl Dispatcher {
             }
         };
         let task = RequestTask {
-            conn: conn.clone(),
-            method,
+            conn: Held::new(conn, head.overhead + body.len()),
+            method: method_id,
             ctx,
             id,
             seq,
             flags,
             body,
-            held,
             oneway_count: oneway.then(|| self.server.requests.guard()),
         };
         let Some(pool) = &self.server.pool else {
@@ -564,20 +575,24 @@ fn flush_unflushed() {
 
 /// One request on its way through the worker pool.
 pub(crate) struct RequestTask {
-    conn: Arc<ConnShared>,
-    method: Arc<MethodEntry>,
+    /// The connection, and the request's bytes in the shared budget.
+    conn: Held,
+    method: MethodId,
     ctx: Context,
     id: RequestId,
     /// 0 for a ONEWAY, which is not in the in-flight table.
     seq: u64,
     flags: Flags,
     body: Bytes,
-    held: Held,
     /// A ONEWAY's count on the drain latch (a REQUEST's is in its entry).
     oneway_count: Option<LatchGuard>,
 }
 
 impl RequestTask {
+    fn method(&self) -> &MethodEntry {
+        self.conn.dispatcher.registry.method(self.method)
+    }
+
     fn is_oneway(&self) -> bool {
         self.oneway_count.is_some()
     }
@@ -650,7 +665,7 @@ impl RequestTask {
             }
             _ => None,
         };
-        let server = &self.held.server;
+        let server = self.conn.server();
         if late.is_some() && ran {
             server.dropped_responses.fetch_add(1, Ordering::Relaxed);
         } else if late.is_none() && ran && server.going_away.load(Ordering::Relaxed) {
@@ -708,8 +723,8 @@ impl RequestTask {
 
     fn drop_result(&self, reply: Reply, ran: bool) {
         if ran {
-            self.held
-                .server
+            self.conn
+                .server()
                 .dropped_responses
                 .fetch_add(1, Ordering::Relaxed);
         }
@@ -723,14 +738,15 @@ impl RequestTask {
 
     fn call(&mut self) -> Reply {
         let req = Request::new(self.flags, std::mem::take(&mut self.body), self.is_oneway());
-        let next = Next::new(&self.method.filters, &*self.method.endpoint);
+        let method = self.method();
+        let next = Next::new(&method.filters, &*method.endpoint);
         match panic::catch_unwind(AssertUnwindSafe(|| next.run(&self.ctx, req))) {
             Ok(reply) => reply,
             Err(payload) => {
                 let msg = panic_message(&*payload);
                 log::error!(
                     "handler for {} panicked (trace id {}): {msg}",
-                    self.method.full_name,
+                    method.full_name,
                     self.ctx.trace_id().unwrap_or_else(TraceId::generate)
                 );
                 Err(Status::internal(format!("the handler panicked: {msg}")))
@@ -771,19 +787,24 @@ impl Task for RequestTask {
         }
         // Answers held back for the next write must not wait for a
         // handler that may take long.
-        if !self.method.pace.is_quick() {
+        let method = self.method();
+        if !method.pace.is_quick() {
             flush_unflushed();
         }
-        let started = self.method.pace.sample().then(Instant::now);
+        let started = method.pace.sample().then(Instant::now);
         let reply = self.call();
         if let Some(at) = started {
-            self.method.pace.record(at.elapsed());
+            self.method().pace.record(at.elapsed());
         }
         self.finish(reply, true);
     }
 
     fn deadline(&self) -> Option<Instant> {
         self.ctx.deadline()
+    }
+
+    fn is_quick(&self) -> bool {
+        self.method().pace.is_quick()
     }
 
     fn expire(self, queued_for: Duration) {

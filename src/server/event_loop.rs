@@ -99,7 +99,6 @@ pub(crate) struct ListenerEntry {
 
 struct Conn {
     shared: Arc<ConnShared>,
-    dispatcher: Arc<Dispatcher>,
     decoder: ConnDecoder,
     /// A partial frame carried over between reads (usually empty).
     partial: BytesMut,
@@ -328,6 +327,7 @@ impl EventLoop {
             slot,
             Some(peer),
             stream,
+            dispatcher.clone(),
             wake,
         ));
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
@@ -335,7 +335,6 @@ impl EventLoop {
         let decoder = dispatcher.decoder(&shared);
         entry.insert(Conn {
             shared,
-            dispatcher,
             decoder,
             partial: BytesMut::new(),
             counted: 0,
@@ -474,7 +473,8 @@ impl EventLoop {
             if buf.is_empty() && !conn.decoder.is_mid_message(buf) {
                 break;
             }
-            let (dispatcher, shared, timers) = (&conn.dispatcher, &conn.shared, &mut self.timers);
+            let (shared, timers) = (&conn.shared, &mut self.timers);
+            let dispatcher = &shared.dispatcher;
             let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
             match conn.decoder.decode(buf, shared, &mut dispatch) {
                 Ok(true) => {}

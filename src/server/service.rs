@@ -187,9 +187,16 @@ pub(crate) struct MethodEntry {
     pub pace: Pace,
 }
 
+/// A method's place in its [`Registry`]: what a request carries to the
+/// worker instead of a counted reference.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MethodId(usize);
+
 /// The methods one listener serves, by full name.
 pub(crate) struct Registry {
-    methods: HashMap<Box<str>, Arc<MethodEntry>, FastHash>,
+    /// Each name's place in `entries`.
+    methods: HashMap<Box<str>, MethodId, FastHash>,
+    entries: Vec<MethodEntry>,
     services: Vec<String>,
 }
 
@@ -209,6 +216,7 @@ impl Registry {
         limits: BodyLimits,
     ) -> Registry {
         let mut methods = HashMap::default();
+        let mut entries = Vec::new();
         let mut names = Vec::with_capacity(services.len());
         for svc in services {
             let filters: Box<[Arc<dyn Filter>]> = server_filters
@@ -225,21 +233,28 @@ impl Registry {
                     endpoint: (def.make)(limits),
                     pace: Pace::new(),
                 };
-                methods.insert(Box::from(&*full_name), Arc::new(entry));
+                methods.insert(Box::from(&*full_name), MethodId(entries.len()));
+                entries.push(entry);
             }
             names.push(svc.name);
         }
         Registry {
             methods,
+            entries,
             services: names,
         }
     }
 
+    /// The method `id` names.
+    pub(crate) fn method(&self, id: MethodId) -> &MethodEntry {
+        &self.entries[id.0]
+    }
+
     /// The method named `name`, or the UNIMPLEMENTED status that answers a
     /// request for it.
-    pub(crate) fn lookup(&self, name: &str) -> Result<&Arc<MethodEntry>, Status> {
-        if let Some(m) = self.methods.get(name) {
-            return Ok(m);
+    pub(crate) fn lookup(&self, name: &str) -> Result<(MethodId, &MethodEntry), Status> {
+        if let Some(&id) = self.methods.get(name) {
+            return Ok((id, self.method(id)));
         }
         let mut parts = name.strip_prefix('/').map(|rest| rest.split('/'));
         let well_formed = match &mut parts {
@@ -290,7 +305,8 @@ mod tests {
     #[test]
     fn routes_by_full_name_with_the_earliest_timeout() {
         let r = registry();
-        let m = r.lookup("/echo.Echo/Say").unwrap();
+        let (id, m) = r.lookup("/echo.Echo/Say").unwrap();
+        assert!(std::ptr::eq(r.method(id), m));
         assert_eq!(&*m.full_name, "/echo.Echo/Say");
         assert_eq!(m.timeout, Some(Duration::from_secs(1)));
     }

@@ -373,7 +373,14 @@ impl Threaded {
         let wake: Arc<dyn Wake> = notify.clone();
         let reader_name = format!("{}-conn-{id}", self.prefix);
         let link = Arc::new(Link {
-            conn: Arc::new(ConnShared::new(id, 0, Some(peer), stream, wake)),
+            conn: Arc::new(ConnShared::new(
+                id,
+                0,
+                Some(peer),
+                stream,
+                dispatcher.clone(),
+                wake,
+            )),
             notify,
             timers: Mutex::new(DeadlineQueue::new()),
             timers_changed: AtomicBool::new(false),
