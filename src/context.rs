@@ -9,7 +9,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,9 @@ struct Inner {
     request: Option<RequestInfo>,
     /// Fast path for `is_cancelled`.
     cancelled: AtomicBool,
+    /// For a server's request: whether its handler started ([`STARTED`]),
+    /// may still start ([`UNSTARTED`]) or must not ([`FORBIDDEN`]).
+    start: AtomicU8,
     state: Mutex<CancelState>,
     cond: Condvar,
     response_md: Mutex<Metadata>,
@@ -163,6 +166,14 @@ impl fmt::Debug for CancelGuard {
     }
 }
 
+/// [`Inner::start`]: the handler has not started.
+const UNSTARTED: u8 = 0;
+/// [`Inner::start`]: the handler started.
+const STARTED: u8 = 1;
+/// [`Inner::start`]: the request was answered or dropped first; the
+/// handler must not start.
+const FORBIDDEN: u8 = 2;
+
 /// How many request contexts wait for reuse between threads at most.
 const SPARE_CONTEXTS: usize = 4096;
 
@@ -210,6 +221,7 @@ impl Context {
             parent,
             request,
             cancelled: AtomicBool::new(false),
+            start: AtomicU8::new(UNSTARTED),
             state: Mutex::new(CancelState::default()),
             cond: Condvar::new(),
             response_md: Mutex::new(Metadata::new()),
@@ -272,6 +284,31 @@ impl Context {
             let inner = self.inner;
             // During thread exit this thread's list may be gone: just drop.
             let _ = SPARE_HERE.try_with(|here| spare_contexts().give(here, inner));
+        }
+    }
+
+    /// Records that the request's handler starts (crate-internal): false
+    /// if the request was answered or dropped first ([`Context::forbid_start`]).
+    /// One atomic operation decides the race, so a worker never runs a
+    /// request that something else has answered as not run.
+    pub(crate) fn claim_start(&self) -> bool {
+        self.inner
+            .start
+            .compare_exchange(UNSTARTED, STARTED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Keeps the request's handler from starting (crate-internal); true if
+    /// it already had.
+    pub(crate) fn forbid_start(&self) -> bool {
+        match self.inner.start.compare_exchange(
+            UNSTARTED,
+            FORBIDDEN,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => false,
+            Err(state) => state == STARTED,
         }
     }
 
@@ -613,6 +650,23 @@ mod tests {
         held.recycle();
         assert_ne!(Arc::as_ptr(&fresh().inner), Arc::as_ptr(&clone.inner));
         assert_eq!(clone.method(), "/a.B/E");
+    }
+
+    #[test]
+    fn a_request_starts_or_is_forbidden_to_exactly_once() {
+        let req =
+            || Context::for_request(Arc::from("/a.B/C"), None, None, None, None, Metadata::new());
+        let ctx = req();
+        assert!(ctx.claim_start());
+        assert!(!ctx.claim_start(), "started twice");
+        assert!(ctx.forbid_start(), "the start went unseen");
+        let ctx = req();
+        assert!(!ctx.forbid_start());
+        assert!(!ctx.claim_start(), "started after it was answered");
+        assert!(!ctx.forbid_start());
+        // A reused context starts afresh.
+        ctx.recycle();
+        assert!(req().claim_start());
     }
 
     #[test]

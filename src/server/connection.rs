@@ -49,9 +49,9 @@ pub(crate) trait Wake: Send + Sync {
 pub(crate) struct InFlight {
     /// Tells this request apart from a later one that reuses its id.
     pub seq: u64,
+    /// Also says whether a worker started the request
+    /// ([`Context::claim_start`]).
     pub ctx: Context,
-    /// Set when a worker picked the request up.
-    pub started: bool,
     pub read_at: Instant,
     /// The effective timeout, for the DEADLINE_EXCEEDED message.
     pub timeout: Option<Duration>,
@@ -298,7 +298,14 @@ impl ConnShared {
             st.closed = true;
             st.out.clear();
             st.unsent = BytesMut::new();
-            st.in_flight.drain().map(|(_, e)| e).collect()
+            // Under the lock, so no worker starts one of them from now on.
+            st.in_flight
+                .drain()
+                .map(|(_, e)| {
+                    e.ctx.forbid_start();
+                    e
+                })
+                .collect()
         };
         // The descriptor stays open while workers hold the connection;
         // shutting it down tells the peer now.

@@ -338,7 +338,6 @@ impl Dispatcher {
                         slot.insert(InFlight {
                             seq,
                             ctx: ctx.clone(),
-                            started: false,
                             read_at,
                             timeout,
                             flags,
@@ -416,7 +415,14 @@ fn refuse(
 /// CANCEL: the request leaves the in-flight table (so it is never
 /// answered) and its context is cancelled; a queued task then does not run.
 fn cancel(conn: &ConnShared, id: RequestId) {
-    let entry = conn.lock().in_flight.remove(&id);
+    let entry = {
+        let mut st = conn.lock();
+        let entry = st.in_flight.remove(&id);
+        if let Some(e) = &entry {
+            e.ctx.forbid_start();
+        }
+        entry
+    };
     match entry {
         Some(e) => e.ctx.cancel(CancelReason::Cancelled),
         None => log::debug!("conn {}: CANCEL for request {id}, not in flight", conn.id),
@@ -436,7 +442,8 @@ pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -
         let Some(e) = st.in_flight.remove(&id) else {
             return false;
         };
-        let status = deadline_status(&e, now);
+        let started = e.ctx.forbid_start();
+        let status = deadline_status(&e, started, now);
         write_status(
             &mut st,
             id,
@@ -451,10 +458,11 @@ pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -
     true
 }
 
-fn deadline_status(e: &InFlight, now: Instant) -> Status {
+/// The DEADLINE_EXCEEDED answer to `e`, whose handler `started` or not.
+fn deadline_status(e: &InFlight, started: bool, now: Instant) -> Status {
     let timeout = e.timeout.unwrap_or_default().as_millis();
     let waited = now.saturating_duration_since(e.read_at).as_millis();
-    if e.started {
+    if started {
         Status::deadline_exceeded(format!(
             "deadline exceeded: the handler did not finish within {timeout} ms"
         ))
@@ -487,7 +495,7 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
             let Some(e) = st.in_flight.remove(&id) else {
                 continue;
             };
-            let status = if e.started {
+            let status = if e.ctx.forbid_start() {
                 server.shutdown_cancelled.fetch_add(1, Ordering::Relaxed);
                 CancelReason::Shutdown.to_status()
             } else {
@@ -600,20 +608,12 @@ impl RequestTask {
     /// Marks the request started; false if it is no longer wanted
     /// (cancelled, answered by the deadline timer, or the connection closed).
     fn claim(&self) -> bool {
-        let mut st = self.conn.lock();
-        if st.closed {
-            return false;
+        if !self.is_oneway() {
+            // Whatever takes the request out of the in-flight table
+            // forbids the start first, under the connection's lock.
+            return self.ctx.claim_start();
         }
-        if self.is_oneway() {
-            return !self.ctx.is_cancelled();
-        }
-        match st.in_flight.get_mut(&self.id) {
-            Some(e) if e.seq == self.seq => {
-                e.started = true;
-                true
-            }
-            _ => false,
-        }
+        !self.conn.lock().closed && !self.ctx.is_cancelled()
     }
 
     /// Delivers the outcome: appends the RESPONSE if the request is still
@@ -661,7 +661,7 @@ impl RequestTask {
         let late = match (&entry, self.ctx.deadline()) {
             (Some(e), Some(d)) => {
                 let now = Instant::now();
-                (now >= d).then(|| deadline_status(e, now))
+                (now >= d).then(|| deadline_status(e, ran, now))
             }
             _ => None,
         };
