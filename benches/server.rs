@@ -19,7 +19,10 @@
 //!
 //! The syncrpc server runs in event mode with one worker by default
 //! (`BENCH_WORKERS`): it is pinned to one core and the handler never
-//! blocks, so more workers would only add context switches.
+//! blocks, so more workers would only add context switches. The `inline`
+//! columns run the same server with inline handlers
+//! (`ServerConfig::inline_handlers`): the event loop runs the handler
+//! itself, with no hand-off to a worker.
 //! A second table runs the same server and handler over MessagePack-RPC
 //! beside the native protocol. `benches/modes.rs` compares event mode
 //! with thread mode.
@@ -52,8 +55,15 @@ struct Row {
 
 fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
     let workers = env_usize("BENCH_WORKERS", 1).to_string();
-    let mut server =
-        ServerProc::start(kind, &["--workers".into(), workers], pin).expect("start the server");
+    let mut args = vec!["--workers".to_owned(), workers];
+    let kind = match kind.strip_suffix("+inline") {
+        Some(kind) => {
+            args.push("--inline".to_owned());
+            kind
+        }
+        None => kind,
+    };
+    let mut server = ServerProc::start(kind, &args, pin).expect("start the server");
     let load = Load {
         wire,
         duration: dur,
@@ -95,7 +105,7 @@ fn drive() {
         env_usize("BENCH_WORKERS", 1)
     );
     println!(
-        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} {:>7} | {:>5}",
+        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} | {:>10} {:>8} {:>8} {:>7} {:>5}",
         "conns",
         "depth",
         "ceil req/s",
@@ -107,14 +117,20 @@ fn drive() {
         "p99",
         "cpu/req",
         "allocs",
+        "ratio",
+        "inline",
+        "p99",
+        "cpu/req",
+        "allocs",
         "ratio"
     );
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
             let c = run_row("ceiling", Wire::Native, pin, conns, depth, dur);
             let s = run_row("event", Wire::Native, pin, conns, depth, dur);
+            let i = run_row("event+inline", Wire::Native, pin, conns, depth, dur);
             println!(
-                "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} | {:>5.2}",
+                "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} {:>5.2} | {:>10.0} {:>8} {:>6.1}us {:>7.2} {:>5.2}",
                 conns,
                 depth,
                 c.rps,
@@ -126,7 +142,12 @@ fn drive() {
                 Latency(s.p99),
                 s.cpu_us,
                 s.allocs,
-                s.rps / c.rps
+                s.rps / c.rps,
+                i.rps,
+                Latency(i.p99),
+                i.cpu_us,
+                i.allocs,
+                i.rps / c.rps
             );
         }
     }

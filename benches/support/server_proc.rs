@@ -8,7 +8,8 @@
 //! shuts down when its standard input closes. Kinds:
 //!
 //! - `event`, `thread`: syncrpc in that mode, serving [`super::load::ECHO_BYTES`]
-//!   (`--inline`: thread mode runs handlers on the connection threads);
+//!   (`--inline`: handlers run on the thread that read the request, the
+//!   connection's or the event loop, instead of the workers);
 //! - `ceiling`: a minimal mio server for the same protocol that cuts frames
 //!   by their headers and echoes bodies, with no pool and no meta or body
 //!   decoding: the most a server of this shape could do on this machine.

@@ -141,8 +141,9 @@ impl Default for Timeouts {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Mode {
     /// A few mio event loops ([`ServerConfig::event_loops`]) do all the
-    /// socket I/O without blocking; handlers run on the worker pool. The
-    /// default: connections cost no thread of their own, so tens of
+    /// socket I/O without blocking; handlers run on the worker pool or,
+    /// with [`ServerConfig::inline_handlers`], on the loops themselves.
+    /// The default: connections cost no thread of their own, so tens of
     /// thousands of idle ones are cheap.
     #[default]
     Event,
@@ -203,10 +204,20 @@ pub struct ServerConfig {
     pub timeouts: Timeouts,
     /// The I/O mode. Default [`Mode::Event`].
     pub mode: Mode,
-    /// In [`Mode::Thread`], runs each handler on its connection's reading
-    /// thread instead of the worker pool: no queue and no hand-off, but a
-    /// connection's requests then run one at a time, and CANCEL frames
-    /// are read only between them. No workers are started. Default false.
+    /// Runs each handler on the thread that read its request instead of
+    /// the worker pool: no queue and no hand-off between threads, the
+    /// fastest way to serve handlers that only compute. No workers are
+    /// started. Default false.
+    ///
+    /// A connection's requests then run one at a time, and CANCEL frames
+    /// are read only between them. In [`Mode::Thread`] the reading thread
+    /// is the connection's own. In [`Mode::Event`] it is the event loop,
+    /// which serves nothing else while a handler runs: every connection of
+    /// that loop waits, a deadline passed meanwhile is answered when the
+    /// handler returns, and the shutdown cannot cancel a handler that
+    /// never does. So in event mode, set it only for handlers that never
+    /// block (no I/O, no locks held long, no calls to other services), and
+    /// run as many loops ([`ServerConfig::event_loops`]) as cores.
     pub inline_handlers: bool,
     /// Stack size of the connection threads of [`Mode::Thread`], or the
     /// platform's default (`None`, the default). With inline handlers,
@@ -501,9 +512,9 @@ impl ServerBuilder {
         self
     }
 
-    /// In thread mode, runs handlers on the connection threads rather than
-    /// the worker pool; see [`ServerConfig::inline_handlers`]. Binding
-    /// fails if it is set in event mode.
+    /// Runs handlers on the threads that read their requests (in event
+    /// mode, the event loops) rather than the worker pool; see
+    /// [`ServerConfig::inline_handlers`] for when that is safe.
     pub fn inline_handlers(mut self, inline: bool) -> ServerBuilder {
         self.config.inline_handlers = inline;
         self
@@ -635,11 +646,6 @@ fn check(config: &ServerConfig, specs: &[ListenerSpec]) -> Result<(), Error> {
         if v == 0 {
             return Err(Error::usage(format!("{name} must be at least 1")));
         }
-    }
-    if config.inline_handlers && config.mode != Mode::Thread {
-        return Err(Error::usage(
-            "inline handlers need thread mode: set .mode(Mode::Thread)",
-        ));
     }
     if l.max_body > u32::MAX as usize {
         return Err(Error::usage(format!(

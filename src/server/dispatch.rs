@@ -699,7 +699,11 @@ impl RequestTask {
             buffer_pool::give(p);
         }
         recycle(reply);
-        if !self.conn.workers_write() {
+        let workers_write = self.conn.workers_write();
+        if workers_write && server.pool.is_none() {
+            // An event loop runs handlers inline: it writes after the
+            // requests of the read.
+        } else if !workers_write {
             // The socket is the driver's alone: wake it, once for all the
             // answers appended until it looks.
             let wake = {

@@ -14,8 +14,13 @@
 //! ```
 //!
 //! Thread mode: an acceptor thread, and per connection a reading thread and
-//! a writing thread with blocking I/O; handlers run on the same worker pool
-//! or inline on the reading thread.
+//! a writing thread with blocking I/O; handlers run on the same worker pool.
+//!
+//! In either mode, handlers that never block can instead run inline on the
+//! thread that read their request, the event loop or the connection's
+//! reading thread ([`ServerConfig::inline_handlers`]): no hand-off, at the
+//! price of a connection's (in event mode, a loop's) requests running one
+//! at a time.
 //!
 //! Per-request work that depends neither on the I/O mode nor on the wire
 //! protocol (routing, deadlines, the in-flight table, the pool task) lives
