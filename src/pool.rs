@@ -95,6 +95,11 @@ pub struct PoolConfig {
     pub thread_name: String,
     /// Stack size of each worker, or the platform default.
     pub stack_size: Option<usize>,
+    /// CPUs the process may run on. Default: what the operating system
+    /// allows it (its CPU affinity and quota). With one, a long
+    /// [`WorkerPool::batch`] is not sent early: a worker woken then could
+    /// only take the CPU from the thread filling the batch.
+    pub cpus: usize,
 }
 
 impl Default for PoolConfig {
@@ -104,6 +109,7 @@ impl Default for PoolConfig {
             queue_capacity: 4096,
             thread_name: "syncrpc-worker".to_owned(),
             stack_size: None,
+            cpus: thread::available_parallelism().map_or(1, |n| n.get()),
         }
     }
 }
@@ -232,6 +238,8 @@ struct Shared<T> {
     /// [`WorkerPool::try_submit`] accepts it, even while its batch holds it.
     queued: AtomicUsize,
     capacity: usize,
+    /// Long batches are sent before they end ([`PoolConfig::cpus`]).
+    send_early: bool,
     /// Set once shutdown begins: no more tasks are accepted.
     closed: AtomicBool,
     /// Room in the queue for [`WorkerPool::submit`], which waits for it.
@@ -312,6 +320,7 @@ impl<T: Task> WorkerPool<T> {
                 receiver: rx,
                 queued: AtomicUsize::new(0),
                 capacity,
+                send_early: config.cpus > 1,
                 closed: AtomicBool::new(false),
                 room_lock: Mutex::new(()),
                 room: Condvar::new(),
@@ -368,7 +377,7 @@ impl<T: Task> WorkerPool<T> {
         }
         let task = match self.stage(task) {
             Ok(full) => {
-                if full {
+                if full && sh.send_early {
                     // A long batch does not keep every worker waiting.
                     self.send_staged();
                 }
@@ -787,6 +796,7 @@ mod tests {
             queue_capacity: queue,
             thread_name: "test-worker".into(),
             stack_size: None,
+            cpus: 2,
         })
         .unwrap()
     }
@@ -928,6 +938,30 @@ mod tests {
                 rx.recv_timeout(Duration::from_secs(10)).unwrap();
             }
         });
+        p.shutdown(Duration::from_secs(10));
+    }
+
+    #[test]
+    fn on_one_cpu_a_batch_goes_out_only_when_it_ends() {
+        let p: WorkerPool<Job> = WorkerPool::new(PoolConfig {
+            workers: 1,
+            queue_capacity: 4 * WAKE_EVERY,
+            cpus: 1,
+            ..PoolConfig::default()
+        })
+        .unwrap();
+        let (tx, rx) = unbounded();
+        p.batch(|| {
+            for _ in 0..2 * WAKE_EVERY {
+                let tx = tx.clone();
+                p.try_submit(Box::new(move || tx.send(()).unwrap()))
+                    .unwrap();
+            }
+            assert!(p.shared.receiver.is_empty(), "sent before the batch ended");
+        });
+        for _ in 0..2 * WAKE_EVERY {
+            rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
         p.shutdown(Duration::from_secs(10));
     }
 

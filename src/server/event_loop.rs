@@ -136,6 +136,9 @@ pub(crate) struct EventLoop {
     phase: u8,
     stop_deadline: Option<Instant>,
     conn_latch: crate::latch::Latch,
+    /// The process may run on one CPU only: the requests of a whole poll
+    /// go to the workers as one batch (see `on_events`).
+    one_cpu: bool,
 }
 
 impl EventLoop {
@@ -181,6 +184,7 @@ impl EventLoop {
             budget_paused: false,
             next_sweep: Instant::now() + sweep_every,
             sweep_every,
+            one_cpu: std::thread::available_parallelism().map_or(true, |n| n.get() == 1),
             phase: RUNNING,
             stop_deadline: None,
             conn_latch,
@@ -209,6 +213,22 @@ impl EventLoop {
     /// Handles one poll's events, then what workers handed back and the
     /// timers due. True when the loop is to stop.
     fn on_events(&mut self, events: &Events) -> bool {
+        // On one CPU a worker woken before the loop blocks again could only
+        // preempt it: every read of this poll goes to the workers in one
+        // batch, and a worker is woken once, at its end. On more CPUs each
+        // read is a batch of its own (see `on_readable`), so that a worker
+        // elsewhere starts on the first while the loop reads the next.
+        match self.server.pool.clone() {
+            Some(pool) if self.one_cpu => pool.batch(|| self.on_poll_events(events)),
+            _ => self.on_poll_events(events),
+        }
+        self.take_ready();
+        let now = Instant::now();
+        self.fire_timers(now);
+        self.handle_phase(now)
+    }
+
+    fn on_poll_events(&mut self, events: &Events) {
         for event in events.iter() {
             match event.token() {
                 WAKER => {}
@@ -226,10 +246,6 @@ impl EventLoop {
                 }
             }
         }
-        self.take_ready();
-        let now = Instant::now();
-        self.fire_timers(now);
-        self.handle_phase(now)
     }
 
     fn poll_timeout(&self) -> Option<Duration> {

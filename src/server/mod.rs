@@ -295,6 +295,7 @@ impl Server {
                 queue_capacity: config.queue_capacity,
                 thread_name: format!("{}-worker", config.thread_name),
                 stack_size: None,
+                ..PoolConfig::default()
             })
             .map_err(|e| Error::io("cannot start the workers", e))?;
             Some(pool)
