@@ -7,7 +7,7 @@
 //! error as soon as the header is seen, and a body longer than its limit is
 //! reported once ([`Decoded::BodyTooLarge`]) and then dropped as it arrives.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::ProtocolError;
 use super::frame::Frame;
@@ -118,6 +118,53 @@ impl Decoder {
     /// `buf` may have been consumed if an oversized body is being skipped).
     /// An error means the framing is broken; the connection must be closed.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<Decoded>, ProtocolError> {
+        let Some((header, fits)) = self.next_header(buf)? else {
+            return Ok(None);
+        };
+        let meta_end = HEADER_LEN + header.meta_len as usize;
+        if !fits {
+            let meta = buf.split_to(meta_end).split_off(HEADER_LEN).freeze();
+            self.skip_body(buf, header);
+            return Ok(Some(Decoded::BodyTooLarge { header, meta }));
+        }
+        let mut frame = buf.split_to(meta_end + header.body_len as usize).freeze();
+        frame.advance(HEADER_LEN);
+        let body = frame.split_off(header.meta_len as usize);
+        Ok(Some(Decoded::Frame(Frame {
+            header,
+            meta: frame,
+            body,
+        })))
+    }
+
+    /// As [`Decoder::decode`], but copies the meta into `meta` instead of
+    /// sharing the buffer (crate-internal): a reader that parses the meta
+    /// at once and keeps only the body saves two reference counts on the
+    /// buffer. The body is `None` if it is over the limit and skipped.
+    pub(crate) fn decode_copying_meta(
+        &mut self,
+        buf: &mut BytesMut,
+        meta: &mut Vec<u8>,
+    ) -> Result<Option<(Header, Option<Bytes>)>, ProtocolError> {
+        let Some((header, fits)) = self.next_header(buf)? else {
+            return Ok(None);
+        };
+        let meta_end = HEADER_LEN + header.meta_len as usize;
+        meta.clear();
+        meta.extend_from_slice(&buf[HEADER_LEN..meta_end]);
+        buf.advance(meta_end);
+        if !fits {
+            self.skip_body(buf, header);
+            return Ok(Some((header, None)));
+        }
+        let body = buf.split_to(header.body_len as usize).freeze();
+        Ok(Some((header, Some(body))))
+    }
+
+    /// Skips what is left of a body being skipped, then checks the next
+    /// frame's header. `Some((header, fits))` once `buf` holds the whole
+    /// frame, or, for a body over the limit (`fits` false), its meta.
+    fn next_header(&mut self, buf: &mut BytesMut) -> Result<Option<(Header, bool)>, ProtocolError> {
         if self.skipping > 0 {
             let n = (buf.len() as u64).min(self.skipping);
             buf.advance(n as usize);
@@ -131,30 +178,22 @@ impl Decoder {
         }
         let header = self.check_header(&buf[..HEADER_LEN])?;
         let meta_end = HEADER_LEN + header.meta_len as usize;
-        if header.body_len as usize > self.limits.max_body {
-            if buf.len() < meta_end {
-                return Ok(None);
-            }
-            let meta = buf.split_to(meta_end).split_off(HEADER_LEN).freeze();
-            self.skipping = u64::from(header.body_len);
-            // Drop whatever part of the body is already here.
-            let n = (buf.len() as u64).min(self.skipping);
-            buf.advance(n as usize);
-            self.skipping -= n;
-            return Ok(Some(Decoded::BodyTooLarge { header, meta }));
-        }
-        let total = meta_end + header.body_len as usize;
-        if buf.len() < total {
-            return Ok(None);
-        }
-        let mut frame = buf.split_to(total).freeze();
-        frame.advance(HEADER_LEN);
-        let body = frame.split_off(header.meta_len as usize);
-        Ok(Some(Decoded::Frame(Frame {
-            header,
-            meta: frame,
-            body,
-        })))
+        let fits = header.body_len as usize <= self.limits.max_body;
+        let needed = if fits {
+            meta_end + header.body_len as usize
+        } else {
+            meta_end
+        };
+        Ok((buf.len() >= needed).then_some((header, fits)))
+    }
+
+    /// Starts skipping the body of `header`, over the limit, dropping
+    /// whatever part of it `buf` already holds.
+    fn skip_body(&mut self, buf: &mut BytesMut, header: Header) {
+        self.skipping = u64::from(header.body_len);
+        let n = (buf.len() as u64).min(self.skipping);
+        buf.advance(n as usize);
+        self.skipping -= n;
     }
 
     /// True while a frame has begun but not ended: `buf` holds part of one,
@@ -198,5 +237,74 @@ impl Decoder {
             });
         }
         Ok(header)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::{Encoder, Flags, RequestId, RequestMeta};
+
+    /// What either way of decoding saw, frame by frame.
+    type Seen = Vec<(Header, Vec<u8>, Option<Vec<u8>>)>;
+
+    fn stream() -> BytesMut {
+        let mut enc = Encoder::new();
+        for (id, len) in [(1u32, 0usize), (2, 64), (3, 100), (4, 7)] {
+            let meta = RequestMeta::new("/a.B/C");
+            enc.request(RequestId(id), Flags::default(), &meta, &vec![id as u8; len])
+                .unwrap();
+            enc.ping(RequestId(id));
+        }
+        enc.split()
+    }
+
+    /// Feeds `stream()` in chunks of 1, 2, 3... bytes to `step`.
+    fn feed(mut step: impl FnMut(&mut BytesMut) -> bool) {
+        let all = stream();
+        let mut buf = BytesMut::new();
+        let (mut at, mut chunk) = (0, 1);
+        while at < all.len() {
+            let end = (at + chunk).min(all.len());
+            buf.extend_from_slice(&all[at..end]);
+            (at, chunk) = (end, chunk % 13 + 1);
+            while step(&mut buf) {}
+        }
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn copying_the_meta_decodes_what_sharing_it_does() {
+        // Bodies over 64 bytes are skipped.
+        let limits = FrameLimits {
+            max_body: 64,
+            ..FrameLimits::default()
+        };
+        let mut shared: Seen = Vec::new();
+        let mut d = Decoder::new(Side::Server, limits);
+        feed(|buf| match d.decode(buf).unwrap() {
+            Some(Decoded::Frame(f)) => {
+                shared.push((f.header, f.meta.to_vec(), Some(f.body.to_vec())));
+                true
+            }
+            Some(Decoded::BodyTooLarge { header, meta }) => {
+                shared.push((header, meta.to_vec(), None));
+                true
+            }
+            None => false,
+        });
+        let mut copied: Seen = Vec::new();
+        let mut d = Decoder::new(Side::Server, limits);
+        let mut meta = Vec::new();
+        feed(|buf| match d.decode_copying_meta(buf, &mut meta).unwrap() {
+            Some((header, body)) => {
+                copied.push((header, meta.clone(), body.map(|b| b.to_vec())));
+                true
+            }
+            None => false,
+        });
+        assert_eq!(shared.len(), 8);
+        assert_eq!(shared.iter().filter(|f| f.2.is_none()).count(), 1);
+        assert_eq!(shared, copied);
     }
 }

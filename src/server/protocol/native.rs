@@ -4,12 +4,12 @@
 //! The framing itself is [`crate::codec`]'s; this module reads a request's
 //! meta into a [`RequestHead`] and writes the server's frames.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::{DecodeConfig, Message, MessageDecoder, Protocol, RequestHead};
 use crate::codec::{
-    Decoded, Decoder, EncodeError, Encoder, Flags, Frame, FrameType, GoawayMeta, Header,
-    ProtocolError, RequestId, RequestMeta, ResponseMeta, Side, HEADER_LEN, MAGIC,
+    Decoder, EncodeError, Encoder, Flags, FrameType, GoawayMeta, Header, ProtocolError, RequestId,
+    RequestMeta, ResponseMeta, Side, HEADER_LEN, MAGIC,
 };
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
@@ -29,7 +29,10 @@ impl Protocol for Native {
     }
 
     fn decoder(&self, config: &DecodeConfig) -> Box<dyn MessageDecoder> {
-        Box::new(NativeDecoder(Decoder::new(Side::Server, config.frame)))
+        Box::new(NativeDecoder {
+            frames: Decoder::new(Side::Server, config.frame),
+            meta: Vec::new(),
+        })
     }
 
     /// The trace id goes only with errors, where it helps find the
@@ -105,7 +108,12 @@ impl Protocol for Native {
 /// The frame decoder of one native connection, and the reading of the
 /// frames' metas.
 #[derive(Debug)]
-struct NativeDecoder(Decoder);
+struct NativeDecoder {
+    frames: Decoder,
+    /// The current frame's meta, copied out of the read buffer: it is read
+    /// at once, and sharing the buffer would cost two reference counts.
+    meta: Vec<u8>,
+}
 
 impl MessageDecoder for NativeDecoder {
     fn decode(
@@ -113,43 +121,42 @@ impl MessageDecoder for NativeDecoder {
         buf: &mut BytesMut,
         on_message: &mut dyn FnMut(Message<'_>),
     ) -> Result<bool, ProtocolError> {
-        let Some(decoded) = self.0.decode(buf)? else {
+        let Some((header, body)) = self.frames.decode_copying_meta(buf, &mut self.meta)? else {
             return Ok(false);
         };
-        match decoded {
-            Decoded::Frame(frame) => match frame.header.frame_type {
-                FrameType::Request | FrameType::Oneway => request(frame, on_message),
-                FrameType::Cancel => on_message(Message::Cancel(frame.header.request_id)),
-                FrameType::Ping => on_message(Message::Ping(frame.header.request_id)),
-                // An answer to a PING the server never sends: nothing to do.
-                FrameType::Pong => {}
-                // The decoder refuses frames sent in the wrong direction.
-                FrameType::Response | FrameType::Goaway => {}
-            },
-            Decoded::BodyTooLarge { header, meta } => {
-                if let Some(refusal) = body_too_large(header, &meta, self.0.limits().max_body) {
-                    on_message(refusal);
-                }
+        let Some(body) = body else {
+            if let Some(refusal) = body_too_large(header, &self.meta, self.frames.limits().max_body)
+            {
+                on_message(refusal);
             }
+            return Ok(true);
+        };
+        match header.frame_type {
+            FrameType::Request | FrameType::Oneway => request(header, &self.meta, body, on_message),
+            FrameType::Cancel => on_message(Message::Cancel(header.request_id)),
+            FrameType::Ping => on_message(Message::Ping(header.request_id)),
+            // An answer to a PING the server never sends: nothing to do.
+            FrameType::Pong => {}
+            // The decoder refuses frames sent in the wrong direction.
+            FrameType::Response | FrameType::Goaway => {}
         }
         Ok(true)
     }
 
     fn is_mid_message(&self, buf: &BytesMut) -> bool {
-        self.0.is_mid_frame(buf)
+        self.frames.is_mid_frame(buf)
     }
 
     fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
-        self.0.finish(buf)
+        self.frames.finish(buf)
     }
 }
 
 /// Hands on a REQUEST or ONEWAY, its meta read in place (the strings of
 /// the head borrow the frame), or its refusal if the meta is bad.
-fn request(frame: Frame, on_message: &mut dyn FnMut(Message<'_>)) {
-    let Frame { header, meta, body } = frame;
+fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(Message<'_>)) {
     let oneway = header.frame_type == FrameType::Oneway;
-    match RequestMeta::decode(&meta) {
+    match RequestMeta::decode(meta) {
         Ok(m) => on_message(Message::Request {
             head: RequestHead {
                 id: header.request_id,
