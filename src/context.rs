@@ -52,7 +52,8 @@ struct CancelState {
 
 /// What a server knows about the request a handler serves.
 struct RequestInfo {
-    method: Arc<str>,
+    /// Method names are interned (`server::service`): no count to keep.
+    method: &'static str,
     caller: Option<Box<str>>,
     peer: Option<SocketAddr>,
     metadata: Metadata,
@@ -247,7 +248,7 @@ impl Context {
     /// The context of a request a server read (crate-internal). Without the
     /// caller's `trace_id`, a new one is made when first asked for.
     pub(crate) fn for_request(
-        method: Arc<str>,
+        method: &'static str,
         deadline: Option<Instant>,
         trace_id: Option<TraceId>,
         caller: Option<&str>,
@@ -492,7 +493,7 @@ impl Context {
     /// The full method name (`/echo.Echo/Say`) of the request being served,
     /// or `""` outside a handler.
     pub fn method(&self) -> &str {
-        self.request().map_or("", |r| &r.method)
+        self.request().map_or("", |r| r.method)
     }
 
     /// The calling service's name, if the caller sent one.
@@ -613,12 +614,11 @@ mod tests {
 
     #[test]
     fn a_reused_request_context_keeps_nothing_of_the_last_request() {
-        let fresh =
-            || Context::for_request(Arc::from("/a.B/E"), None, None, None, None, Metadata::new());
+        let fresh = || Context::for_request("/a.B/E", None, None, None, None, Metadata::new());
         let mut reused = 0;
         for _ in 0..100 {
             let ctx = Context::for_request(
-                Arc::from("/a.B/C"),
+                "/a.B/C",
                 Some(Instant::now()),
                 Some(TraceId::new("old").unwrap()),
                 Some("old-caller"),
@@ -654,8 +654,7 @@ mod tests {
 
     #[test]
     fn a_request_starts_or_is_forbidden_to_exactly_once() {
-        let req =
-            || Context::for_request(Arc::from("/a.B/C"), None, None, None, None, Metadata::new());
+        let req = || Context::for_request("/a.B/C", None, None, None, None, Metadata::new());
         let ctx = req();
         assert!(ctx.claim_start());
         assert!(!ctx.claim_start(), "started twice");
@@ -672,7 +671,7 @@ mod tests {
     #[test]
     fn response_metadata_set_through_a_child_reaches_the_request() {
         let ctx = Context::for_request(
-            Arc::from("/a.B/C"),
+            "/a.B/C",
             None,
             Some(TraceId::generate()),
             Some("caller"),

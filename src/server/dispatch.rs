@@ -294,7 +294,7 @@ impl Dispatcher {
         .min();
         let deadline = timeout.and_then(|t| read_at.checked_add(t));
         let ctx = Context::for_request(
-            method.full_name.clone(),
+            method.full_name,
             deadline,
             given_trace,
             head.caller,

@@ -1,8 +1,8 @@
 //! Services, their methods, and the registry a listener routes requests by.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -177,7 +177,7 @@ impl fmt::Debug for Service {
 /// One routable method, with everything dispatch needs.
 pub(crate) struct MethodEntry {
     /// `/{service}/{method}`, shared with every request's context.
-    pub full_name: Arc<str>,
+    pub full_name: &'static str,
     /// The earlier of the method's and the service's timeouts.
     pub timeout: Option<Duration>,
     /// Server filters, then service filters.
@@ -185,6 +185,23 @@ pub(crate) struct MethodEntry {
     pub endpoint: Arc<dyn Endpoint>,
     /// How long its handler usually runs.
     pub pace: Pace,
+}
+
+/// `name`, stored once for the life of the process. A request's context
+/// names its method with no reference count to take and drop; the names a
+/// program serves are few and fixed, so keeping each one costs little.
+fn intern(name: String) -> &'static str {
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(&known) = names.get(name.as_str()) {
+        return known;
+    }
+    let name: &'static str = Box::leak(name.into_boxed_str());
+    names.insert(name);
+    name
 }
 
 /// A method's place in its [`Registry`]: what a request carries to the
@@ -225,15 +242,15 @@ impl Registry {
                 .cloned()
                 .collect();
             for def in svc.methods {
-                let full_name: Arc<str> = format!("/{}/{}", svc.name, def.name).into();
+                let full_name = intern(format!("/{}/{}", svc.name, def.name));
                 let entry = MethodEntry {
-                    full_name: full_name.clone(),
+                    full_name,
                     timeout: min_timeout(def.timeout, svc.timeout),
                     filters: filters.clone(),
                     endpoint: (def.make)(limits),
                     pace: Pace::new(),
                 };
-                methods.insert(Box::from(&*full_name), MethodId(entries.len()));
+                methods.insert(Box::from(full_name), MethodId(entries.len()));
                 entries.push(entry);
             }
             names.push(svc.name);
@@ -303,11 +320,19 @@ mod tests {
     }
 
     #[test]
+    fn a_method_name_is_stored_once() {
+        let a = intern("/intern.Test/Once".to_owned());
+        let b = intern(String::from("/intern.Test/Once"));
+        assert!(std::ptr::eq(a, b));
+        assert_eq!(a, "/intern.Test/Once");
+    }
+
+    #[test]
     fn routes_by_full_name_with_the_earliest_timeout() {
         let r = registry();
         let (id, m) = r.lookup("/echo.Echo/Say").unwrap();
         assert!(std::ptr::eq(r.method(id), m));
-        assert_eq!(&*m.full_name, "/echo.Echo/Say");
+        assert_eq!(m.full_name, "/echo.Echo/Say");
         assert_eq!(m.timeout, Some(Duration::from_secs(1)));
     }
 
