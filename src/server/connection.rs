@@ -14,7 +14,7 @@
 //! (many responses in one `write`); when the socket's buffer is full the
 //! rest waits for the driver, which resumes once the socket is writable.
 
-use std::collections::HashMap;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -28,7 +28,7 @@ use super::protocol::{Protocol, NATIVE};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::hash::FastHash;
-use crate::latch::LatchGuard;
+use crate::latch::Latch;
 
 /// How a driver is told that a connection needs it: reading may resume,
 /// a write failed, or a closing connection has nothing left in flight.
@@ -57,8 +57,69 @@ pub(crate) struct InFlight {
     pub timeout: Option<Duration>,
     /// The request's flags, which its RESPONSE repeats.
     pub flags: Flags,
-    /// One count on the server's drain latch.
-    pub _count: LatchGuard,
+}
+
+/// A connection's requests read and not yet answered, each counted on the
+/// server's drain latch while it is here. The table holds the latch once
+/// for all of them, so a request costs no reference count on it.
+pub(crate) struct InFlightTable {
+    requests: HashMap<RequestId, InFlight, FastHash>,
+    drain: Latch,
+}
+
+impl InFlightTable {
+    pub fn new(drain: Latch) -> InFlightTable {
+        InFlightTable {
+            requests: HashMap::default(),
+            drain,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.requests.len()
+    }
+
+    pub fn get(&self, id: &RequestId) -> Option<&InFlight> {
+        self.requests.get(id)
+    }
+
+    /// Adds request `id`, made by `entry`; false (and nothing made) if a
+    /// request with that id is already in flight.
+    pub fn insert_new(&mut self, id: RequestId, entry: impl FnOnce() -> InFlight) -> bool {
+        match self.requests.entry(id) {
+            Entry::Occupied(_) => false,
+            Entry::Vacant(slot) => {
+                self.drain.add(1);
+                slot.insert(entry());
+                true
+            }
+        }
+    }
+
+    /// Takes request `id` out. Its answer, if any, is appended under the
+    /// same lock, before anyone who waited for the drain can look.
+    pub fn remove(&mut self, id: &RequestId) -> Option<InFlight> {
+        let entry = self.requests.remove(id)?;
+        self.drain.done();
+        Some(entry)
+    }
+
+    /// Takes every request out.
+    pub fn take_all(&mut self) -> Vec<(RequestId, InFlight)> {
+        let all: Vec<(RequestId, InFlight)> = self.requests.drain().collect();
+        for _ in &all {
+            self.drain.done();
+        }
+        all
+    }
+}
+
+impl Drop for InFlightTable {
+    fn drop(&mut self) {
+        for _ in self.requests.drain() {
+            self.drain.done();
+        }
+    }
 }
 
 /// State guarded by the connection's lock.
@@ -79,7 +140,7 @@ pub(crate) struct ConnState {
     pub write_blocked_since: Option<Instant>,
     /// A write failed: the driver closes the connection.
     pub write_failed: bool,
-    pub in_flight: HashMap<RequestId, InFlight, FastHash>,
+    pub in_flight: InFlightTable,
     /// ONEWAY requests queued or running: they count against the
     /// in-flight limit but have no id to track.
     pub oneway_running: usize,
@@ -176,6 +237,7 @@ impl ConnShared {
         dispatcher: Arc<Dispatcher>,
         waker: Arc<dyn Wake>,
     ) -> ConnShared {
+        let drain = dispatcher.server.requests.clone();
         ConnShared {
             id,
             slot,
@@ -191,7 +253,7 @@ impl ConnShared {
                 retry_write: false,
                 write_blocked_since: None,
                 write_failed: false,
-                in_flight: HashMap::default(),
+                in_flight: InFlightTable::new(drain),
                 oneway_running: 0,
                 closed: false,
                 notified: false,
@@ -293,26 +355,24 @@ impl ConnShared {
     /// request still in flight on it; their results will be dropped.
     /// Returns how many were cancelled.
     pub fn close(&self) -> usize {
-        let entries: Vec<InFlight> = {
+        let entries = {
             let mut st = self.lock();
             st.closed = true;
             st.out.clear();
             st.unsent = BytesMut::new();
             // Under the lock, so no worker starts one of them from now on.
-            st.in_flight
-                .drain()
-                .map(|(_, e)| {
-                    e.ctx.forbid_start();
-                    e
-                })
-                .collect()
+            let entries = st.in_flight.take_all();
+            for (_, e) in &entries {
+                e.ctx.forbid_start();
+            }
+            entries
         };
         // The descriptor stays open while workers hold the connection;
         // shutting it down tells the peer now.
         let _ = self.stream.shutdown(Shutdown::Both);
         let n = entries.len();
         // Outside the lock: cancelling runs the contexts' listeners.
-        for e in entries {
+        for (_, e) in entries {
             e.ctx.cancel(crate::context::CancelReason::Cancelled);
         }
         n
@@ -347,5 +407,39 @@ impl fmt::Debug for ConnShared {
             .field("id", &self.id)
             .field("peer", &self.peer)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> InFlight {
+        InFlight {
+            seq: 1,
+            ctx: Context::background(),
+            read_at: Instant::now(),
+            timeout: None,
+            flags: Flags::default(),
+        }
+    }
+
+    #[test]
+    fn the_in_flight_table_counts_each_request_on_the_drain_latch() {
+        let drain = Latch::new();
+        let mut table = InFlightTable::new(drain.clone());
+        assert!(table.insert_new(RequestId(1), entry));
+        assert!(table.insert_new(RequestId(2), entry));
+        assert!(!table.insert_new(RequestId(2), || unreachable!("a duplicate is not made")));
+        assert_eq!(drain.count(), 2);
+        assert!(table.remove(&RequestId(1)).is_some());
+        assert!(table.remove(&RequestId(1)).is_none());
+        assert_eq!(drain.count(), 1);
+        assert!(table.insert_new(RequestId(3), entry));
+        assert_eq!(table.take_all().len(), 2);
+        assert_eq!(drain.count(), 0);
+        assert!(table.insert_new(RequestId(4), entry));
+        drop(table);
+        assert_eq!(drain.count(), 0);
     }
 }

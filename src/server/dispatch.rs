@@ -14,7 +14,6 @@
 
 use std::cell::RefCell;
 use std::cmp::Reverse;
-use std::collections::hash_map::Entry;
 use std::collections::BinaryHeap;
 use std::ops::Deref;
 use std::panic::{self, AssertUnwindSafe};
@@ -323,27 +322,20 @@ impl Dispatcher {
                 // A refused request uses up a number: they need only be
                 // unique.
                 let seq = st.next_seq();
-                match st.in_flight.entry(id) {
-                    Entry::Occupied(_) => {
-                        drop(st);
-                        refuse(
-                            Status::invalid_argument(format!(
-                                "request id {id} is already in flight"
-                            )),
-                            ctx.trace_id().as_ref(),
-                        );
-                        return None;
-                    }
-                    Entry::Vacant(slot) => {
-                        slot.insert(InFlight {
-                            seq,
-                            ctx: ctx.clone(),
-                            read_at,
-                            timeout,
-                            flags,
-                            _count: self.server.requests.guard(),
-                        });
-                    }
+                let added = st.in_flight.insert_new(id, || InFlight {
+                    seq,
+                    ctx: ctx.clone(),
+                    read_at,
+                    timeout,
+                    flags,
+                });
+                if !added {
+                    drop(st);
+                    refuse(
+                        Status::invalid_argument(format!("request id {id} is already in flight")),
+                        ctx.trace_id().as_ref(),
+                    );
+                    return None;
                 }
                 seq
             }
@@ -484,17 +476,13 @@ fn recycle(reply: Reply) {
 /// contexts cancelled; requests still queued are answered UNAVAILABLE (they
 /// did not run, so a retry is safe).
 pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
-    let ended: Vec<InFlight> = {
+    let ended = {
         let mut st = conn.lock();
         if st.closed {
             return;
         }
-        let ids: Vec<RequestId> = st.in_flight.keys().copied().collect();
-        let mut ended = Vec::with_capacity(ids.len());
-        for id in ids {
-            let Some(e) = st.in_flight.remove(&id) else {
-                continue;
-            };
+        let ended = st.in_flight.take_all();
+        for (id, e) in &ended {
             let status = if e.ctx.forbid_start() {
                 server.shutdown_cancelled.fetch_add(1, Ordering::Relaxed);
                 CancelReason::Shutdown.to_status()
@@ -505,17 +493,16 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
             let trace = e.ctx.trace_id();
             write_status(
                 &mut st,
-                id,
+                *id,
                 e.flags,
                 &status,
                 trace.as_ref(),
                 Metadata::new(),
             );
-            ended.push(e);
         }
         ended
     };
-    for e in ended {
+    for (_, e) in ended {
         e.ctx.cancel(CancelReason::Shutdown);
     }
 }
@@ -592,7 +579,8 @@ pub(crate) struct RequestTask {
     seq: u64,
     flags: Flags,
     body: Bytes,
-    /// A ONEWAY's count on the drain latch (a REQUEST's is in its entry).
+    /// A ONEWAY's count on the drain latch (a REQUEST is counted while in
+    /// its connection's in-flight table).
     oneway_count: Option<LatchGuard>,
 }
 
@@ -691,9 +679,9 @@ impl RequestTask {
                 write_status(&mut st, self.id, self.flags, status, trace().as_ref(), md)
             }
         }
+        // The drain count went with the entry, but whoever waits for the
+        // drain needs this lock to touch the output: the answer is in it.
         drop(st);
-        // The entry holds a count on the drain latch: release it only once
-        // the response is in the output buffer.
         drop(entry);
         if let Some(p) = packed {
             buffer_pool::give(p);
