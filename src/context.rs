@@ -83,6 +83,50 @@ struct Inner {
     parent_registration: Mutex<Option<CancelGuard>>,
 }
 
+impl Inner {
+    /// Makes a blank context (as [`Context::blank`] makes it with nothing)
+    /// the context of a request a server read.
+    fn begin_request(
+        &mut self,
+        deadline: Option<Instant>,
+        trace_id: Option<TraceId>,
+        request: RequestInfo,
+    ) {
+        self.deadline = deadline;
+        if let Some(id) = trace_id {
+            let _ = self.trace_id.set(id);
+        }
+        self.make_trace_id = true;
+        self.request = Some(request);
+    }
+
+    /// Makes this context blank again, in place: what it held is dropped,
+    /// its allocations are kept, and nothing here needs an atomic
+    /// operation, since no one else holds it.
+    fn reset(&mut self) {
+        self.deadline = None;
+        self.trace_id = OnceLock::new();
+        self.make_trace_id = false;
+        self.parent = None;
+        self.request = None;
+        *self.cancelled.get_mut() = false;
+        *self.start.get_mut() = UNSTARTED;
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        state.reason = None;
+        state.listeners.clear();
+        state.next_id = 0;
+        self.response_md
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        *self.has_response_md.get_mut() = false;
+        *self
+            .parent_registration
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
 /// A request's context: deadline, cancellation, trace id, the request's
 /// metadata and the response's.
 ///
@@ -261,18 +305,19 @@ impl Context {
             peer,
             metadata,
         };
-        let mut inner = Context::blank(deadline, trace_id, None, Some(request));
-        inner.make_trace_id = true;
         let spare = SPARE_HERE
             .try_with(|here| spare_contexts().take(here))
             .ok()
             .flatten();
         if let Some(mut spare) = spare {
             if let Some(slot) = Arc::get_mut(&mut spare) {
-                *slot = inner;
+                // Spares are blank (`recycle`): fill in the request only.
+                slot.begin_request(deadline, trace_id, request);
                 return Context { inner: spare };
             }
         }
+        let mut inner = Context::blank(None, None, None, None);
+        inner.begin_request(deadline, trace_id, request);
         Context::from_inner(inner)
     }
 
@@ -281,7 +326,7 @@ impl Context {
     /// handler, a child context). What it held is dropped now.
     pub(crate) fn recycle(mut self) {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            *inner = Context::blank(None, None, None, None);
+            inner.reset();
             let inner = self.inner;
             // During thread exit this thread's list may be gone: just drop.
             let _ = SPARE_HERE.try_with(|here| spare_contexts().give(here, inner));
