@@ -1,9 +1,10 @@
 //! syncrpc: a synchronous, thread-based RPC runtime.
 //!
 //! No async, no futures: handlers are plain functions run by a fixed pool
-//! of worker threads, and the sockets are driven either by a few mio event
-//! loops or by plain blocking threads, one pair per connection (see
-//! [`server::Mode`]). A [`Client`] blocks the calling thread while calls
+//! of worker threads (or, for handlers that never block, inline on the
+//! thread that read the request), and the sockets are driven either by a
+//! few mio event loops or by plain blocking threads, one pair per
+//! connection (see [`server::Mode`]). A [`Client`] blocks the calling thread while calls
 //! from any number of threads share its connections (see [`client`]).
 //! Requests and responses are framed as described in [`codec`]; the same
 //! services also answer MessagePack-RPC clients on the same port, each

@@ -86,9 +86,13 @@
 //! two threads per connection.
 //!
 //! Batching is where throughput is won. The requests one read of a
-//! connection yields are queued as one batch ([`crate::pool::WorkerPool::batch`]):
-//! a sleeping worker is woken once for all of them, not preempting the
-//! loop for the first. In event mode a worker that answers while more work
+//! connection yields are queued as one batch ([`crate::pool::WorkerPool::batch`]),
+//! one message on the pool's channel: a sleeping worker is woken once for
+//! all of them, not preempting the loop for the first, and hands part of
+//! them back to the queue if another worker is idle or before a handler
+//! that may take long. When the process may use only one CPU, all the
+//! reads of one poll make one batch, since a worker woken earlier could
+//! only take the CPU from the loop. In event mode a worker that answers while more work
 //! is queued only appends to the connection's output and notes the
 //! connection; when its queue runs dry (or after 64 answers or 16
 //! connections under steady load, or before it starts a handler that has
