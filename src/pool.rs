@@ -996,6 +996,27 @@ mod tests {
         drop(p.shared.idle_lock.lock().unwrap());
     }
 
+    /// Submits, in one batch, task 1 (`quick` or not), which waits for
+    /// `gate`, and task 2, quick, which does not wait.
+    fn submit_waiting_pair(
+        p: &WorkerPool<Step>,
+        quick: bool,
+        gate: Receiver<()>,
+        done: &crossbeam_channel::Sender<u32>,
+    ) {
+        p.batch(|| {
+            for (id, quick, gate) in [(1, quick, Some(gate)), (2, true, None)] {
+                p.try_submit(Step {
+                    quick,
+                    gate,
+                    done: done.clone(),
+                    id,
+                })
+                .unwrap();
+            }
+        });
+    }
+
     #[test]
     fn a_batch_spreads_over_sleeping_workers() {
         // Both tasks are quick, but the first waits for the second: only
@@ -1004,22 +1025,7 @@ mod tests {
         wait_unwoken(&p, 2);
         let (done_tx, done_rx) = unbounded();
         let (gate_tx, gate_rx) = unbounded();
-        p.batch(|| {
-            p.try_submit(Step {
-                quick: true,
-                gate: Some(gate_rx),
-                done: done_tx.clone(),
-                id: 1,
-            })
-            .unwrap();
-            p.try_submit(Step {
-                quick: true,
-                gate: None,
-                done: done_tx.clone(),
-                id: 2,
-            })
-            .unwrap();
-        });
+        submit_waiting_pair(&p, true, gate_rx, &done_tx);
         // Well within the 10 s the first task waits for its gate.
         assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(2));
         gate_tx.send(()).unwrap();
@@ -1042,22 +1048,7 @@ mod tests {
         .unwrap();
         wait_unwoken(&p, 1);
         let (gate_tx, gate_rx) = unbounded();
-        p.batch(|| {
-            p.try_submit(Step {
-                quick: false,
-                gate: Some(gate_rx),
-                done: done_tx.clone(),
-                id: 1,
-            })
-            .unwrap();
-            p.try_submit(Step {
-                quick: true,
-                gate: None,
-                done: done_tx.clone(),
-                id: 2,
-            })
-            .unwrap();
-        });
+        submit_waiting_pair(&p, false, gate_rx, &done_tx);
         // The worker that took the batch runs task 1, which waits for 2:
         // 2 went back to the queue, and runs once the other worker is free.
         hold_tx.send(()).unwrap();

@@ -97,6 +97,23 @@ fn an_event_loop_answers_a_pipelined_burst_in_order_and_survives_a_panic() {
     assert!(server.shutdown().is_clean());
 }
 
+/// Calls a handler that waits for its context with a 100 ms deadline, and
+/// checks the answer and the reason the handler saw.
+fn outlive_the_deadline(c: &mut RawClient, g: &util::Gate) {
+    let meta = RequestMeta {
+        timeout_ms: 100,
+        ..RequestMeta::new("/gate.Gate/Wait")
+    };
+    c.call_meta(1, &meta, Flags::default(), &encode(&()));
+    g.wait_started(1);
+    c.response()
+        .expect_code(Code::DEADLINE_EXCEEDED, "did not finish within 100 ms");
+    assert_eq!(
+        g.cancelled.recv_timeout(WAIT).unwrap(),
+        Some(CancelReason::DeadlineExceeded)
+    );
+}
+
 #[test]
 fn an_event_loop_answers_a_late_inline_handler_when_it_returns() {
     let (gate, g) = gate_service();
@@ -107,24 +124,14 @@ fn an_event_loop_answers_a_late_inline_handler_when_it_returns() {
     let mut c = RawClient::connect(server.local_addr());
     // The handler waits for its context, which its deadline cancels; the
     // loop answers once the handler is back.
-    let meta = RequestMeta {
-        timeout_ms: 100,
-        ..RequestMeta::new("/gate.Gate/Wait")
-    };
-    c.call_meta(1, &meta, Flags::default(), &encode(&()));
-    g.wait_started(1);
-    c.response()
-        .expect_code(Code::DEADLINE_EXCEEDED, "did not finish within 100 ms");
-    assert_eq!(
-        g.cancelled.recv_timeout(WAIT).unwrap(),
-        Some(CancelReason::DeadlineExceeded)
-    );
+    outlive_the_deadline(&mut c, &g);
     c.call(2, "/gate.Gate/Count", &());
     assert_eq!(c.response().code, Code::OK);
     assert_eq!(g.calls(), 1);
     drop(c);
     assert!(server.shutdown().is_clean());
 }
+
 #[test]
 fn a_connection_thread_meets_its_inline_handlers_deadlines_and_the_shutdown() {
     let (gate, g) = gate_service();
@@ -135,18 +142,7 @@ fn a_connection_thread_meets_its_inline_handlers_deadlines_and_the_shutdown() {
     let mut c = RawClient::connect(server.local_addr());
     // The deadline fires on the writing thread while the reading thread
     // is inside the handler.
-    let meta = RequestMeta {
-        timeout_ms: 100,
-        ..RequestMeta::new("/gate.Gate/Wait")
-    };
-    c.call_meta(1, &meta, Flags::default(), &encode(&()));
-    g.wait_started(1);
-    c.response()
-        .expect_code(Code::DEADLINE_EXCEEDED, "did not finish within 100 ms");
-    assert_eq!(
-        g.cancelled.recv_timeout(WAIT).unwrap(),
-        Some(CancelReason::DeadlineExceeded)
-    );
+    outlive_the_deadline(&mut c, &g);
     // A handler still running when the shutdown timeout runs out is
     // cancelled through its context.
     c.call(2, "/gate.Gate/Wait", &());
