@@ -97,8 +97,9 @@ pub struct PoolConfig {
     pub stack_size: Option<usize>,
     /// CPUs the process may run on. Default: what the operating system
     /// allows it (its CPU affinity and quota). With one, a long
-    /// [`WorkerPool::batch`] is not sent early: a worker woken then could
-    /// only take the CPU from the thread filling the batch.
+    /// [`WorkerPool::batch`] is not sent early, and a worker does not share
+    /// the quick tasks of a batch with idle workers: a worker woken then
+    /// could only take the CPU from another.
     pub cpus: usize,
 }
 
@@ -238,8 +239,10 @@ struct Shared<T> {
     /// [`WorkerPool::try_submit`] accepts it, even while its batch holds it.
     queued: AtomicUsize,
     capacity: usize,
-    /// Long batches are sent before they end ([`PoolConfig::cpus`]).
-    send_early: bool,
+    /// More than one CPU ([`PoolConfig::cpus`]): long batches are sent
+    /// before they end, and a worker shares a batch with idle ones. On one
+    /// CPU either would only add context switches.
+    parallel: bool,
     /// Set once shutdown begins: no more tasks are accepted.
     closed: AtomicBool,
     /// Room in the queue for [`WorkerPool::submit`], which waits for it.
@@ -320,7 +323,7 @@ impl<T: Task> WorkerPool<T> {
                 receiver: rx,
                 queued: AtomicUsize::new(0),
                 capacity,
-                send_early: config.cpus > 1,
+                parallel: config.cpus > 1,
                 closed: AtomicBool::new(false),
                 room_lock: Mutex::new(()),
                 room: Condvar::new(),
@@ -377,7 +380,7 @@ impl<T: Task> WorkerPool<T> {
         }
         let task = match self.stage(task) {
             Ok(full) => {
-                if full && sh.send_early {
+                if full && sh.parallel {
                     // A long batch does not keep every worker waiting.
                     self.send_staged();
                 }
@@ -720,7 +723,8 @@ fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
 
 /// Before `next` runs, hands tasks taken with it back to the queue when
 /// others could run them sooner: all of them if `next` is not quick, half
-/// of them if a worker sleeps (so a batch spreads over the idle workers).
+/// of them if a worker sleeps and another CPU could run it (so a batch
+/// spreads over the idle workers).
 fn share<T: Task>(shared: &Shared<T>, next: &T, rest: &mut Queued<T>) {
     let left = rest.tasks.len();
     if left == 0 {
@@ -728,7 +732,7 @@ fn share<T: Task>(shared: &Shared<T>, next: &T, rest: &mut Queued<T>) {
     }
     let n = if !next.is_quick() {
         left
-    } else if shared.unwoken.load(Ordering::SeqCst) > 0 {
+    } else if shared.parallel && shared.unwoken.load(Ordering::SeqCst) > 0 {
         left.div_ceil(2)
     } else {
         return;
@@ -994,6 +998,38 @@ mod tests {
             thread::yield_now();
         }
         drop(p.shared.idle_lock.lock().unwrap());
+    }
+
+    #[test]
+    fn quick_tasks_are_shared_with_a_sleeping_worker_only_on_more_cpus() {
+        for (cpus, kept) in [(1, 2), (2, 1)] {
+            let p: WorkerPool<Step> = WorkerPool::new(PoolConfig {
+                workers: 1,
+                queue_capacity: 8,
+                cpus,
+                ..PoolConfig::default()
+            })
+            .unwrap();
+            wait_unwoken(&p, 1);
+            let (done_tx, done_rx) = unbounded();
+            let step = |id| Step {
+                quick: true,
+                gate: None,
+                done: done_tx.clone(),
+                id,
+            };
+            let mut rest = Queued {
+                tasks: VecDeque::from([step(2), step(3)]),
+                at: Instant::now(),
+            };
+            share(&p.shared, &step(1), &mut rest);
+            assert_eq!(rest.tasks.len(), kept, "{cpus} CPUs");
+            // What was handed back runs on the sleeping worker.
+            for _ in kept..2 {
+                done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+            }
+            p.shutdown(Duration::from_secs(10));
+        }
     }
 
     /// Submits, in one batch, task 1 (`quick` or not), which waits for
