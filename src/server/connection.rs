@@ -18,6 +18,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -224,6 +225,9 @@ pub(crate) struct ConnShared {
     pub stream: TcpStream,
     /// The listener's services and the server's shared state.
     pub dispatcher: Arc<Dispatcher>,
+    /// The method this connection called last, for
+    /// [`Registry::lookup_after`](super::service::Registry::lookup_after).
+    pub last_method: AtomicUsize,
     waker: Arc<dyn Wake>,
     state: Mutex<ConnState>,
 }
@@ -244,6 +248,7 @@ impl ConnShared {
             peer,
             stream,
             dispatcher,
+            last_method: AtomicUsize::new(usize::MAX),
             waker,
             state: Mutex::new(ConnState {
                 out: Encoder::new(),

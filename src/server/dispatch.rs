@@ -272,7 +272,7 @@ impl Dispatcher {
             );
             return None;
         }
-        let (method_id, method) = match self.registry.lookup(head.method) {
+        let (method_id, method) = match self.registry.lookup_after(head.method, &conn.last_method) {
             Ok(m) => m,
             Err(status) => {
                 refuse(status, Some(&trace_id()));

@@ -2,6 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -267,6 +268,23 @@ impl Registry {
         &self.entries[id.0]
     }
 
+    /// [`Registry::lookup`], trying first the method `last` remembers (and
+    /// remembering the one found): a connection usually calls the same
+    /// method again, and comparing one name costs less than hashing it.
+    pub(crate) fn lookup_after(
+        &self,
+        name: &str,
+        last: &AtomicUsize,
+    ) -> Result<(MethodId, &MethodEntry), Status> {
+        let i = last.load(Ordering::Relaxed);
+        if let Some(m) = self.entries.get(i).filter(|m| m.full_name == name) {
+            return Ok((MethodId(i), m));
+        }
+        let found = self.lookup(name)?;
+        last.store(found.0 .0, Ordering::Relaxed);
+        Ok(found)
+    }
+
     /// The method named `name`, or the UNIMPLEMENTED status that answers a
     /// request for it.
     pub(crate) fn lookup(&self, name: &str) -> Result<(MethodId, &MethodEntry), Status> {
@@ -307,6 +325,7 @@ mod tests {
     fn registry() -> Registry {
         let svc = Service::new("echo.Echo")
             .method("Say", |_: &Context, s: String| Ok::<_, Status>(s))
+            .method("Hear", |_: &Context, s: String| Ok::<_, Status>(s))
             .method_timeout("Say", Duration::from_secs(3))
             .timeout(Duration::from_secs(1));
         Registry::new(
@@ -332,6 +351,19 @@ mod tests {
         let r = registry();
         let (id, m) = r.lookup("/echo.Echo/Say").unwrap();
         assert!(std::ptr::eq(r.method(id), m));
+        // The remembered method, right or wrong, gives the same answers.
+        let last = AtomicUsize::new(usize::MAX);
+        for name in [
+            "/echo.Echo/Say",
+            "/echo.Echo/Say",
+            "/echo.Echo/Hear",
+            "/echo.Echo/Say",
+        ] {
+            let (id, m) = r.lookup_after(name, &last).unwrap();
+            assert_eq!(m.full_name, name);
+            assert_eq!(last.load(Ordering::Relaxed), id.0);
+        }
+        assert!(r.lookup_after("/echo.Echo/Nope", &last).is_err());
         assert_eq!(m.full_name, "/echo.Echo/Say");
         assert_eq!(m.timeout, Some(Duration::from_secs(1)));
     }
