@@ -3,8 +3,8 @@
 //! and echoes bodies, with no pool, no meta or body decoding.
 //!
 //! ```text
-//! cargo bench --bench server                   # every row, 2 s each
-//! BENCH_SECS=5 BENCH_WORKERS=2 cargo bench --bench server
+//! cargo bench --bench server                   # every row, 3 runs of 2 s
+//! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
 //! # profiling: a server by hand, then load only
 //! target/release/deps/server-* --serve event      # prints its port
 //! cargo run --release --example load -- --addr 127.0.0.1:PORT -c 16 -d 32
@@ -16,6 +16,10 @@
 //! connection. CPU per request is the server process's on-CPU time (from
 //! `/proc/<pid>/task/*/schedstat`) over the requests answered; allocations
 //! per request come from a counting global allocator in the server process.
+//!
+//! Each row runs every server `BENCH_RUNS` times (default 3), the servers
+//! taking turns, and shows each server's median run by rate: on a shared
+//! machine one run can be off by a fifth.
 //!
 //! The syncrpc server runs in event mode with one worker by default
 //! (`BENCH_WORKERS`): it is pinned to one core and the handler never
@@ -45,6 +49,7 @@ fn main() {
     }
 }
 
+#[derive(Clone, Copy)]
 struct Row {
     rps: f64,
     p50: Duration,
@@ -96,12 +101,32 @@ fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: D
     }
 }
 
+/// Runs each of `servers` `runs` times, taking turns, and returns each
+/// one's median run by rate.
+fn median_rows<const N: usize>(
+    servers: [(&str, Wire); N],
+    runs: usize,
+    run: impl Fn(&str, Wire) -> Row,
+) -> [Row; N] {
+    let mut rows: [Vec<Row>; N] = std::array::from_fn(|_| Vec::with_capacity(runs));
+    for _ in 0..runs {
+        for (i, (kind, wire)) in servers.iter().enumerate() {
+            rows[i].push(run(kind, *wire));
+        }
+    }
+    rows.map(|mut r| {
+        r.sort_by(|a, b| a.rps.total_cmp(&b.rps));
+        r[r.len() / 2]
+    })
+}
+
 fn drive() {
     let secs = env_usize("BENCH_SECS", 2) as u64;
+    let runs = env_usize("BENCH_RUNS", 3).max(1);
     let dur = Duration::from_secs(secs);
     let pin = server_proc::pin_load();
     println!(
-        "server pinned to core 0, load to core 1: {pin}; {secs} s per row; body {BODY_LEN} B raw echo; syncrpc workers {}",
+        "server pinned to core 0, load to core 1: {pin}; {secs} s per run, median of {runs}; body {BODY_LEN} B raw echo; syncrpc workers {}",
         env_usize("BENCH_WORKERS", 1)
     );
     println!(
@@ -126,9 +151,15 @@ fn drive() {
     );
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
-            let c = run_row("ceiling", Wire::Native, pin, conns, depth, dur);
-            let s = run_row("event", Wire::Native, pin, conns, depth, dur);
-            let i = run_row("event+inline", Wire::Native, pin, conns, depth, dur);
+            let [c, s, i] = median_rows(
+                [
+                    ("ceiling", Wire::Native),
+                    ("event", Wire::Native),
+                    ("event+inline", Wire::Native),
+                ],
+                runs,
+                |kind, wire| run_row(kind, wire, pin, conns, depth, dur),
+            );
             println!(
                 "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} {:>5.2} | {:>10.0} {:>8} {:>6.1}us {:>7.2} {:>5.2}",
                 conns,
@@ -159,8 +190,11 @@ fn drive() {
     );
     for depth in [1usize, 32] {
         for conns in [1usize, 16] {
-            let n = run_row("event", Wire::Native, pin, conns, depth, dur);
-            let m = run_row("event", Wire::MsgpackRpc, pin, conns, depth, dur);
+            let [n, m] = median_rows(
+                [("event", Wire::Native), ("event", Wire::MsgpackRpc)],
+                runs,
+                |kind, wire| run_row(kind, wire, pin, conns, depth, dur),
+            );
             println!(
                 "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us {:>7.2} | {:>10.0} {:>5.2}",
                 conns,
