@@ -97,8 +97,9 @@ pub struct PoolConfig {
     pub stack_size: Option<usize>,
     /// CPUs the process may run on. Default: what the operating system
     /// allows it (its CPU affinity and quota). With one, a long
-    /// [`WorkerPool::batch`] is not sent early, and a worker does not share
-    /// the quick tasks of a batch with idle workers: a worker woken then
+    /// [`WorkerPool::batch`] goes out only after 1024 tasks (and the thread
+    /// filling it then yields the CPU), and a worker does not share the
+    /// quick tasks of a batch with idle workers: a worker woken earlier
     /// could only take the CPU from another.
     pub cpus: usize,
 }
@@ -199,6 +200,11 @@ struct Stage {
 /// A batch sends what it queued so far once it holds this many tasks, so
 /// that other workers can start on them.
 const WAKE_EVERY: usize = 64;
+
+/// On one CPU, a batch this long goes to the workers before it ends, and
+/// the thread filling it lets them run: the requests in flight between the
+/// two stay few enough to be in cache.
+const ONE_CPU_BATCH: usize = 1024;
 
 thread_local! {
     static STAGE: RefCell<Stage> = const {
@@ -380,9 +386,14 @@ impl<T: Task> WorkerPool<T> {
         }
         let task = match self.stage(task) {
             Ok(full) => {
-                if full && sh.parallel {
+                if full {
                     // A long batch does not keep every worker waiting.
                     self.send_staged();
+                    if !sh.parallel {
+                        // On one CPU they can start only if this thread
+                        // steps aside.
+                        thread::yield_now();
+                    }
                 }
                 return Ok(());
             }
@@ -418,7 +429,12 @@ impl<T: Task> WorkerPool<T> {
                 *tasks = self.spare_list();
             }
             tasks.push_back(task);
-            Ok(tasks.len() >= WAKE_EVERY)
+            let due = if self.shared.parallel {
+                WAKE_EVERY
+            } else {
+                ONE_CPU_BATCH
+            };
+            Ok(tasks.len() >= due)
         })
     }
 
@@ -491,7 +507,8 @@ impl<T: Task> WorkerPool<T> {
     /// meanwhile; when `f` returns (or panics), they go to the queue
     /// together and one sleeping worker is woken for them. A batch that
     /// grows long sends what it holds every 64 tasks, so other cores need
-    /// not wait for its end.
+    /// not wait for its end (on one CPU, every 1024; see
+    /// [`PoolConfig::cpus`]).
     ///
     /// A thread that decodes many requests from one read submits them
     /// inside one batch: waking a worker for the first task would let the
@@ -946,26 +963,31 @@ mod tests {
     }
 
     #[test]
-    fn on_one_cpu_a_batch_goes_out_only_when_it_ends() {
+    fn on_one_cpu_a_batch_goes_out_late() {
         let p: WorkerPool<Job> = WorkerPool::new(PoolConfig {
             workers: 1,
-            queue_capacity: 4 * WAKE_EVERY,
+            queue_capacity: 2 * ONE_CPU_BATCH,
             cpus: 1,
             ..PoolConfig::default()
         })
         .unwrap();
         let (tx, rx) = unbounded();
+        let submit = || {
+            let tx = tx.clone();
+            p.try_submit(Box::new(move || tx.send(()).unwrap()))
+                .unwrap();
+        };
         p.batch(|| {
-            for _ in 0..2 * WAKE_EVERY {
-                let tx = tx.clone();
-                p.try_submit(Box::new(move || tx.send(()).unwrap()))
-                    .unwrap();
+            // Not after WAKE_EVERY tasks, as on more CPUs...
+            (0..2 * WAKE_EVERY).for_each(|_| submit());
+            assert!(p.shared.receiver.is_empty(), "sent early");
+            // ...but after ONE_CPU_BATCH: still inside the batch, only
+            // that lets these run.
+            (2 * WAKE_EVERY..ONE_CPU_BATCH).for_each(|_| submit());
+            for _ in 0..ONE_CPU_BATCH {
+                rx.recv_timeout(Duration::from_secs(10)).unwrap();
             }
-            assert!(p.shared.receiver.is_empty(), "sent before the batch ended");
         });
-        for _ in 0..2 * WAKE_EVERY {
-            rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        }
         p.shutdown(Duration::from_secs(10));
     }
 
