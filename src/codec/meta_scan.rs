@@ -40,24 +40,26 @@ pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
     let mut meta = RequestMeta::new("");
     let mut seen = 0u8;
     for _ in 0..r.map_len()? {
-        match r.str()? {
-            "method" => {
+        // Keys are compared as bytes: one that is not valid UTF-8 matches
+        // none and goes to the general decoder, which says so.
+        match r.str_bytes(false)? {
+            b"method" => {
                 first_time(&mut seen, 1)?;
                 meta.method = r.str()?;
             }
-            "timeout_ms" => {
+            b"timeout_ms" => {
                 first_time(&mut seen, 2)?;
                 meta.timeout_ms = u32_at(&mut r)?;
             }
-            "trace_id" => {
+            b"trace_id" => {
                 first_time(&mut seen, 4)?;
                 meta.trace_id = Some(short_trace_id(r.str()?)?);
             }
-            "caller" => {
+            b"caller" => {
                 first_time(&mut seen, 8)?;
                 meta.caller = Some(r.str()?);
             }
-            "md" => {
+            b"md" => {
                 first_time(&mut seen, 16)?;
                 meta.md = empty_md(&mut r)?;
             }
@@ -78,20 +80,22 @@ pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
     };
     let mut seen = 0u8;
     for _ in 0..r.map_len()? {
-        match r.str()? {
-            "code" => {
+        // Keys are compared as bytes: one that is not valid UTF-8 matches
+        // none and goes to the general decoder, which says so.
+        match r.str_bytes(false)? {
+            b"code" => {
                 first_time(&mut seen, 1)?;
                 meta.code = u32_at(&mut r)?;
             }
-            "message" => {
+            b"message" => {
                 first_time(&mut seen, 2)?;
                 meta.message = Some(r.str()?);
             }
-            "trace_id" => {
+            b"trace_id" => {
                 first_time(&mut seen, 4)?;
                 meta.trace_id = Some(short_trace_id(r.str()?)?);
             }
-            "md" => {
+            b"md" => {
                 first_time(&mut seen, 8)?;
                 meta.md = empty_md(&mut r)?;
             }
