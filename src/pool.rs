@@ -218,6 +218,16 @@ thread_local! {
     static TAKEN: Cell<usize> = const { Cell::new(0) };
 }
 
+/// What [`WorkerPool::stage`] did with a task.
+enum Staged<T> {
+    /// In the batch; `full` when the batch should go out now.
+    Queued { full: bool },
+    /// The queue is full.
+    Full(T),
+    /// No batch for this pool is open on this thread.
+    NoBatch(T),
+}
+
 /// Tasks that travel through the channel together.
 struct Queued<T> {
     tasks: VecDeque<T>,
@@ -240,9 +250,10 @@ struct Idle {
 struct Shared<T> {
     sender: RwLock<Option<Sender<Queued<T>>>>,
     receiver: Receiver<Queued<T>>,
-    /// Tasks accepted and not yet taken by a worker: the queue's length,
-    /// which `capacity` bounds. A task counts from the moment
-    /// [`WorkerPool::try_submit`] accepts it, even while its batch holds it.
+    /// Tasks in the queue, not yet taken by a worker: the length that
+    /// `capacity` bounds. A task submitted outside a batch counts from the
+    /// moment [`WorkerPool::try_submit`] accepts it; a batch's tasks count
+    /// once the batch is sent (see [`WorkerPool::stage`]).
     queued: AtomicUsize,
     capacity: usize,
     /// More than one CPU ([`PoolConfig::cpus`]): long batches are sent
@@ -380,12 +391,8 @@ impl<T: Task> WorkerPool<T> {
         if sh.closed.load(Ordering::Acquire) {
             return Err(SubmitError::Closed(task));
         }
-        if sh.queued.fetch_add(1, Ordering::AcqRel) >= sh.capacity {
-            sh.queued.fetch_sub(1, Ordering::AcqRel);
-            return Err(SubmitError::Full(task));
-        }
         let task = match self.stage(task) {
-            Ok(full) => {
+            Staged::Queued { full } => {
                 if full {
                     // A long batch does not keep every worker waiting.
                     self.send_staged();
@@ -397,8 +404,13 @@ impl<T: Task> WorkerPool<T> {
                 }
                 return Ok(());
             }
-            Err(task) => task,
+            Staged::Full(task) => return Err(SubmitError::Full(task)),
+            Staged::NoBatch(task) => task,
         };
+        if sh.queued.fetch_add(1, Ordering::AcqRel) >= sh.capacity {
+            sh.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(SubmitError::Full(task));
+        }
         let mut tasks = self.spare_list();
         tasks.push_back(task);
         self.send(Queued {
@@ -409,13 +421,17 @@ impl<T: Task> WorkerPool<T> {
     }
 
     /// Queues `task` in the batch open on this thread, if it is for this
-    /// pool; true if the batch should go out now. Hands the task back if
-    /// there is no such batch.
-    fn stage(&self, task: T) -> Result<bool, T> {
+    /// pool and the queue has room for it besides what the batch holds.
+    /// The batch's tasks count in [`Shared::queued`] once it is sent: one
+    /// update for all of them. Other threads' batches are not seen, so
+    /// with several submitting at once the queue can exceed its capacity
+    /// by what their batches hold (at most 64 tasks each on more than one
+    /// CPU, 1024 on one).
+    fn stage(&self, task: T) -> Staged<T> {
         STAGE.with(|stage| {
             let mut stage = stage.borrow_mut();
             if stage.pool != self.id() {
-                return Err(task);
+                return Staged::NoBatch(task);
             }
             let boxed = stage
                 .tasks
@@ -428,13 +444,19 @@ impl<T: Task> WorkerPool<T> {
             if tasks.capacity() == 0 {
                 *tasks = self.spare_list();
             }
+            let sh = &self.shared;
+            if sh.queued.load(Ordering::Acquire) + tasks.len() >= sh.capacity {
+                return Staged::Full(task);
+            }
             tasks.push_back(task);
             let due = if self.shared.parallel {
                 WAKE_EVERY
             } else {
                 ONE_CPU_BATCH
             };
-            Ok(tasks.len() >= due)
+            Staged::Queued {
+                full: tasks.len() >= due,
+            }
         })
     }
 
@@ -447,6 +469,7 @@ impl<T: Task> WorkerPool<T> {
             (!tasks.is_empty()).then(|| (std::mem::take(tasks), at))
         });
         if let Some((tasks, at)) = taken {
+            self.shared.queued.fetch_add(tasks.len(), Ordering::AcqRel);
             self.send(Queued { tasks, at });
         }
     }
