@@ -18,7 +18,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -225,6 +225,11 @@ pub(crate) struct ConnShared {
     pub stream: TcpStream,
     /// The listener's services and the server's shared state.
     pub dispatcher: Arc<Dispatcher>,
+    /// Set by the dispatcher, under the lock, when the request it just
+    /// took left room for another (in flight, pending response bytes);
+    /// cleared by the reader before each message. It spares the reader the
+    /// lock to look at the limits again after each request.
+    pub room_after: AtomicBool,
     /// The method this connection called last, for
     /// [`Registry::lookup_after`](super::service::Registry::lookup_after).
     pub last_method: AtomicUsize,
@@ -249,6 +254,7 @@ impl ConnShared {
             stream,
             dispatcher,
             last_method: AtomicUsize::new(usize::MAX),
+            room_after: AtomicBool::new(false),
             waker,
             state: Mutex::new(ConnState {
                 out: Encoder::new(),

@@ -306,6 +306,12 @@ impl Dispatcher {
             if st.closed {
                 return None;
             }
+            // The reader's next look at the limits, while the lock is held
+            // anyway (see `ConnShared::room_after`).
+            let limits = &self.server.config.limits;
+            let room = st.active() + 1 < limits.max_in_flight_per_connection
+                && st.pending_bytes() < limits.max_pending_response_bytes;
+            conn.room_after.store(room, Ordering::Relaxed);
             if st.draining {
                 let message = st.protocol.shutting_down_message();
                 drop(st);

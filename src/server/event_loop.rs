@@ -367,6 +367,19 @@ impl EventLoop {
         }
     }
 
+    /// [`EventLoop::may_read`] after a message: when the request it carried
+    /// left room (`ConnShared::room_after`), the connection's lock need not
+    /// be taken again to know.
+    fn may_read_on(&mut self, slot: usize) -> bool {
+        let room = self.conns.get(slot).is_some_and(|c| {
+            c.read_open && !c.paused && c.shared.room_after.load(Ordering::Relaxed)
+        });
+        if room && self.phase != STOPPING && self.server.has_read_budget() {
+            return true;
+        }
+        self.may_read(slot)
+    }
+
     /// Whether `slot` may read now; if not, marks it paused so that the
     /// next finished request or drained buffer resumes it.
     fn may_read(&mut self, slot: usize) -> bool {
@@ -490,6 +503,7 @@ impl EventLoop {
                 break;
             }
             let (shared, timers) = (&conn.shared, &mut self.timers);
+            shared.room_after.store(false, Ordering::Relaxed);
             let dispatcher = &shared.dispatcher;
             let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
             match conn.decoder.decode(buf, shared, &mut dispatch) {
@@ -500,7 +514,7 @@ impl EventLoop {
                     break;
                 }
             }
-            if !self.may_read(slot) {
+            if !self.may_read_on(slot) {
                 break;
             }
         }
