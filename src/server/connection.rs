@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
+use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
 use crate::codec::{Encoder, Flags, RequestId};
@@ -173,6 +174,13 @@ impl ConnState {
     pub fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    /// Whether the connection is at its in-flight or pending-response
+    /// limit: its reader waits until requests finish or output drains.
+    pub fn is_full(&self, limits: &Limits) -> bool {
+        self.active() >= limits.max_in_flight_per_connection
+            || self.pending_bytes() >= limits.max_pending_response_bytes
     }
 
     /// Response bytes not yet accepted by the socket.

@@ -306,12 +306,6 @@ impl Dispatcher {
             if st.closed {
                 return None;
             }
-            // The reader's next look at the limits, while the lock is held
-            // anyway (see `ConnShared::room_after`).
-            let limits = &self.server.config.limits;
-            let room = st.active() + 1 < limits.max_in_flight_per_connection
-                && st.pending_bytes() < limits.max_pending_response_bytes;
-            conn.room_after.store(room, Ordering::Relaxed);
             if st.draining {
                 let message = st.protocol.shutting_down_message();
                 drop(st);
@@ -321,7 +315,7 @@ impl Dispatcher {
                 refuse(Status::unavailable(message), ctx.trace_id().as_ref());
                 return None;
             }
-            if oneway {
+            let seq = if oneway {
                 st.oneway_running += 1;
                 0
             } else {
@@ -344,7 +338,12 @@ impl Dispatcher {
                     return None;
                 }
                 seq
-            }
+            };
+            // The reader's next look at the limits, while the lock is held
+            // anyway (see `ConnShared::room_after`).
+            let room = !st.is_full(&self.server.config.limits);
+            conn.room_after.store(room, Ordering::Relaxed);
+            seq
         };
         let task = RequestTask {
             conn: Held::new(conn, head.overhead + body.len()),

@@ -392,8 +392,7 @@ impl EventLoop {
             return false;
         }
         let mut st = conn.shared.lock();
-        let full = st.active() >= limits.max_in_flight_per_connection
-            || st.pending_bytes() >= limits.max_pending_response_bytes;
+        let full = st.is_full(limits);
         if full || !budget {
             st.read_paused = full;
             conn.paused = true;

@@ -793,10 +793,7 @@ impl<'a> Reader<'a> {
 
     /// Whether another request may be read now.
     fn has_room(&self) -> bool {
-        let st = self.link.conn.lock();
-        st.active() < self.limits.max_in_flight_per_connection
-            && st.pending_bytes() < self.limits.max_pending_response_bytes
-            && self.t.server.has_read_budget()
+        !self.link.conn.lock().is_full(self.limits) && self.t.server.has_read_budget()
     }
 
     /// Cuts messages off the buffer and dispatches them until more bytes
@@ -861,8 +858,7 @@ impl<'a> Reader<'a> {
             }
             // Workers wake us only when nobody else has been woken.
             st.notified = false;
-            let full = st.active() >= limits.max_in_flight_per_connection
-                || st.pending_bytes() >= limits.max_pending_response_bytes;
+            let full = st.is_full(limits);
             if !full && self.t.server.has_read_budget() {
                 st.read_paused = false;
                 return true;
