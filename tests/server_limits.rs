@@ -141,10 +141,25 @@ fn in_flight_limit_stops_reading_until_some_finish(mode: Mode) {
         .unwrap();
     let mut bystander = RawClient::connect(server.local_addr());
     let mut c = RawClient::connect(server.local_addr());
-    c.call(1, "/gate.Gate/Block", &());
-    c.call(2, "/gate.Gate/Block", &());
+    // All three in one write: the limit holds between the requests of one
+    // read, not only between reads.
+    for id in 1..=2 {
+        c.push_request(
+            id,
+            &RequestMeta::new("/gate.Gate/Block"),
+            Flags::default(),
+            &encode(&()),
+        );
+    }
+    let third = encode(&say("third"));
+    c.push_request(
+        3,
+        &RequestMeta::new("/echo.Echo/Say"),
+        Flags::default(),
+        &third,
+    );
+    c.flush();
     g.wait_started(2);
-    c.call(3, "/echo.Echo/Say", &say("third"));
     // Not refused, not answered: not read yet.
     c.expect_silence(Duration::from_millis(200));
     assert_eq!(server.stats().requests_in_flight, 2);
