@@ -604,6 +604,11 @@ impl<T: Task> WorkerPool<T> {
         wake_one(&self.shared)
     }
 
+    /// Whether the pool was built for one CPU ([`PoolConfig::cpus`]).
+    pub(crate) fn one_cpu(&self) -> bool {
+        !self.shared.parallel
+    }
+
     /// Tasks waiting in the queue: [`PoolStats::queued`] alone, cheaper
     /// to read.
     pub fn queued(&self) -> usize {

@@ -136,9 +136,6 @@ pub(crate) struct EventLoop {
     phase: u8,
     stop_deadline: Option<Instant>,
     conn_latch: crate::latch::Latch,
-    /// The process may run on one CPU only: the requests of a whole poll
-    /// go to the workers as one batch (see `on_events`).
-    one_cpu: bool,
 }
 
 impl EventLoop {
@@ -184,7 +181,6 @@ impl EventLoop {
             budget_paused: false,
             next_sweep: Instant::now() + sweep_every,
             sweep_every,
-            one_cpu: std::thread::available_parallelism().map_or(true, |n| n.get() == 1),
             phase: RUNNING,
             stop_deadline: None,
             conn_latch,
@@ -219,7 +215,7 @@ impl EventLoop {
         // read is a batch of its own (see `on_readable`), so that a worker
         // elsewhere starts on the first while the loop reads the next.
         match self.server.pool.clone() {
-            Some(pool) if self.one_cpu => pool.batch(|| self.on_poll_events(events)),
+            Some(pool) if pool.one_cpu() => pool.batch(|| self.on_poll_events(events)),
             _ => self.on_poll_events(events),
         }
         self.take_ready();
