@@ -113,8 +113,9 @@ impl Latch {
 
     /// Blocks until the count is zero.
     pub fn wait(&self) {
-        let _waiting = Waiting::new(&self.inner);
         let mut g = self.lock();
+        // Announced under the lock, which it keeps until it sleeps.
+        let _waiting = Waiting::new(&self.inner);
         while self.count() > 0 {
             g = self.inner.zero.wait(g).unwrap_or_else(|e| e.into_inner());
         }
@@ -135,8 +136,9 @@ impl Latch {
     /// Blocks until the count is zero or `deadline` passes; true if it
     /// reached zero.
     pub fn wait_deadline(&self, deadline: Instant) -> bool {
-        let _waiting = Waiting::new(&self.inner);
         let mut g = self.lock();
+        // Announced under the lock, which it keeps until it sleeps.
+        let _waiting = Waiting::new(&self.inner);
         while self.count() > 0 {
             let now = Instant::now();
             if now >= deadline {
@@ -204,16 +206,25 @@ mod tests {
     #[test]
     fn wait_returns_when_the_last_guard_drops() {
         let latch = Latch::new();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
         let guard = latch.guard();
-        let t = thread::spawn(move || {
-            go_rx.recv().unwrap();
-            drop(guard);
-        });
         assert!(!latch.wait_timeout(Duration::from_millis(10)));
-        go_tx.send(()).unwrap();
-        // Would hang forever without the notify in done().
-        assert!(latch.wait_timeout(Duration::from_secs(10)));
+        let (done_tx, done_rx) = mpsc::channel::<()>();
+        let waiter = latch.clone();
+        let t = thread::spawn(move || {
+            waiter.wait();
+            done_tx.send(()).unwrap();
+        });
+        // Once the waiter has announced itself, it holds the lock from its
+        // look at the count until it sleeps: taking the lock here means it
+        // sleeps, and only done()'s wake-up can end its wait.
+        while latch.inner.waiters.load(Ordering::SeqCst) == 0 {
+            thread::yield_now();
+        }
+        drop(latch.lock());
+        drop(guard);
+        done_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the waiter was not woken");
         t.join().unwrap();
     }
 
