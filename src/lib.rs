@@ -123,6 +123,7 @@
 pub mod client;
 pub mod codec;
 mod context;
+pub mod descriptor;
 mod error;
 mod filter;
 pub mod filters;
@@ -133,6 +134,7 @@ mod latch;
 mod metadata;
 pub mod pool;
 pub mod server;
+mod service_macro;
 pub mod shutdown;
 mod spare;
 mod status;
@@ -150,3 +152,11 @@ pub use shutdown::{ShutdownHandle, ShutdownReport};
 pub use status::{Code, Status};
 pub use task_group::{TaskError, TaskGroup, TaskHandle};
 pub use trace::TraceId;
+
+/// What [`service!`]'s expansion names, whatever the user's crate depends
+/// on.
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use serde;
+}

@@ -115,6 +115,7 @@ mod handler;
 mod health;
 mod pace;
 pub(crate) mod protocol;
+pub mod reflection;
 mod service;
 mod threaded;
 
@@ -134,7 +135,8 @@ pub use health::{
     HEALTH_SERVICE,
 };
 pub use protocol::Protocols;
-pub use service::Service;
+pub use reflection::REFLECTION_SERVICE;
+pub use service::{MethodName, Service};
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 
@@ -143,6 +145,7 @@ use self::dispatch::{Dispatcher, ServerShared};
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
 use self::protocol::DecodeConfig;
+use self::reflection::{Catalog, Reflection as _};
 use self::service::Registry;
 use self::threaded::Threaded;
 use crate::codec::FrameLimits;
@@ -262,7 +265,11 @@ impl Server {
             let names = specs
                 .iter()
                 .flat_map(|s| s.services.iter().map(|s| s.name()));
-            Health::new(names.chain(setup.health.then_some(HEALTH_SERVICE)))
+            Health::new(
+                names
+                    .chain(setup.health.then_some(HEALTH_SERVICE))
+                    .chain(setup.reflection.then_some(REFLECTION_SERVICE)),
+            )
         };
         let mut bound = Vec::with_capacity(specs.len());
         for mut spec in specs {
@@ -273,6 +280,10 @@ impl Server {
                 .map_err(|e| Error::io("cannot read the listen address", e))?;
             if setup.health && spec.services.iter().all(|s| s.name() != HEALTH_SERVICE) {
                 spec.services.push(health.service());
+            }
+            if setup.reflection && spec.services.iter().all(|s| s.name() != REFLECTION_SERVICE) {
+                let infos = spec.services.iter().map(|s| s.info(true)).collect();
+                spec.services.push(Catalog::new(infos).into_service());
             }
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
