@@ -31,7 +31,7 @@
 //! beside the native protocol. `benches/modes.rs` compares event mode
 //! with thread mode.
 
-#[path = "support/load.rs"]
+#[path = "../cli/src/load/driver.rs"]
 mod load;
 #[path = "support/server_proc.rs"]
 mod server_proc;

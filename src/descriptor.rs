@@ -175,8 +175,10 @@ impl<S, Req, Resp> fmt::Debug for Method<S, Req, Resp> {
 
 /// The schema probe behind [`service!`](crate::service!): a type that
 /// implements `schemars::JsonSchema` gets its schema, any other none. It
-/// works by method resolution (the impl on `&Probe<T>` is found first when
-/// it applies), which needs a concrete `T`: the macro's expansion has one.
+/// works by method resolution: called on a `&Probe<T>`, the `&self` method
+/// of the impl on `Probe<T>` is found before the one on `&Probe<T>`, but
+/// only applies when `T: JsonSchema`. That needs a concrete `T`: the
+/// macro's expansion has one.
 #[cfg(feature = "schemars")]
 #[doc(hidden)]
 pub mod schema_probe {
@@ -188,7 +190,7 @@ pub mod schema_probe {
         fn schema(&self) -> Option<String>;
     }
 
-    impl<T: schemars::JsonSchema + ?Sized> WithSchema for &Probe<T> {
+    impl<T: schemars::JsonSchema + ?Sized> WithSchema for Probe<T> {
         fn schema(&self) -> Option<String> {
             let schema = schemars::SchemaGenerator::default().into_root_schema_for::<T>();
             // A schema is plain JSON data: writing it out cannot fail.
@@ -200,7 +202,7 @@ pub mod schema_probe {
         fn schema(&self) -> Option<String>;
     }
 
-    impl<T: ?Sized> WithoutSchema for Probe<T> {
+    impl<T: ?Sized> WithoutSchema for &Probe<T> {
         fn schema(&self) -> Option<String> {
             None
         }
