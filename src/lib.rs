@@ -14,6 +14,12 @@
 //! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
 //!
+//! A service is best declared once with [`service!`], which gives the
+//! server a trait to implement and clients a typed stub, so that a wrong
+//! method name or type is a compile error on either side (its page has the
+//! whole example). Underneath, a service is a [`Service`] of named
+//! handlers, which the macro builds and which can be built by hand:
+//!
 //! ```
 //! use syncrpc::{Context, Server, Service, Status};
 //!
@@ -102,6 +108,10 @@
 //!   by its first byte; its decoder hands the dispatcher neutral requests,
 //!   and it encodes the answers, so services, filters, the pool, deadlines
 //!   and shutdown never see which wire a request came on.
+//! - [`service!`] and [`descriptor`]: one declaration per service, its
+//!   methods described for [`server::reflection`], the built-in service
+//!   that tells tools (the `syncrpc` command line of the `cli/` crate)
+//!   what a listener serves.
 //! - [`pool`]: the fixed [`WorkerPool`](pool::WorkerPool). A full queue
 //!   answers `RESOURCE_EXHAUSTED` at once; a request whose deadline passed
 //!   in the queue is answered `DEADLINE_EXCEEDED` unrun; a panic is caught.

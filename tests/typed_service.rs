@@ -203,6 +203,9 @@ fn method_options_and_the_whole_response(mode: Mode) {
     server.shutdown();
 }
 
+/// A method as `List` reports it: name, kind, body, types and timeout.
+type Summary<'a> = (&'a str, MethodKind, BodyKind, &'a str, &'a str, Option<u64>);
+
 fn reflection_lists_and_describes_the_declared_methods(mode: Mode) {
     let (server, notes, _kept) = serve(mode);
     let reflection = ReflectionClient::new(notes.client().clone());
@@ -219,7 +222,7 @@ fn reflection_lists_and_describes_the_declared_methods(mode: Mode) {
         )
         .unwrap();
     let methods = &listed.services[0].methods;
-    let summary: Vec<(&str, MethodKind, BodyKind, &str, &str, Option<u64>)> = methods
+    let summary: Vec<Summary> = methods
         .iter()
         .map(|m| {
             (
