@@ -85,7 +85,10 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// A connection with nothing in flight that receives nothing for this
-    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (protocol default).
+    /// long gets GOAWAY `UNAVAILABLE` and is closed. The period starts at
+    /// the last byte received or the last answer written, whichever is
+    /// later: a call that runs longer than this leaves its connection a
+    /// whole period after its answer. Default 60 s (protocol default).
     pub idle: Duration,
     /// Time to receive one whole frame, from its first byte; past it the
     /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
