@@ -528,8 +528,11 @@ impl ServerBuilder {
     /// application decides.
     ///
     /// The handler (the `ctrlc` crate's) is process-wide and installed
-    /// once, on the first bind that asks for it; every server that asked
-    /// then gets each signal. Binding fails with a usage error if the
+    /// once, on the first bind that asks for it, before that bind opens
+    /// its listeners: a signal that arrives as soon as the port accepts
+    /// starts the shutdown (once the server has started) rather than
+    /// ending the process. Every server that asked then gets each
+    /// signal. Binding fails with a usage error if the
     /// application set a `ctrlc` handler of its own, which can only be
     /// done once per process: start the shutdown from that handler with a
     /// [`ShutdownHandle`](crate::ShutdownHandle) instead.
