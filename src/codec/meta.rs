@@ -385,8 +385,26 @@ mod key {
         named("message", Option::deserialize(d)).map(Option::unwrap_or_default)
     }
 
+    /// A boolean, nil read as false. Through `deserialize_any`, so that
+    /// another type is reported as what it is.
     pub(super) fn stream<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-        named("stream", Option::<bool>::deserialize(d)).map(Option::unwrap_or_default)
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+                Ok(v)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+                Ok(false)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+                Ok(false)
+            }
+        }
+        named("stream", d.deserialize_any(V))
     }
 
     /// A WINDOW grant: an integer from 1 to 2^31-1, from any integer
