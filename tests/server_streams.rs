@@ -7,9 +7,11 @@
 mod util;
 
 use std::collections::HashMap;
+use std::thread;
+use std::time::Duration;
 
 use syncrpc::codec::{Encoder, Flags, FrameType, RequestId, RequestMeta, WindowMeta};
-use syncrpc::server::Limits;
+use syncrpc::server::{Limits, Timeouts};
 use syncrpc::Code;
 use util::{echo_service, encode, gate_service, say, Mode, RawClient, Resp};
 
@@ -20,6 +22,7 @@ per_mode!(
     stream_frames_for_a_unary_call_in_flight_are_ignored,
     oneway_with_stream_is_not_run,
     malformed_stream_frames_are_connection_errors,
+    stream_after_goaway_is_refused_unrun,
 );
 
 /// `{"method": method, "stream": true}`.
@@ -280,4 +283,47 @@ fn malformed_stream_frames_are_connection_errors(mode: Mode) {
     }
     bystander.call(1, "/echo.Echo/Say", &say("fine"));
     assert_eq!(bystander.response().decode::<util::Say>(), say("fine"));
+}
+
+/// A stream read after the GOAWAY is refused like any other: no server
+/// of this version could run it, so it gets the same INVALID_ARGUMENT
+/// rather than UNAVAILABLE, which would invite a retry elsewhere that
+/// fails the same way. It is not run, and not counted as refused by the
+/// shutdown.
+fn stream_after_goaway_is_refused_unrun(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .timeouts(Timeouts {
+            shutdown: Duration::from_secs(5),
+            ..Timeouts::default()
+        })
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    c.call(1, "/gate.Gate/Block", &());
+    g.wait_started(1);
+    let handle = server.handle();
+    let stopper = thread::spawn(move || handle.shutdown());
+    assert_eq!(c.goaway().0, Code::UNAVAILABLE);
+
+    c.call_meta(
+        2,
+        &stream_meta("/gate.Gate/Count"),
+        Flags::default(),
+        &encode(&()),
+    );
+    c.response()
+        .expect_code(Code::INVALID_ARGUMENT, "not a streaming method");
+    c.call(3, "/gate.Gate/Count", &());
+    c.response().expect_code(Code::UNAVAILABLE, "shutting down");
+    assert_eq!(g.calls(), 0);
+
+    g.release(1);
+    let r = c.response();
+    assert_eq!((r.id, r.code), (1, Code::OK));
+    drop(c);
+    let report = stopper.join().unwrap();
+    assert_eq!((report.drained, report.refused), (1, 1), "{report:?}");
+    drop(server);
 }
