@@ -271,6 +271,14 @@ impl Server {
                     .chain(setup.reflection.then_some(REFLECTION_SERVICE)),
             )
         };
+        // Before the first listener opens: a SIGTERM that comes as soon as
+        // the port accepts must start the shutdown, not kill the process
+        // with connections completed in the backlog. A signal that comes
+        // before the coordinator runs waits for it in the trigger queue.
+        let life = Lifecycle::new();
+        if setup.handle_signals {
+            life.handle_signals()?;
+        }
         let mut bound = Vec::with_capacity(specs.len());
         for mut spec in specs {
             let listener = bind_listener(&spec.addrs, config.backlog)
@@ -361,7 +369,7 @@ impl Server {
             listeners,
             conns,
             health,
-            life: Lifecycle::new(),
+            life,
         });
         let fail = |e: Error, plan: Plan| {
             // Whatever started is stopped; the application's hooks are for
@@ -377,11 +385,6 @@ impl Server {
         };
         if let Err(e) = started {
             return fail(e, plan);
-        }
-        if setup.handle_signals {
-            if let Err(e) = inner.life.handle_signals() {
-                return fail(e, plan);
-            }
         }
         let name = format!("{}-shutdown", inner.shared.config.thread_name);
         let (target, slot) = (inner.clone(), Arc::new(Mutex::new(Some(plan))));
