@@ -90,9 +90,9 @@ fn usage() -> String {
         "\
 usage: echo_server [OPTIONS] [ADDR]
 
-Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes) and the health service
-until SIGTERM or Ctrl-C, then drains and exits 0 (1 if the drain was not
-clean). RUST_LOG sets the logging (default info: one access-log line per
+Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes), the health service and
+reflection (for `syncrpc list`) until SIGTERM or Ctrl-C, then drains and
+exits 0 (1 if the drain was not clean). RUST_LOG sets the logging (default info: one access-log line per
 call; RUST_LOG=warn for load tests).
 
 The limits and timeouts default to the protocol's values (docs/protocol.md,
