@@ -8,7 +8,7 @@ use syncrpc::client::CallOptions;
 use syncrpc::codec::Compression;
 use syncrpc::{Client, Code, Context, Error, TraceId};
 
-use crate::connect::{method_path, service_of, Target};
+use crate::connect::{method_path, service_of, Protocol, Target};
 use crate::exit::Failure;
 use crate::json::{self, Json};
 use crate::list;
@@ -74,6 +74,19 @@ fn read_body(arg: Option<&str>, raw: bool) -> Result<(Vec<u8>, String), Failure>
 }
 
 fn options(args: &CallArgs) -> Result<CallOptions, Failure> {
+    if args.target.protocol == Protocol::MsgpackRpc {
+        // Refused rather than dropped without a word.
+        let carried = [
+            (!args.metadata.is_empty(), "--md"),
+            (args.trace_id.is_some(), "--trace-id"),
+            (args.compress.is_some(), "--compress"),
+        ];
+        if let Some((_, flag)) = carried.iter().find(|(given, _)| *given) {
+            return Err(Failure::usage(format!(
+                "{flag} cannot be sent over MessagePack-RPC, which has no place for it"
+            )));
+        }
+    }
     let mut opts = CallOptions::new();
     for (k, v) in &args.metadata {
         opts = opts.metadata(k.as_str(), v.as_str());
@@ -133,6 +146,9 @@ pub fn call(args: CallArgs) -> Result<ExitCode, Failure> {
 /// UNIMPLEMENTED (from reflection, when the server serves it).
 fn failed(client: &Client, ctx: &Context, path: &str, err: &Error) -> Failure {
     let failure = Failure::call(err);
+    if err.code() == Code::INVALID_ARGUMENT && err.status().message().contains("takes raw bodies") {
+        return failure.with_note("hint: the method takes raw bytes: call it with --raw");
+    }
     if err.code() != Code::UNIMPLEMENTED {
         return failure;
     }

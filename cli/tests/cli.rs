@@ -359,6 +359,10 @@ fn raw_bodies_pass_through_stdin_to_stdout() {
     let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Bytes", "--raw"], &body);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(out.stdout, body);
+    // A typed body for a raw method: the server refuses it, the tool hints.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Bytes", "{}"], b"");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("call it with --raw"), "{}", out.stderr);
     // A raw body sent to a typed method is the server's to refuse.
     let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Say", "--raw"], b"abc");
     assert_eq!(out.code, 1);
@@ -424,6 +428,15 @@ fn failures_exit_by_class() {
         vec!["call", &echo.addr, "Say"],
         vec!["call", &echo.addr, "/echo.Echo/Say", "--md", "novalue"],
         vec!["call", &echo.addr, "/echo.Echo/Say", "--timeout", "never"],
+        vec![
+            "call",
+            &echo.addr,
+            "/echo.Echo/Say",
+            "--md",
+            "k=v",
+            "--protocol",
+            "msgpack-rpc",
+        ],
         vec!["frobnicate"],
     ] {
         let out = syncrpc(&args, b"");
