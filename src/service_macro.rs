@@ -122,7 +122,7 @@
 /// # Ok(()) }
 /// ```
 ///
-/// and an answer is of the declared type only:
+/// an answer is of the declared type only:
 ///
 /// ```compile_fail,E0308
 /// # use syncrpc::Context;
@@ -139,8 +139,42 @@
 /// # Ok(()) }
 /// ```
 ///
-/// The server's trait is checked the same way: an implementation with a
-/// wrong type or a missing method does not compile.
+/// nor does a request of another type:
+///
+/// ```compile_fail,E0308
+/// # use syncrpc::Context;
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # pub struct Say { pub text: String }
+/// syncrpc::service! {
+///     pub service Echo("echo.Echo") client EchoClient {
+///         unary Say => fn say(Say) -> Say;
+///     }
+/// }
+/// # fn main() -> Result<(), syncrpc::Error> {
+/// let echo = EchoClient::connect("127.0.0.1:7000")?;
+/// let reply = echo.say(&Context::background(), &"hi".to_owned())?;
+/// # Ok(()) }
+/// ```
+///
+/// The server's trait is checked the same way: an implementation that
+/// answers another type does not compile.
+///
+/// ```compile_fail,E0053
+/// # use syncrpc::{Context, Status};
+/// # #[derive(serde::Serialize, serde::Deserialize)]
+/// # pub struct Say { pub text: String }
+/// syncrpc::service! {
+///     pub service Echo("echo.Echo") client EchoClient {
+///         unary Say => fn say(Say) -> Say;
+///     }
+/// }
+/// struct Parrot;
+/// impl Echo for Parrot {
+///     fn say(&self, _: &Context, req: Say) -> Result<String, Status> {
+///         Ok(req.text)
+///     }
+/// }
+/// ```
 ///
 /// # JSON Schema
 ///
@@ -172,6 +206,7 @@ macro_rules! service {
                 Self: ::core::marker::Sized,
             {
                 let this = ::std::sync::Arc::new(self);
+                let _ = &this; // a service may declare no methods
                 let service = $crate::Service::new($svc);
                 $(
                     let service = $crate::__service_method!(

@@ -345,6 +345,24 @@ fn reflection_can_be_turned_off(mode: Mode) {
     server.shutdown();
 }
 
+syncrpc::service! {
+    /// A service with no methods yet compiles without a warning.
+    pub service Nothing("test.Nothing") client NothingClient {}
+}
+
+struct NoImpl;
+
+impl Nothing for NoImpl {}
+
+#[test]
+fn a_service_without_methods_is_a_service() {
+    let svc = NoImpl.into_service();
+    assert_eq!(svc.name(), "test.Nothing");
+    assert_eq!(svc.method_names().count(), 0);
+    assert!(NothingClient::METHODS.is_empty());
+    assert_eq!(NothingClient::SERVICE, "test.Nothing");
+}
+
 #[test]
 #[should_panic(expected = "is not a method of service \"other.Svc\"")]
 fn a_descriptor_of_another_service_is_refused() {
