@@ -99,8 +99,20 @@ fn signature(m: &MethodInfo) -> String {
 }
 
 pub fn describe(args: DescribeArgs) -> Result<ExitCode, Failure> {
-    let path = method_path(&args.method)?;
     let client = args.target.client()?;
+    // `echo.Echo` may name a service rather than the method `echo/Echo`:
+    // a service of that name is described as `list` would.
+    if !args.method.contains('/') {
+        let ctx = args.target.context();
+        if let Ok(services) = services(&client, &ctx, Some(&args.method)) {
+            return list(ListArgs {
+                target: args.target,
+                service: services.first().map(|s| s.name.clone()),
+                json: args.json,
+            });
+        }
+    }
+    let path = method_path(&args.method)?;
     let reflection = ReflectionClient::new(client);
     let info = reflection
         .describe(&args.target.context(), &DescribeRequest { method: path })

@@ -191,6 +191,14 @@ fn describe_shows_kind_body_timeout_and_types() {
     if let Some(schema) = sleep["request_schema"].as_object() {
         assert!(schema["properties"]["ms"].is_object(), "{schema:?}");
     }
+    // A service name describes the service.
+    let out = syncrpc(&["describe", &echo.addr, "echo.Echo"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text().starts_with("echo.Echo\n  Say "),
+        "{}",
+        out.text()
+    );
     let out = syncrpc(&["describe", &echo.addr, "/echo.Echo/Shout"], b"");
     assert_eq!(out.code, 1);
     assert!(

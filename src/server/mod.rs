@@ -30,7 +30,7 @@
 //! `protocol`: the native one and MessagePack-RPC. The shutdown's steps
 //! are the coordinator's, in [`crate::shutdown`]; the server carries them
 //! out. Every listener also serves the built-in health
-//! service, [`Health`].
+//! service, [`Health`], and the reflection service, [`reflection`].
 //!
 //! # A request's life
 //!
