@@ -32,7 +32,7 @@ pub struct CallArgs {
     /// The trace id to send (printable ASCII, up to 64 bytes).
     #[arg(long, value_name = "ID")]
     trace_id: Option<String>,
-    /// Compress the request (and so the answer).
+    /// Compress the request (and so the answer), whatever its size.
     #[arg(long, value_enum)]
     compress: Option<Compress>,
 }
@@ -100,10 +100,13 @@ fn options(args: &CallArgs) -> Result<CallOptions, Failure> {
         opts = opts.trace_id(trace);
     }
     if let Some(c) = args.compress {
-        opts = opts.compression(match c {
-            Compress::Gzip => Compression::Gzip,
-            Compress::Zlib => Compression::Zlib,
-        });
+        // Asked for by name: every body, however small.
+        opts = opts
+            .compression(match c {
+                Compress::Gzip => Compression::Gzip,
+                Compress::Zlib => Compression::Zlib,
+            })
+            .compress_min_size(0);
     }
     Ok(opts)
 }

@@ -410,6 +410,63 @@ fn a_server_without_reflection_still_answers_call() {
 }
 
 #[test]
+fn call_options_reach_the_handler() {
+    #[derive(serde::Serialize)]
+    struct Shown {
+        tenant: Option<String>,
+        trace_id: Option<String>,
+        deadline_ms: Option<u64>,
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    let tx = std::sync::Mutex::new(tx);
+    // The filter sees the body as sent, so it knows its compression.
+    let compression = move |ctx: &Context, req: syncrpc::Request, next: syncrpc::Next<'_>| {
+        let _ = tx.lock().unwrap().send(format!("{:?}", req.compression()));
+        next.run(ctx, req)
+    };
+    let svc = Service::new("meta.Meta").method("Show", |ctx: &Context, _: Value| {
+        Ok::<_, Status>(Shown {
+            tenant: ctx.metadata().get_str("tenant").map(str::to_owned),
+            trace_id: ctx.trace_id().map(|t| t.to_string()),
+            deadline_ms: ctx.remaining().map(|d| d.as_millis() as u64),
+        })
+    });
+    let server = Server::builder()
+        .service(svc)
+        .filter(compression)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "meta.Meta.Show",
+            "{}",
+            "--md",
+            "tenant=acme",
+            "--trace-id",
+            "cli-7",
+            "--timeout",
+            "3s",
+            "--compress",
+            "zlib",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown = out.json();
+    assert_eq!(shown["tenant"], "acme");
+    assert_eq!(shown["trace_id"], "cli-7");
+    let left = shown["deadline_ms"]
+        .as_u64()
+        .expect("the call carries its deadline");
+    assert!(left > 0 && left <= 3000, "{left}");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "Zlib");
+    server.shutdown();
+}
+
+#[test]
 fn health_exits_0_only_when_serving() {
     let echo = EchoServer::start();
     let out = syncrpc(&["health", &echo.addr], b"");
