@@ -86,6 +86,16 @@ impl MethodName for String {
     }
 }
 
+impl MethodName for MethodDescriptor {
+    fn method_name(&self) -> &str {
+        self.name
+    }
+
+    fn service_name(&self) -> Option<&str> {
+        Some(self.service)
+    }
+}
+
 impl<S, Req, Resp> MethodName for Method<S, Req, Resp> {
     fn method_name(&self) -> &str {
         self.descriptor().name
@@ -233,7 +243,7 @@ impl Service {
     /// is of another service, or states a raw body for a typed method or
     /// the other way round.
     pub fn describe(mut self, descriptor: MethodDescriptor) -> Service {
-        let def = self.def_mut(&Method::<(), (), ()>::new(descriptor));
+        let def = self.def_mut(&descriptor);
         assert!(
             def.shape.body == descriptor.body,
             "method {:?} has {} bodies, not {} as its descriptor says",
@@ -284,8 +294,8 @@ impl Service {
                         .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
                     request_type: s.request_type.to_owned(),
                     response_type: s.response_type.to_owned(),
-                    request_schema: schemas.then(s.request_schema).flatten(),
-                    response_schema: schemas.then(s.response_schema).flatten(),
+                    request_schema: if schemas { (s.request_schema)() } else { None },
+                    response_schema: if schemas { (s.response_schema)() } else { None },
                 }
             })
             .collect();
