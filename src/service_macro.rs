@@ -73,7 +73,9 @@
 ///
 /// `Name` is the method's name on the wire (`/SERVICE.NAME/Name`),
 /// `name` the Rust method's on both sides. Typed bodies are MessagePack
-/// of serde types; raw bodies are bytes passed through untouched.
+/// of serde types; raw bodies are bytes passed through untouched, declared
+/// as `bytes::Bytes` (in scope where the macro is called), the type a raw
+/// handler takes and returns.
 ///
 /// # What it generates
 ///
