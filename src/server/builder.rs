@@ -646,7 +646,8 @@ impl ServerBuilder {
             }
         }
         if let Some(addrs) = self.admin {
-            if specs.iter().any(|s| s.addrs == addrs) {
+            let fixed = addrs.iter().all(|a| a.port() != 0);
+            if fixed && specs.iter().any(|s| s.addrs == addrs) {
                 return Err(Error::usage(format!(
                     "admin_on({addrs:?}): another listener has that address"
                 )));
