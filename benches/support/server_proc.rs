@@ -107,7 +107,7 @@ pub fn serve(kind: &str, args: &[String]) {
             let _ = env_logger::Builder::new()
                 .filter_level(log::LevelFilter::Info)
                 .try_init();
-            builder = builder.filter(syncrpc::filters::AccessLog::new());
+            builder = builder.filter(syncrpc::filters::AccessLog::new().to_writer(io::stderr()));
         }
         builder
             .service(echo)

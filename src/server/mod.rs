@@ -27,10 +27,11 @@
 //! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
 //! the wire protocol (framing, the native meta, the encoding of answers
 //! and GOAWAYs) is one implementation of a trait per protocol, in
-//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps
-//! are the coordinator's, in [`crate::shutdown`]; the server carries them
-//! out. Every listener also serves the built-in health
-//! service, [`Health`].
+//! `protocol`: the native one, MessagePack-RPC and HTTP/1.1. The
+//! shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! server carries them out. Every listener also serves the built-in health
+//! service, [`Health`], and the HTTP endpoints (`/healthz`, `/livez`,
+//! `/metrics`, `/`) of `endpoints`, whose metrics `telemetry` keeps.
 //!
 //! # A request's life
 //!
