@@ -59,6 +59,8 @@ fn lines_with(tag: &str) -> Vec<(log::Level, String)> {
 /// Makes `n` calls of `/echo.Echo/Say` through a server logging to `log`,
 /// with trace ids `<tag>-<i>`.
 fn calls(log: &AccessLog, n: u32, tag: &str) -> syncrpc::Server {
+    // The logger must be in place before the lines are made.
+    capture();
     let server = util::builder(Mode::Event)
         .service(echo_service())
         .filter(log.clone())
