@@ -164,16 +164,14 @@ impl Http {
     #[track_caller]
     fn expect_closed(&mut self) {
         let mut chunk = [0u8; 8192];
-        loop {
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return,
-                Ok(n) => panic!(
-                    "expected the connection closed, got {:?}",
-                    String::from_utf8_lossy(&chunk[..n])
-                ),
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return,
-                Err(e) => panic!("expected the connection closed: {e}"),
-            }
+        match self.stream.read(&mut chunk) {
+            Ok(0) => {}
+            Ok(n) => panic!(
+                "expected the connection closed, got {:?}",
+                String::from_utf8_lossy(&chunk[..n])
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("expected the connection closed: {e}"),
         }
     }
 
