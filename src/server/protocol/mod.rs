@@ -244,9 +244,10 @@ pub(crate) struct RequestHead<'a> {
     pub any_encoding: bool,
 }
 
-/// The `/service/method` path of the request that stands for a built-in
-/// endpoint (an HTTP `GET /metrics`), which the dispatcher serves from the
-/// server's own state: routed, limited and answered like any request.
+/// The service whose methods stand for the built-in endpoints (an HTTP
+/// `GET /metrics` is a request for `/syncrpc.Endpoints/Metrics`): served
+/// by a built-in service over the server's own state, and routed, limited
+/// and answered like any request.
 pub(crate) const ENDPOINT_SERVICE: &str = "syncrpc.Endpoints";
 
 /// One message of the peer, in no particular protocol.

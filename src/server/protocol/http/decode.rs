@@ -365,6 +365,18 @@ fn read_body(
         }
         BodyKind::Chunked { at, pieces, total } => loop {
             let bad = |why: &str| fatal(400, Status::invalid_argument(format!("bad chunk: {why}")));
+            // Tiny chunks carry more framing than data: the body on the
+            // wire is held in the read buffer, so it is bounded too.
+            let framed = *at - p.head_len;
+            let max_framed = max_body.saturating_mul(2).saturating_add(max_line);
+            if framed > max_framed {
+                return Err(fatal(
+                    413,
+                    Status::resource_exhausted(format!(
+                        "chunked body too large on the wire: over {max_framed} bytes"
+                    )),
+                ));
+            }
             let rest = &buf[*at..];
             let (used, size) = match httparse::parse_chunk_size(rest) {
                 Ok(httparse::Status::Complete(c)) => c,
@@ -686,6 +698,18 @@ POST /a.B/C HTTP/1.1\r\ncontent-type: application/octet-stream\r\ntransfer-encod
             ]
         );
         assert!(done, "connection: close ends the connection");
+    }
+
+    #[test]
+    fn tiny_chunks_cannot_hold_more_than_their_share_of_the_buffer() {
+        // A 64-byte body limit: 30 bytes of data in 810 bytes of chunks.
+        let mut bytes = b"POST /a.B/C HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..30 {
+            bytes.extend_from_slice(b"1;xxxxxxxxxxxxxxxxxxxx\r\na\r\n");
+        }
+        let (seen, done) = run(&bytes);
+        assert_eq!(seen, ["reply HTTP/1.1 413 Content Too Large"]);
+        assert!(done);
     }
 
     #[test]
