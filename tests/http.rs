@@ -808,3 +808,70 @@ fn an_admin_listener_serves_the_endpoints_alone(mode: Mode) {
         .expect(200, Code::OK);
     server.shutdown();
 }
+
+/// The issue's "done when": the example server, in either mode, prints
+/// `{"text":"hi"}` to the curl call of the README, and its `/metrics`
+/// passes promtool.
+fn the_example_server_answers_the_readme_curl(mode: &str) {
+    let test = "the_example_server_answers_the_readme_curl";
+    if !have("curl", test) {
+        return;
+    }
+    let example = util::start_echo_example(&["--mode", mode, "--workers", "2"]);
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .arg(format!("{}/echo.Echo/Say", example.addr))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"text":"hi"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), r#"{"text":"hi"}"#);
+    let metrics = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .arg(format!("{}/metrics", example.addr))
+        .output()
+        .unwrap();
+    assert!(metrics.status.success());
+    let text = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    assert_eq!(
+        sample(
+            &text,
+            "syncrpc_requests_total",
+            &[("method", "Say"), ("protocol", "http"), ("code", "OK")]
+        ),
+        1.0,
+        "{text}"
+    );
+    if have("promtool", test) {
+        let mut child = Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+#[test]
+fn the_example_server_answers_the_readme_curl_in_event_mode() {
+    the_example_server_answers_the_readme_curl("event");
+}
+
+#[test]
+fn the_example_server_answers_the_readme_curl_in_thread_mode() {
+    the_example_server_answers_the_readme_curl("thread");
+}
