@@ -168,6 +168,11 @@ pub(crate) struct ConnState {
     /// The connection counts in the server's open connections of its
     /// protocol.
     pub protocol_counted: bool,
+    /// When the connection last finished work: a write of its output
+    /// completed, or a ONEWAY request ended. The idle timeout counts from
+    /// this or the last read, whichever is later (see
+    /// [`ConnState::idle_since`]).
+    pub answered_at: Instant,
     next_seq: u64,
 }
 
@@ -200,6 +205,17 @@ impl ConnState {
     /// Nothing waits to be written and nobody is writing.
     pub fn is_flushed(&self) -> bool {
         self.out.is_empty() && self.unsent.is_empty() && !self.writer_active
+    }
+
+    /// Since when the connection has been idle, given when its driver last
+    /// read from it; `None` while it is not (a request in flight, or
+    /// output not yet written). The idle period starts at the later of the
+    /// last read and the last answer written, so a call that ran longer
+    /// than the idle timeout leaves its connection a whole idle period
+    /// after its answer, as gRPC's `max_connection_idle` counts from the
+    /// last call's end.
+    pub fn idle_since(&self, last_read: Instant) -> Option<Instant> {
+        (self.active() == 0 && self.is_flushed()).then(|| last_read.max(self.answered_at))
     }
 
     /// Whether a thread that just changed this state must wake the driver.
@@ -290,6 +306,7 @@ impl ConnShared {
                 draining: false,
                 protocol: NATIVE,
                 protocol_counted: false,
+                answered_at: Instant::now(),
                 next_seq: 0,
             }),
         }
@@ -356,6 +373,7 @@ impl ConnShared {
             match result {
                 Ok((true, _)) => {
                     st.write_blocked_since = None;
+                    st.answered_at = Instant::now();
                     // Dropped before the next split, so the encoder can
                     // reclaim the allocation instead of making a new one.
                     drop(chunk);
