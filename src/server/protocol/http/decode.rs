@@ -605,11 +605,32 @@ mod tests {
     /// What the decoder makes of `bytes`: "call <method> <body>",
     /// "reply <status line>", "refuse <code>".
     fn run(bytes: &[u8]) -> (Vec<String>, bool) {
+        run_in(bytes, &[bytes.len().max(1)])
+    }
+
+    /// As [`run`], the bytes arriving in reads of `sizes` (used in turn).
+    fn run_in(bytes: &[u8], sizes: &[usize]) -> (Vec<String>, bool) {
         let mut d = decoder();
-        let mut buf = BytesMut::from(bytes);
+        let mut buf = BytesMut::new();
         let mut seen = Vec::new();
+        let mut at = 0;
+        for size in sizes.iter().cycle() {
+            let end = (at + size).min(bytes.len());
+            buf.extend_from_slice(&bytes[at..end]);
+            at = end;
+            decode_all(&mut d, &mut buf, &mut seen);
+            // Never more than a head and a body at the limits, plus a read.
+            assert!(buf.len() <= 256 + 2 * 64 + 256 + size, "{}", buf.len());
+            if at == bytes.len() || d.is_done() {
+                break;
+            }
+        }
+        (seen, d.is_done())
+    }
+
+    fn decode_all(d: &mut HttpDecoder, buf: &mut BytesMut, seen: &mut Vec<String>) {
         while d
-            .decode(&mut buf, &mut |m| {
+            .decode(buf, &mut |m| {
                 seen.push(match m {
                     Message::Request { head, body } => {
                         format!("call {} {:02x?}", head.method, &body[..])
@@ -624,7 +645,36 @@ mod tests {
             })
             .unwrap()
         {}
-        (seen, d.is_done())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn how_the_bytes_arrive_changes_nothing(
+            sizes in proptest::collection::vec(1usize..40, 1..8),
+        ) {
+            let stream = b"POST /a.B/C HTTP/1.1\r\ncontent-type: application/json\r\ncontent-length: 13\r\n\r\n{\"text\":\"hi\"}\
+    GET /metrics?x=1 HTTP/1.1\r\nx-md-k: v\r\n\r\n\
+    POST /a.B/C HTTP/1.1\r\ncontent-type: application/octet-stream\r\ntransfer-encoding: chunked\r\nexpect: 100-continue\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+    PUT /a.B/C HTTP/1.1\r\ncontent-length: 2\r\n\r\nxy\
+    POST /a.B/C HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n";
+            let (whole, done) = run(stream);
+            let (pieces, done_too) = run_in(stream, &sizes);
+            // 100 Continue is sent only when the body is not there yet.
+            let pieces: Vec<String> = pieces.into_iter().filter(|m| !m.contains(" 100 ")).collect();
+            proptest::prop_assert_eq!(&whole, &pieces);
+            proptest::prop_assert_eq!(whole.len(), 5);
+            proptest::prop_assert!(done && done_too);
+        }
+
+        #[test]
+        fn any_bytes_are_decoded_or_refused_without_a_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            sizes in proptest::collection::vec(1usize..64, 1..4),
+        ) {
+            let mut stream = b"POST /a.B/C HTTP/1.1\r\n".to_vec();
+            stream.extend_from_slice(&bytes);
+            run_in(&stream, &sizes);
+        }
     }
 
     #[test]
