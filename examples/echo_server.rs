@@ -234,7 +234,7 @@ fn main() -> ExitCode {
     let server = Server::builder()
         .config(args.config)
         .handle_signals(true)
-        .filter(AccessLog::new())
+        .filter(AccessLog::new().to_writer(std::io::stderr()))
         .filter(metrics.clone())
         .service(EchoServer.into_service())
         .msgpack_rpc_default_service("echo.Echo")
