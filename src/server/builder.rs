@@ -1,5 +1,7 @@
 //! The server builder and every knob it has, with the defaults in one place.
 
+#[cfg(feature = "tls")]
+use crate::tls::ServerTls;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -55,6 +57,12 @@ pub struct Limits {
     /// Open connections. Default 10000 (protocol default). A connection past it gets
     /// GOAWAY `RESOURCE_EXHAUSTED` and is closed.
     pub max_connections: usize,
+    /// TLS handshakes in progress, all listeners together. Default 1024:
+    /// a flood of clients that open TLS and never finish cannot hold more
+    /// than this many connections' worth of handshake state, and cannot
+    /// starve established connections. A connection past it is closed at
+    /// its first byte (counted as a failed handshake).
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -67,6 +75,7 @@ impl Default for Limits {
             max_pending_response_bytes: 16 * 1024 * 1024,
             max_buffered_request_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
+            max_handshakes: 1024,
         }
     }
 }
@@ -263,6 +272,10 @@ pub(crate) struct ListenerSpec {
     /// Overrides [`ServerConfig::msgpack_rpc_default_service`] on this
     /// listener.
     pub msgpack_rpc_default_service: Option<String>,
+    /// Overrides the server-wide TLS on this listener: `Some(None)` for
+    /// plaintext only.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Option<ServerTls>>,
 }
 
 impl ListenerSpec {
@@ -272,6 +285,8 @@ impl ListenerSpec {
             services,
             protocols: None,
             msgpack_rpc_default_service: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -281,6 +296,8 @@ impl ListenerSpec {
 enum ListenerSetting {
     Protocols(Protocols),
     MsgpackRpcDefaultService(String),
+    #[cfg(feature = "tls")]
+    Tls(Option<ServerTls>),
 }
 
 impl ListenerSetting {
@@ -289,6 +306,10 @@ impl ListenerSetting {
         match self {
             ListenerSetting::Protocols(_) => "protocols_on",
             ListenerSetting::MsgpackRpcDefaultService(_) => "msgpack_rpc_default_service_on",
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(Some(_)) => "tls_on",
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(None) => "plaintext_on",
         }
     }
 
@@ -298,6 +319,8 @@ impl ListenerSetting {
             ListenerSetting::MsgpackRpcDefaultService(s) => {
                 spec.msgpack_rpc_default_service = Some(s)
             }
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(t) => spec.tls = Some(t),
         }
     }
 }
@@ -331,6 +354,8 @@ pub struct ServerBuilder {
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
     lifecycle: LifecycleSetup,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 /// What a server does around its shutdown.
@@ -361,7 +386,48 @@ impl ServerBuilder {
                 handle_signals: false,
                 health: true,
             },
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serves TLS on every listener that does not say otherwise
+    /// ([`ServerBuilder::tls_on`], [`ServerBuilder::plaintext_on`]): TLS
+    /// only, or TLS and plaintext on one port, as
+    /// [`ServerTls::mode`](crate::tls::ServerTls::mode) says. Default none:
+    /// plaintext. Needs the `tls` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncrpc::tls::{ServerTls, TlsMode};
+    /// use syncrpc::{Server, Service};
+    ///
+    /// let tls = ServerTls::from_pem_files("server.pem", "server.key")?.mode(TlsMode::Optional);
+    /// let server = Server::builder()
+    ///     .service(Service::new("echo.Echo"))
+    ///     .tls(tls)
+    ///     .bind("0.0.0.0:7000")?;
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: ServerTls) -> ServerBuilder {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves TLS on the listener at `addr` alone, whatever
+    /// [`ServerBuilder::tls`] says.
+    #[cfg(feature = "tls")]
+    pub fn tls_on(self, addr: impl ToSocketAddrs, tls: ServerTls) -> ServerBuilder {
+        self.pin(addr, ListenerSetting::Tls(Some(tls)))
+    }
+
+    /// Serves plaintext only on the listener at `addr`, whatever
+    /// [`ServerBuilder::tls`] says.
+    #[cfg(feature = "tls")]
+    pub fn plaintext_on(self, addr: impl ToSocketAddrs) -> ServerBuilder {
+        self.pin(addr, ListenerSetting::Tls(None))
     }
 
     /// Serves `service` on the address given to [`ServerBuilder::bind`].
@@ -608,6 +674,12 @@ impl ServerBuilder {
                         setting.origin()
                     )))
                 }
+            }
+        }
+        #[cfg(feature = "tls")]
+        for spec in &mut specs {
+            if spec.tls.is_none() {
+                spec.tls = Some(self.tls.clone());
             }
         }
         check(&self.config, &specs)?;

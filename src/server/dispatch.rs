@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
+use super::transport::{Handshakes, ListenerTransport};
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
@@ -65,6 +66,8 @@ pub(crate) struct ServerShared {
     /// Requests answered CANCELLED because the shutdown timeout ran out
     /// while they ran.
     pub shutdown_cancelled: AtomicU64,
+    /// TLS handshakes: in progress, completed, failed.
+    pub handshakes: Arc<Handshakes>,
 }
 
 impl ServerShared {
@@ -78,6 +81,7 @@ impl ServerShared {
             going_away: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             dropped_responses: AtomicU64::new(0),
+            handshakes: Arc::default(),
             shutdown_drained: AtomicU64::new(0),
             shutdown_refused: AtomicU64::new(0),
             shutdown_abandoned: AtomicU64::new(0),
@@ -183,6 +187,8 @@ pub(crate) struct Dispatcher {
     pub protocols: Protocols,
     /// What this listener's decoders are made with.
     pub decode: DecodeConfig,
+    /// Plain TCP or TLS (below the protocols).
+    pub transport: ListenerTransport,
 }
 
 impl Dispatcher {
@@ -297,7 +303,7 @@ impl Dispatcher {
             deadline,
             given_trace,
             head.caller,
-            conn.peer,
+            conn.peer_info(),
             head.md,
         );
 

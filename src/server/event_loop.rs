@@ -30,6 +30,7 @@ use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
+use super::transport::TransportError;
 use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
@@ -345,13 +346,15 @@ impl EventLoop {
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
         let decoder = dispatcher.decoder(&shared);
+        // A handshake is timed like a frame from the first moment.
+        let frame_started = shared.is_handshaking().then_some(now);
         entry.insert(Conn {
             shared,
             decoder,
             partial: BytesMut::new(),
             counted: 0,
             last_activity: now,
-            frame_started: None,
+            frame_started,
             closing_since: None,
             read_open: true,
             paused: false,
@@ -443,16 +446,21 @@ impl EventLoop {
                 }
             };
             conn.last_activity = Instant::now();
-            let ok = if conn.partial.is_empty() {
+            // Through the transport, into the arena or the partial frame.
+            let from_arena = conn.partial.is_empty();
+            let received = if from_arena {
                 if self.arena.capacity() < n {
                     self.arena.reserve(ARENA_SIZE.max(n));
                 }
-                self.arena.extend_from_slice(&self.read_buf[..n]);
-                self.decode(slot, true)
+                conn.shared.receive(&self.read_buf[..n], &mut self.arena)
             } else {
-                conn.partial.extend_from_slice(&self.read_buf[..n]);
-                self.decode(slot, false)
+                conn.shared.receive(&self.read_buf[..n], &mut conn.partial)
             };
+            if let Err(e) = received {
+                self.transport_failed(slot, e);
+                return;
+            }
+            let ok = self.decode(slot, from_arena);
             if !ok {
                 return;
             }
@@ -528,7 +536,8 @@ impl EventLoop {
         }
         self.server
             .recount_buffered(&mut conn.counted, conn.partial.len());
-        conn.frame_started = if conn.decoder.is_mid_message(&conn.partial) {
+        let mid = conn.decoder.is_mid_message(&conn.partial) || conn.shared.is_handshaking();
+        conn.frame_started = if mid {
             conn.frame_started.or(Some(now))
         } else {
             None
@@ -552,6 +561,23 @@ impl EventLoop {
         );
         conn.read_open = false;
         self.goaway(slot, Code::INTERNAL, &e.to_string());
+        self.start_closing(slot);
+    }
+
+    /// The transport failed (a TLS handshake or record error, plaintext on
+    /// a TLS-only listener): nothing more is read; what the transport has
+    /// left to say (a TLS alert) is written, then the connection closes.
+    fn transport_failed(&mut self, slot: usize, e: TransportError) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        log::debug!(
+            "{}: conn {} ({:?}): {e}",
+            self.name,
+            conn.shared.id,
+            conn.shared.peer
+        );
+        conn.read_open = false;
         self.start_closing(slot);
     }
 

@@ -117,6 +117,7 @@ mod pace;
 pub(crate) mod protocol;
 mod service;
 mod threaded;
+mod transport;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -145,6 +146,7 @@ use self::handler::BodyLimits;
 use self::protocol::DecodeConfig;
 use self::service::Registry;
 use self::threaded::Threaded;
+use self::transport::ListenerTransport;
 use crate::codec::FrameLimits;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -240,6 +242,15 @@ pub struct ServerStats {
     /// The worker pool's counts: busy, queued, completed, expired (all
     /// zero when handlers run inline).
     pub pool: PoolStats,
+    /// TLS handshakes in progress, counted against
+    /// [`Limits::max_handshakes`].
+    pub tls_handshakes_in_progress: usize,
+    /// TLS handshakes completed since the server started.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: a bad or missing certificate, a
+    /// protocol error, plaintext on a TLS-only listener, the handshake
+    /// limit, or a connection closed or timed out before it finished.
+    pub tls_handshake_failures: u64,
 }
 
 impl Server {
@@ -289,7 +300,15 @@ impl Server {
                     .or(config.msgpack_rpc_default_service.as_deref())
                     .map(Arc::from),
             };
-            bound.push((listener, addr, names, registry, (protocols, decode)));
+            let transport = ListenerTransport {
+                #[cfg(feature = "tls")]
+                tls: spec
+                    .tls
+                    .flatten()
+                    .map(|tls| Arc::new(tls.acceptor(protocols.alpn()))),
+                max_handshakes: config.limits.max_handshakes,
+            };
+            bound.push((listener, addr, names, registry, (protocols, decode, transport)));
         }
         let pool = if config.inline_handlers {
             None
@@ -321,12 +340,13 @@ impl Server {
         let dispatchers =
             bound
                 .into_iter()
-                .map(|(listener, _, _, registry, (protocols, decode))| {
+                .map(|(listener, _, _, registry, (protocols, decode, transport))| {
                     let dispatcher = Arc::new(Dispatcher {
                         server: shared.clone(),
                         registry,
                         protocols,
                         decode,
+                        transport,
                     });
                     (listener, dispatcher)
                 });
@@ -583,6 +603,9 @@ impl ServerHandle {
             buffered_request_bytes: s.buffered.load(Ordering::Relaxed),
             dropped_responses: s.dropped_responses.load(Ordering::Relaxed),
             pool: s.pool.as_ref().map(WorkerPool::stats).unwrap_or_default(),
+            tls_handshakes_in_progress: s.handshakes.in_progress.load(Ordering::Relaxed),
+            tls_handshakes: s.handshakes.completed.load(Ordering::Relaxed),
+            tls_handshake_failures: s.handshakes.failed.load(Ordering::Relaxed),
         }
     }
 

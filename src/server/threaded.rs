@@ -29,7 +29,7 @@
 //! shutdown up until its idle timeout.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,7 +41,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accept::{AcceptBackoff, AcceptError};
 use super::builder::{Limits, Timeouts};
-use super::connection::{ConnShared, ConnState, Flush, Wake};
+use super::connection::{ConnShared, ConnState, Flush, Received, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use super::protocol::{ConnDecoder, Message, Protocol};
@@ -712,7 +712,8 @@ impl<'a> Reader<'a> {
             buf: BytesMut::new(),
             counted: 0,
             last_activity: Instant::now(),
-            frame_started: None,
+            // A handshake is timed like a frame from the first moment.
+            frame_started: link.conn.is_handshaking().then(Instant::now),
             armed: None,
             chunk: SMALL_READ,
         }
@@ -750,18 +751,20 @@ impl<'a> Reader<'a> {
             if !self.arm() {
                 return;
             }
-            // Straight into the frame buffer, which only holds memory while
-            // it holds bytes (see `account`).
-            let len = self.buf.len();
-            self.buf.resize(len + self.chunk, 0);
-            let read = self.link.stream().read(&mut self.buf[len..]);
-            self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => {
+            // Into the frame buffer, which only holds memory while it
+            // holds bytes (see `account`), through the transport.
+            match self.link.conn.read_blocking(&mut self.buf, self.chunk) {
+                Ok(Received::Eof) => {
                     self.peer_closed();
                     return;
                 }
-                Ok(n) => {
+                Ok(Received::Failed(e)) => {
+                    log::debug!("conn {} ({:?}): {e}", self.link.conn.id, self.link.conn.peer);
+                    // The writer sends what the transport has left to
+                    // say (a TLS alert), then closes.
+                    return;
+                }
+                Ok(Received::Bytes(n)) => {
                     self.last_activity = Instant::now();
                     self.chunk = if n < SMALL_READ {
                         SMALL_READ
@@ -841,7 +844,8 @@ impl<'a> Reader<'a> {
         self.t
             .server
             .recount_buffered(&mut self.counted, self.buf.len());
-        self.frame_started = if self.decoder.is_mid_message(&self.buf) {
+        let mid = self.decoder.is_mid_message(&self.buf) || self.link.conn.is_handshaking();
+        self.frame_started = if mid {
             self.frame_started.or(Some(now))
         } else {
             None

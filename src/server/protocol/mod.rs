@@ -83,6 +83,16 @@ impl Protocols {
         }
     }
 
+    /// The ALPN ids of the protocols a connection may speak, for a TLS
+    /// listener to advertise.
+    pub(crate) fn alpn(self) -> Vec<Vec<u8>> {
+        self.candidates()
+            .iter()
+            .filter_map(|p| p.alpn())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
     /// The protocol a connection is taken to speak before its first byte
     /// is read: the one the listener is pinned to, else the native one.
     /// A connection refused at accept is answered in it.
@@ -97,6 +107,13 @@ impl Protocols {
 pub(crate) trait Protocol: Sync + fmt::Debug {
     /// The protocol's name, for logs.
     fn name(&self) -> &'static str;
+
+    /// The protocol's ALPN id, which a TLS listener serving it advertises.
+    /// Within TLS the protocol is still told by the first byte: ALPN only
+    /// lets a client check that the port serves what it speaks.
+    fn alpn(&self) -> Option<&'static [u8]> {
+        None
+    }
 
     /// Whether a connection whose first byte is `first` speaks this
     /// protocol.

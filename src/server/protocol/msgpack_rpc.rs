@@ -39,6 +39,10 @@ impl Protocol for MsgpackRpc {
         "MessagePack-RPC"
     }
 
+    fn alpn(&self) -> Option<&'static [u8]> {
+        Some(b"msgpack-rpc")
+    }
+
     fn claims(&self, first: u8) -> bool {
         is_array_header(first)
     }
