@@ -20,7 +20,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize};
+#[cfg(feature = "tls")]
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -49,6 +51,7 @@ pub(crate) struct Handshakes {
 
 /// What one listener's connections are carried by.
 #[derive(Clone, Debug, Default)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) struct ListenerTransport {
     #[cfg(feature = "tls")]
     pub tls: Option<Arc<Acceptor>>,
@@ -67,6 +70,7 @@ pub(crate) struct Ingested {
 
 /// Why a connection's transport failed; the connection closes.
 #[derive(Debug)]
+#[cfg_attr(not(feature = "tls"), allow(dead_code))]
 pub(crate) enum TransportError {
     /// A plaintext connection to a TLS-only listener.
     NotTls { first: u8 },

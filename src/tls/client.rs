@@ -144,3 +144,12 @@ impl fmt::Debug for ClientTls {
             .finish()
     }
 }
+
+/// Two settings are equal when they are clones of one another.
+impl PartialEq for ClientTls {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.config, &other.config) && self.server_name == other.server_name
+    }
+}
+
+impl Eq for ClientTls {}

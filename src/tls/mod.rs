@@ -26,7 +26,8 @@
 //! [`Context::peer`]: crate::Context::peer
 //! [`Limits::max_handshakes`]: crate::server::Limits::max_handshakes
 
-mod client;
+pub(crate) mod client;
+pub(crate) mod handshake;
 pub(crate) mod identity;
 mod pem;
 pub(crate) mod server;

@@ -43,11 +43,6 @@ impl Session {
         self.conn.is_handshaking()
     }
 
-    /// Whether TLS has bytes to send of its own.
-    pub fn wants_write(&self) -> bool {
-        self.conn.wants_write()
-    }
-
     /// Feeds `raw` into the session and appends the plaintext it yields
     /// to `out`. An error is fatal to the connection; whatever alert TLS
     /// queued for the peer is still available from [`Session::seal`].
@@ -92,10 +87,5 @@ impl Session {
             self.conn.write_tls(&mut raw)?;
         }
         Ok(raw.into_inner())
-    }
-
-    /// Queues a `close_notify` for the peer.
-    pub fn send_close_notify(&mut self) {
-        self.conn.send_close_notify();
     }
 }

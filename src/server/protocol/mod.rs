@@ -85,6 +85,7 @@ impl Protocols {
 
     /// The ALPN ids of the protocols a connection may speak, for a TLS
     /// listener to advertise.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn alpn(self) -> Vec<Vec<u8>> {
         self.candidates()
             .iter()
@@ -111,6 +112,7 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
     /// The protocol's ALPN id, which a TLS listener serving it advertises.
     /// Within TLS the protocol is still told by the first byte: ALPN only
     /// lets a client check that the port serves what it speaks.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     fn alpn(&self) -> Option<&'static [u8]> {
         None
     }
