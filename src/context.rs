@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::peer::Peer;
 use crate::metadata::{Metadata, MetadataValue};
+use crate::peer::Peer;
 use crate::spare::SpareList;
 use crate::status::Status;
 use crate::trace::TraceId;

@@ -80,7 +80,11 @@ impl PeerIdentity {
     /// assert!(id.has_name("CN=billing"));
     /// assert!(!id.has_name("billing"));
     /// ```
-    pub fn new(subject: impl Into<String>, dns_names: Vec<String>, uris: Vec<String>) -> PeerIdentity {
+    pub fn new(
+        subject: impl Into<String>,
+        dns_names: Vec<String>,
+        uris: Vec<String>,
+    ) -> PeerIdentity {
         PeerIdentity {
             subject: subject.into(),
             dns_names,

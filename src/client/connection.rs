@@ -341,7 +341,9 @@ impl Connection {
         #[cfg(feature = "tls")]
         let tls = match &opts.tls {
             Some(tls) => {
-                let left = timeout.saturating_sub(started.elapsed()).max(Duration::from_millis(1));
+                let left = timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
                 let alpn = match opts.protocol {
                     ClientProtocol::MsgpackRpc => crate::tls::client::ALPN_MSGPACK_RPC,
                     _ => crate::tls::client::ALPN_NATIVE,
@@ -349,7 +351,11 @@ impl Connection {
                 let conn = tls
                     .connect(host, alpn)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-                Some(Mutex::new(crate::tls::handshake::run(&std_stream, conn, left)?))
+                Some(Mutex::new(crate::tls::handshake::run(
+                    &std_stream,
+                    conn,
+                    left,
+                )?))
             }
             None => None,
         };

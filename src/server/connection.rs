@@ -28,11 +28,11 @@ use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
 use super::transport::{Ingested, Transport, TransportError};
-use crate::peer::Peer;
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::hash::FastHash;
 use crate::latch::Latch;
+use crate::peer::Peer;
 
 /// How a driver is told that a connection needs it: reading may resume,
 /// a write failed, or a closing connection has nothing left in flight.
@@ -380,7 +380,11 @@ impl ConnShared {
         let addr = self.peer?;
         #[cfg(feature = "tls")]
         {
-            Some(Peer::new(addr, self.transport.is_tls(), self.transport.identity()))
+            Some(Peer::new(
+                addr,
+                self.transport.is_tls(),
+                self.transport.identity(),
+            ))
         }
         #[cfg(not(feature = "tls"))]
         {

@@ -23,12 +23,12 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::transport::{Handshakes, ListenerTransport};
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
+use super::transport::{Handshakes, ListenerTransport};
 use crate::codec::{compress, Compression, Flags, RequestId};
 use crate::context::{CancelReason, Context};
 use crate::filter::{Next, Reply, Request};

@@ -308,7 +308,13 @@ impl Server {
                     .map(|tls| Arc::new(tls.acceptor(protocols.alpn()))),
                 max_handshakes: config.limits.max_handshakes,
             };
-            bound.push((listener, addr, names, registry, (protocols, decode, transport)));
+            bound.push((
+                listener,
+                addr,
+                names,
+                registry,
+                (protocols, decode, transport),
+            ));
         }
         let pool = if config.inline_handlers {
             None
@@ -337,19 +343,18 @@ impl Server {
             .iter()
             .map(|(_, addr, names, _, _)| (*addr, names.clone()))
             .collect();
-        let dispatchers =
-            bound
-                .into_iter()
-                .map(|(listener, _, _, registry, (protocols, decode, transport))| {
-                    let dispatcher = Arc::new(Dispatcher {
-                        server: shared.clone(),
-                        registry,
-                        protocols,
-                        decode,
-                        transport,
-                    });
-                    (listener, dispatcher)
+        let dispatchers = bound.into_iter().map(
+            |(listener, _, _, registry, (protocols, decode, transport))| {
+                let dispatcher = Arc::new(Dispatcher {
+                    server: shared.clone(),
+                    registry,
+                    protocols,
+                    decode,
+                    transport,
                 });
+                (listener, dispatcher)
+            },
+        );
         let (driver, started) = match mode {
             Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
             Mode::Thread => {

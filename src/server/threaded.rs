@@ -759,7 +759,11 @@ impl<'a> Reader<'a> {
                     return;
                 }
                 Ok(Received::Failed(e)) => {
-                    log::debug!("conn {} ({:?}): {e}", self.link.conn.id, self.link.conn.peer);
+                    log::debug!(
+                        "conn {} ({:?}): {e}",
+                        self.link.conn.id,
+                        self.link.conn.peer
+                    );
                     // The writer sends what the transport has left to
                     // say (a TLS alert), then closes.
                     return;
@@ -827,8 +831,9 @@ impl<'a> Reader<'a> {
             }
         }
         self.account(now);
-        // Errors, PONGs and refusals went straight into the output.
-        if self.link.conn.lock().pending_bytes() > 0 {
+        // Errors, PONGs and refusals went straight into the output, and
+        // the transport may have something to send (a TLS handshake).
+        if !self.link.conn.lock().is_flushed() {
             self.link.poke();
         }
         result

@@ -20,9 +20,9 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicU64, AtomicUsize};
 #[cfg(feature = "tls")]
 use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize};
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -134,7 +134,10 @@ impl Drop for HandshakeSlot {
         self.handshakes.in_progress.fetch_sub(1, Ordering::SeqCst);
         if !self.settled {
             self.handshakes.failed.fetch_add(1, Ordering::Relaxed);
-            log::debug!("conn {}: TLS handshake failed: closed before it finished", self.id);
+            log::debug!(
+                "conn {}: TLS handshake failed: closed before it finished",
+                self.id
+            );
         }
     }
 }
@@ -275,7 +278,12 @@ impl Transport {
     }
 
     #[cfg(feature = "tls")]
-    fn ingest_tls(&self, tls: &TlsConn, raw: &[u8], out: &mut BytesMut) -> Result<Ingested, TransportError> {
+    fn ingest_tls(
+        &self,
+        tls: &TlsConn,
+        raw: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Ingested, TransportError> {
         let mut session = lock(&tls.session);
         match session.ingest(raw, out) {
             Ok(got) => {

@@ -28,7 +28,7 @@ use crate::error::Error;
 /// use syncrpc::Client;
 ///
 /// let tls = ClientTls::with_ca_file("ca.pem")?.client_cert_files("client.pem", "client.key")?;
-/// let client = Client::builder().tls(tls).connect("billing.internal:7443")?;
+/// let client = Client::builder().addr("billing.internal:7443").tls(tls).build()?;
 /// # Ok::<(), syncrpc::Error>(())
 /// ```
 #[derive(Clone)]
@@ -81,7 +81,11 @@ impl ClientTls {
 
     /// Presents this certificate chain and key (PEM files) to servers that
     /// ask for one (mutual TLS).
-    pub fn client_cert_files(self, cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<ClientTls, Error> {
+    pub fn client_cert_files(
+        self,
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<ClientTls, Error> {
         let cert = pem::read_file(cert.as_ref())?;
         let key = pem::read_file(key.as_ref())?;
         self.client_cert_pem(&cert, &key)
@@ -106,7 +110,11 @@ impl ClientTls {
     }
 
     /// A client connection to `host`, offering `alpn`.
-    pub(crate) fn connect(&self, host: &str, alpn: &[u8]) -> Result<rustls::ClientConnection, Error> {
+    pub(crate) fn connect(
+        &self,
+        host: &str,
+        alpn: &[u8],
+    ) -> Result<rustls::ClientConnection, Error> {
         let name = match &self.server_name {
             Some(n) => n.clone(),
             None => ServerName::try_from(host.to_owned())
@@ -121,7 +129,10 @@ impl ClientTls {
 
 fn build(
     roots: &Arc<rustls::RootCertStore>,
-    cert: Option<(Vec<rustls::pki_types::CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>)>,
+    cert: Option<(
+        Vec<rustls::pki_types::CertificateDer<'static>>,
+        rustls::pki_types::PrivateKeyDer<'static>,
+    )>,
 ) -> Result<rustls::ClientConfig, Error> {
     let builder = rustls::ClientConfig::builder_with_provider(pem::provider())
         .with_safe_default_protocol_versions()
@@ -139,7 +150,10 @@ impl fmt::Debug for ClientTls {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ClientTls")
             .field("roots", &self.roots.len())
-            .field("client_cert", &self.config.client_auth_cert_resolver.has_certs())
+            .field(
+                "client_cert",
+                &self.config.client_auth_cert_resolver.has_certs(),
+            )
             .field("server_name", &self.server_name)
             .finish()
     }

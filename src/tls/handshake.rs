@@ -53,7 +53,10 @@ fn explain(e: io::Error, first: Option<u8>) -> io::Error {
         "TLS handshake failed: the server closed the connection without a word \
          (not a TLS server, or it refused the connection)"
             .to_owned()
-    } else if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) {
+    } else if matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) {
         "TLS handshake timed out: the server did not answer the ClientHello \
          (is it a TLS server?)"
             .to_owned()

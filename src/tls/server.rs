@@ -86,7 +86,10 @@ const SESSION_CACHE: usize = 4096;
 impl ServerTls {
     /// A certificate chain (leaf first) and its private key, from PEM files.
     /// [`ServerTls::reload`] reads the files again.
-    pub fn from_pem_files(cert: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<ServerTls, Error> {
+    pub fn from_pem_files(
+        cert: impl AsRef<Path>,
+        key: impl AsRef<Path>,
+    ) -> Result<ServerTls, Error> {
         let (cert, key) = (cert.as_ref(), key.as_ref());
         let tls = ServerTls::from_pem(&pem::read_file(cert)?, &pem::read_file(key)?)?;
         {
@@ -126,7 +129,11 @@ impl ServerTls {
     pub fn client_ca_file(self, path: impl AsRef<Path>) -> Result<ServerTls, Error> {
         let path = path.as_ref();
         let tls = self.client_ca_pem(&pem::read_file(path)?)?;
-        tls.inner.files.lock().unwrap_or_else(|e| e.into_inner()).client_ca = Some(path.to_owned());
+        tls.inner
+            .files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .client_ca = Some(path.to_owned());
         Ok(tls)
     }
 
@@ -160,7 +167,11 @@ impl ServerTls {
     pub fn reload(&self) -> Result<(), Error> {
         let (cert, key, ca) = {
             let files = self.inner.files.lock().unwrap_or_else(|e| e.into_inner());
-            (files.cert.clone(), files.key.clone(), files.client_ca.clone())
+            (
+                files.cert.clone(),
+                files.key.clone(),
+                files.client_ca.clone(),
+            )
         };
         let (Some(cert), Some(key)) = (cert, key) else {
             return Err(Error::usage(
@@ -171,12 +182,21 @@ impl ServerTls {
             Some(p) => Some(pem::read_file(&p)?),
             None => None,
         };
-        self.reload_pem(&pem::read_file(&cert)?, &pem::read_file(&key)?, ca.as_deref())
+        self.reload_pem(
+            &pem::read_file(&cert)?,
+            &pem::read_file(&key)?,
+            ca.as_deref(),
+        )
     }
 
     /// Replaces the certificate chain and key (and the client CA, when
     /// given) with these PEM ones, for new handshakes.
-    pub fn reload_pem(&self, cert_pem: &[u8], key_pem: &[u8], client_ca_pem: Option<&[u8]>) -> Result<(), Error> {
+    pub fn reload_pem(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        client_ca_pem: Option<&[u8]>,
+    ) -> Result<(), Error> {
         let chain = pem::certs(cert_pem, "server certificate")?;
         let key = pem::key(key_pem, "server key")?;
         let ca = match client_ca_pem {
@@ -195,7 +215,11 @@ impl ServerTls {
     }
 
     fn update(&self, change: impl Fn(&mut Material)) -> Result<(), Error> {
-        let mut slot = self.inner.material.write().unwrap_or_else(|e| e.into_inner());
+        let mut slot = self
+            .inner
+            .material
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
         let mut next = Material {
             generation: slot.generation + 1,
             chain: slot.chain.clone(),
@@ -209,7 +233,11 @@ impl ServerTls {
     }
 
     fn material(&self) -> Arc<Material> {
-        self.inner.material.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.inner
+            .material
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The rustls configuration for new handshakes on a listener that
@@ -228,9 +256,10 @@ impl ServerTls {
             .map_err(|e| Error::usage(format!("TLS: {e}")))?;
         let builder = match &m.client_ca {
             Some(roots) => {
-                let verifier = WebPkiClientVerifier::builder_with_provider(roots.clone(), pem::provider())
-                    .build()
-                    .map_err(|e| Error::usage(format!("client CA: {e}")))?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(roots.clone(), pem::provider())
+                        .build()
+                        .map_err(|e| Error::usage(format!("client CA: {e}")))?;
                 builder.with_client_cert_verifier(verifier)
             }
             None => builder.with_no_client_auth(),
@@ -309,6 +338,8 @@ impl Acceptor {
 
 impl fmt::Debug for Acceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Acceptor").field("tls", &self.tls).finish_non_exhaustive()
+        f.debug_struct("Acceptor")
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
     }
 }

@@ -46,7 +46,11 @@ impl Session {
     /// Feeds `raw` into the session and appends the plaintext it yields
     /// to `out`. An error is fatal to the connection; whatever alert TLS
     /// queued for the peer is still available from [`Session::seal`].
-    pub fn ingest(&mut self, mut raw: &[u8], out: &mut BytesMut) -> Result<Ingested, rustls::Error> {
+    pub fn ingest(
+        &mut self,
+        mut raw: &[u8],
+        out: &mut BytesMut,
+    ) -> Result<Ingested, rustls::Error> {
         let was_handshaking = self.conn.is_handshaking();
         let mut result = Ingested::default();
         while !raw.is_empty() {
