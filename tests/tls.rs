@@ -211,12 +211,12 @@ fn one_port_serves_tls_and_plaintext_in_optional_mode(mode: Mode) {
 
 fn a_handshake_stalled_after_the_client_hello_is_cut(mode: Mode) {
     let pki = Pki::new("stall");
-    let frame = Duration::from_millis(300);
+    let handshake = Duration::from_millis(300);
     let server = util::builder(mode)
         .service(echo_service())
         .tls(pki.default_server_tls())
         .timeouts(Timeouts {
-            frame,
+            handshake,
             shutdown: Duration::from_secs(2),
             ..Timeouts::default()
         })
@@ -233,7 +233,7 @@ fn a_handshake_stalled_after_the_client_hello_is_cut(mode: Mode) {
     let mut sink = Vec::new();
     let _ = stalled.read_to_end(&mut sink);
     let took = started.elapsed();
-    assert!(took >= frame, "closed after {took:?}");
+    assert!(took >= handshake, "closed after {took:?}");
     assert!(took < WAIT, "closed after {took:?}");
     util::eventually("the slot came back", || {
         let s = server.stats();

@@ -99,6 +99,13 @@ pub struct Timeouts {
     /// Time to receive one whole frame, from its first byte; past it the
     /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
     pub frame: Duration,
+    /// Time to finish a TLS handshake, from the connection's first byte
+    /// (from its accept on a TLS-only listener); past it the connection is
+    /// closed and the handshake counted as failed. Default 10 s: a
+    /// handshake is a few round trips, and a client that opens TCP and
+    /// never finishes holds a handshake slot
+    /// ([`Limits::max_handshakes`]) until then.
+    pub handshake: Duration,
     /// Responses are waiting and the socket has accepted no byte for this
     /// long: the connection is closed. Default 30 s (protocol default).
     pub write_stall: Duration,
@@ -120,11 +127,24 @@ pub struct Timeouts {
     pub hooks: Duration,
 }
 
+impl Timeouts {
+    /// The whole-frame limit of a connection: the handshake's while one
+    /// is in progress.
+    pub(crate) fn frame_limit(&self, handshaking: bool) -> Duration {
+        if handshaking {
+            self.handshake
+        } else {
+            self.frame
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             idle: Duration::from_secs(60),
             frame: Duration::from_secs(30),
+            handshake: Duration::from_secs(10),
             write_stall: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             shutdown: Duration::from_secs(10),

@@ -163,7 +163,7 @@ impl EventLoop {
             entries.push(Some(l));
         }
         let t = &server.config.timeouts;
-        let shortest = t.idle.min(t.frame).min(t.write_stall);
+        let shortest = t.idle.min(t.frame).min(t.handshake).min(t.write_stall);
         let sweep_every = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let lp = EventLoop {
             name,
@@ -766,12 +766,14 @@ impl EventLoop {
             if since(blocked_since).is_some_and(|d| d >= t.write_stall) {
                 log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
                 stalled.push(slot);
-            } else if since(c.frame_started).is_some_and(|d| d >= t.frame) {
+            } else if since(c.frame_started)
+                .is_some_and(|d| d >= t.frame_limit(c.shared.is_handshaking()))
+            {
                 log::debug!(
-                    "{}: conn {} sent no whole frame in {:?}, closing",
+                    "{}: conn {} sent no whole frame (or handshake) in {:?}, closing",
                     self.name,
                     c.shared.id,
-                    t.frame
+                    t.frame_limit(c.shared.is_handshaking())
                 );
                 stalled.push(slot);
             } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {

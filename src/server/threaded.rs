@@ -228,7 +228,7 @@ impl Threaded {
             entries.push((listener, dispatcher));
         }
         let t = &server.config.timeouts;
-        let shortest = t.idle.min(t.frame);
+        let shortest = t.idle.min(t.frame).min(t.handshake);
         let tick = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let prefix = server.config.thread_name.clone();
         let (max_conns, refusal) = connection_limit(server.config.limits.max_connections);
@@ -884,7 +884,7 @@ impl<'a> Reader<'a> {
     fn arm(&mut self) -> bool {
         let now = Instant::now();
         let due = match self.frame_started {
-            Some(at) => at + self.timeouts.frame,
+            Some(at) => at + self.frame_limit(),
             None => self.last_activity + self.timeouts.idle,
         };
         let tick = self.t.tick;
@@ -919,11 +919,11 @@ impl<'a> Reader<'a> {
         let now = Instant::now();
         let t = self.timeouts;
         if let Some(at) = self.frame_started {
-            if now.saturating_duration_since(at) >= t.frame {
+            let limit = self.frame_limit();
+            if now.saturating_duration_since(at) >= limit {
                 log::debug!(
-                    "conn {} sent no whole frame in {:?}, closing",
+                    "conn {} sent no whole frame (or handshake) in {limit:?}, closing",
                     self.link.conn.id,
-                    t.frame
                 );
                 self.link.close_hard();
                 return false;
@@ -943,6 +943,11 @@ impl<'a> Reader<'a> {
         let msg = format!("idle for {} ms", t.idle.as_millis());
         self.link.goaway(Code::UNAVAILABLE, &msg);
         false
+    }
+
+    /// The whole-frame limit now: the handshake's while one is under way.
+    fn frame_limit(&self) -> Duration {
+        self.timeouts.frame_limit(self.link.conn.is_handshaking())
     }
 
     fn peer_closed(&mut self) {
