@@ -523,6 +523,7 @@ impl Client {
             trace_id: trace_id.as_ref().map(|t| t.as_str()),
             caller: config.caller.as_deref(),
             md: with_credentials(opts.get_metadata(), config.credentials.as_ref()),
+            stream: false,
         };
         check_meta_size(&meta, config.max_meta)?;
         let flags = Flags::new(compression, encoding);
