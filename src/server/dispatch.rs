@@ -192,6 +192,15 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// The protocol a connection refused at accept is told why in, before
+    /// its first byte is read; none on a TLS listener, whose clients
+    /// expect a handshake rather than plaintext: those are only closed.
+    pub fn refusal_protocol(&self) -> Option<&'static dyn super::protocol::Protocol> {
+        self.transport
+            .is_plaintext()
+            .then(|| self.protocols.initial())
+    }
+
     /// The decoder of a new connection `conn` of this listener.
     pub fn decoder(&self, conn: &ConnShared) -> ConnDecoder {
         ConnDecoder::new(self.protocols, &self.decode, conn)

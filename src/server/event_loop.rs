@@ -309,8 +309,8 @@ impl EventLoop {
                 server.config.limits.max_connections
             );
             // A protocol without GOAWAY is only closed.
-            let protocol = dispatcher.protocols.initial();
-            if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg) {
+            let refusal = dispatcher.refusal_protocol();
+            if refusal.is_some_and(|p| p.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg)) {
                 // Best effort: a fresh socket's send buffer takes a few bytes.
                 let _ = stream.write(enc.as_slice());
             }

@@ -352,7 +352,7 @@ impl Threaded {
         if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
-            refuse(&stream, dispatcher.protocols.initial(), &self.refusal);
+            refuse(&stream, dispatcher.refusal_protocol(), &self.refusal);
             return;
         }
         // Accepted sockets may inherit the listener's non-blocking mode.
@@ -400,7 +400,7 @@ impl Threaded {
         let guard = self.conns.guard();
         let threaded = self.clone();
         let l = link.clone();
-        let protocol = dispatcher.protocols.initial();
+        let protocol = dispatcher.refusal_protocol();
         let spawned = self
             .builder(&link.reader_name)
             .spawn(move || conn_thread(threaded, l, dispatcher, guard));
@@ -478,9 +478,9 @@ fn connections_within(max_maps: usize, used: usize) -> usize {
 /// Answers a connection that will not be served with GOAWAY
 /// RESOURCE_EXHAUSTED in `protocol` (if it has one), best effort, and
 /// closes it.
-fn refuse(stream: &TcpStream, protocol: &dyn Protocol, message: &str) {
+fn refuse(stream: &TcpStream, protocol: Option<&dyn Protocol>, message: &str) {
     let mut enc = Encoder::new();
-    if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message) {
+    if protocol.is_some_and(|p| p.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message)) {
         // A fresh socket's send buffer takes a few bytes at once.
         let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
         let _ = (&*stream).write_all(enc.as_slice());
@@ -617,7 +617,7 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             );
             refuse(
                 link.stream(),
-                dispatcher.protocols.initial(),
+                dispatcher.refusal_protocol(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }

@@ -58,6 +58,17 @@ pub(crate) struct ListenerTransport {
     pub max_handshakes: usize,
 }
 
+impl ListenerTransport {
+    /// Whether every connection of the listener is plaintext.
+    pub fn is_plaintext(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return false;
+        }
+        true
+    }
+}
+
 /// What one [`Transport::ingest`] produced besides plaintext.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Ingested {
