@@ -287,8 +287,18 @@ mod tls {
         let (args, client) = pki();
         println!(
             "{:>6} {:>5} {:>6} {:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>5}",
-            "mode", "conns", "depth", "body", "plain r/s", "p50", "p99", "tls r/s", "p50", "p99",
-            "cpu/req", "ratio"
+            "mode",
+            "conns",
+            "depth",
+            "body",
+            "plain r/s",
+            "p50",
+            "p99",
+            "tls r/s",
+            "p50",
+            "p99",
+            "cpu/req",
+            "ratio"
         );
         for kind in ["event", "thread"] {
             for (conns, depth) in [(16usize, 1usize), (16, 32)] {
@@ -325,7 +335,8 @@ mod tls {
         }
         let secs = env_usize("BENCH_SECS", 2) as u64;
         for resume in [false, true] {
-            let (n, cpu_ns, elapsed) = handshakes(&args, &client, pin, resume, Duration::from_secs(secs));
+            let (n, cpu_ns, elapsed) =
+                handshakes(&args, &client, pin, resume, Duration::from_secs(secs));
             let per = cpu_ns as f64 / n.max(1) as f64;
             println!(
                 "handshakes ({}): {n} in {elapsed:.1?}, {:.0}/s; server cpu {:.0} us each: {:.0}/s of one core",
@@ -375,7 +386,8 @@ mod tls {
                         // TLS 1.3 tickets come after the handshake: read
                         // them, for the next connection to resume.
                         conn.writer().write_all(b"").unwrap();
-                        sock.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+                        sock.set_read_timeout(Some(Duration::from_millis(20)))
+                            .unwrap();
                         let _ = conn.complete_io(&mut sock);
                         n += 1;
                     }

@@ -447,7 +447,9 @@ impl Run {
     fn flush(&mut self, c: &mut Conn) {
         if let Some(tls) = &mut c.tls {
             if !c.wbuf.is_empty() {
-                tls.writer().write_all(&c.wbuf).expect("rustls takes plaintext");
+                tls.writer()
+                    .write_all(&c.wbuf)
+                    .expect("rustls takes plaintext");
                 c.wbuf.clear();
             }
             while tls.wants_write() {

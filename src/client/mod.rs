@@ -707,6 +707,18 @@ fn timeout_ms(deadline: Instant, now: Instant) -> u32 {
     ms.clamp(1, u128::from(u32::MAX)) as u32
 }
 
+/// A call's metadata with the client's credentials added, unless the call
+/// sets its own.
+fn with_credentials(md: &crate::Metadata, creds: Option<&Credentials>) -> crate::Metadata {
+    let mut md = md.clone();
+    if let Some(c) = creds {
+        if md.get(Credentials::KEY).is_none() {
+            md.insert(Credentials::KEY, c.header_value());
+        }
+    }
+    md
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -784,16 +796,4 @@ mod tests {
         fn check<T: Send + Sync + Clone + 'static>() {}
         check::<Client>();
     }
-}
-
-/// A call's metadata with the client's credentials added, unless the call
-/// sets its own.
-fn with_credentials(md: &crate::Metadata, creds: Option<&Credentials>) -> crate::Metadata {
-    let mut md = md.clone();
-    if let Some(c) = creds {
-        if md.get(Credentials::KEY).is_none() {
-            md.insert(Credentials::KEY, c.header_value());
-        }
-    }
-    md
 }
