@@ -464,3 +464,50 @@ fn the_shutdown_loses_nothing_over_tls(mode: Mode) {
     assert_eq!(ok, executed.load(Ordering::SeqCst), "ran = answered OK");
     assert!(report.is_clean(), "{report:?}");
 }
+
+/// ALPN: the listener advertises the protocols it serves; a client that
+/// offers only others is refused, one that offers none is served.
+#[test]
+fn alpn_advertises_what_the_listener_serves() {
+    util::init_logging();
+    let pki = Pki::new("alpn");
+    let server = util::builder(Mode::Event)
+        .service(echo_service())
+        .tls(pki.default_server_tls())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let handshake = |alpn: &[&[u8]]| {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(pem_der(
+                &pki.ca_pem,
+            )))
+            .unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        let mut conn =
+            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+                .unwrap();
+        let mut sock = TcpStream::connect(server.local_addr()).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock)?;
+        }
+        Ok::<_, std::io::Error>(conn.alpn_protocol().map(<[u8]>::to_vec))
+    };
+    assert_eq!(
+        handshake(&[b"h2", b"msgpack-rpc"]).unwrap(),
+        Some(b"msgpack-rpc".to_vec())
+    );
+    assert_eq!(handshake(&[b"syncrpc"]).unwrap(), Some(b"syncrpc".to_vec()));
+    assert_eq!(handshake(&[]).unwrap(), None);
+    let err = handshake(&[b"h2"]).unwrap_err();
+    assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
+    server.shutdown();
+}
