@@ -94,7 +94,10 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// A connection with nothing in flight that receives nothing for this
-    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (protocol default).
+    /// long gets GOAWAY `UNAVAILABLE` and is closed. The period starts at
+    /// the last byte received or the last answer written, whichever is
+    /// later: a call that runs longer than this leaves its connection a
+    /// whole period after its answer. Default 60 s (protocol default).
     pub idle: Duration,
     /// Time to receive one whole frame, from its first byte; past it the
     /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
@@ -611,8 +614,11 @@ impl ServerBuilder {
     /// application decides.
     ///
     /// The handler (the `ctrlc` crate's) is process-wide and installed
-    /// once, on the first bind that asks for it; every server that asked
-    /// then gets each signal. Binding fails with a usage error if the
+    /// once, on the first bind that asks for it, before that bind opens
+    /// its listeners: a signal that arrives as soon as the port accepts
+    /// starts the shutdown (once the server has started) rather than
+    /// ending the process. Every server that asked then gets each
+    /// signal. Binding fails with a usage error if the
     /// application set a `ctrlc` handler of its own, which can only be
     /// done once per process: start the shutdown from that handler with a
     /// [`ShutdownHandle`](crate::ShutdownHandle) instead.

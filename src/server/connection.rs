@@ -167,6 +167,11 @@ pub(crate) struct ConnState {
     /// The protocol the connection speaks, answers included: the native
     /// one until the first byte says otherwise.
     pub protocol: &'static dyn Protocol,
+    /// When the connection last finished work: a write of its output
+    /// completed, or a ONEWAY request ended. The idle timeout counts from
+    /// this or the last read, whichever is later (see
+    /// [`ConnState::idle_since`]).
+    pub answered_at: Instant,
     next_seq: u64,
 }
 
@@ -199,6 +204,17 @@ impl ConnState {
             && self.unsent.is_empty()
             && !self.transport_output
             && !self.writer_active
+    }
+
+    /// Since when the connection has been idle, given when its driver last
+    /// read from it; `None` while it is not (a request in flight, or
+    /// output not yet written). The idle period starts at the later of the
+    /// last read and the last answer written, so a call that ran longer
+    /// than the idle timeout leaves its connection a whole idle period
+    /// after its answer, as gRPC's `max_connection_idle` counts from the
+    /// last call's end.
+    pub fn idle_since(&self, last_read: Instant) -> Option<Instant> {
+        (self.active() == 0 && self.is_flushed()).then(|| last_read.max(self.answered_at))
     }
 
     /// Whether a thread that just changed this state must wake the driver.
@@ -307,6 +323,7 @@ impl ConnShared {
                 closing: false,
                 draining: false,
                 protocol: NATIVE,
+                answered_at: Instant::now(),
                 next_seq: 0,
             }),
         }
@@ -442,6 +459,7 @@ impl ConnShared {
             match result {
                 Ok((true, _)) => {
                     st.write_blocked_since = None;
+                    st.answered_at = Instant::now();
                     // Dropped before the next split, so the encoder can
                     // reclaim the allocation instead of making a new one.
                     drop(chunk);

@@ -633,6 +633,10 @@ impl RequestTask {
             let wake = {
                 let mut st = self.conn.lock();
                 st.oneway_running -= 1;
+                if st.active() == 0 {
+                    // Nothing is written for it: the idle period starts now.
+                    st.answered_at = Instant::now();
+                }
                 st.should_wake()
             };
             if wake {

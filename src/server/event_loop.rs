@@ -759,9 +759,9 @@ impl EventLoop {
         let mut idle = Vec::new();
         for (slot, c) in self.conns.iter() {
             let since = |at: Option<Instant>| at.map(|a| now.saturating_duration_since(a));
-            let (blocked_since, quiet) = {
+            let (blocked_since, idle_since) = {
                 let st = c.shared.lock();
-                (st.write_blocked_since, st.active() == 0 && st.is_flushed())
+                (st.write_blocked_since, st.idle_since(c.last_activity))
             };
             if since(blocked_since).is_some_and(|d| d >= t.write_stall) {
                 log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
@@ -779,9 +779,8 @@ impl EventLoop {
             } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {
                 stalled.push(slot);
             } else if !c.closing
-                && quiet
                 && c.frame_started.is_none()
-                && now.saturating_duration_since(c.last_activity) >= t.idle
+                && idle_since.is_some_and(|at| now.saturating_duration_since(at) >= t.idle)
             {
                 idle.push(slot);
             }

@@ -275,6 +275,14 @@ impl Server {
                 .flat_map(|s| s.services.iter().map(|s| s.name()));
             Health::new(names.chain(setup.health.then_some(HEALTH_SERVICE)))
         };
+        // Before the first listener opens: a SIGTERM that comes as soon as
+        // the port accepts must start the shutdown, not kill the process
+        // with connections completed in the backlog. A signal that comes
+        // before the coordinator runs waits for it in the trigger queue.
+        let life = Lifecycle::new();
+        if setup.handle_signals {
+            life.handle_signals()?;
+        }
         let mut bound = Vec::with_capacity(specs.len());
         for mut spec in specs {
             let listener = bind_listener(&spec.addrs, config.backlog)
@@ -375,7 +383,7 @@ impl Server {
             listeners,
             conns,
             health,
-            life: Lifecycle::new(),
+            life,
         });
         let fail = |e: Error, plan: Plan| {
             // Whatever started is stopped; the application's hooks are for
@@ -391,11 +399,6 @@ impl Server {
         };
         if let Err(e) = started {
             return fail(e, plan);
-        }
-        if setup.handle_signals {
-            if let Err(e) = inner.life.handle_signals() {
-                return fail(e, plan);
-            }
         }
         let name = format!("{}-shutdown", inner.shared.config.thread_name);
         let (target, slot) = (inner.clone(), Arc::new(Mutex::new(Some(plan))));

@@ -930,14 +930,12 @@ impl<'a> Reader<'a> {
             }
             return true;
         }
-        if now.saturating_duration_since(self.last_activity) < t.idle {
+        let Some(since) = self.link.conn.lock().idle_since(self.last_activity) else {
             return true;
-        }
-        let idle = {
-            let st = self.link.conn.lock();
-            st.active() == 0 && st.is_flushed()
         };
-        if !idle {
+        // The next read timeout counts from the last answer, if later.
+        self.last_activity = since;
+        if now.saturating_duration_since(since) < t.idle {
             return true;
         }
         let msg = format!("idle for {} ms", t.idle.as_millis());

@@ -230,7 +230,8 @@ fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
         _ => return Err(ProtocolError::BadMessage("unknown message type")),
     };
     let n = {
-        // A string, or a binary: some clients send method names as bytes.
+        // A string, or a binary of UTF-8: some clients pack method names
+        // as bytes (`docs/msgpack-rpc.md`, "Method names").
         let method = r
             .str_bytes(true)
             .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
@@ -433,6 +434,26 @@ mod tests {
     }
 
     #[test]
+    fn a_method_name_may_be_a_bin_of_utf8() {
+        // [0, 1, bin "a.B", [nil]]
+        let msg = [0x94, 0x00, 0x01, 0xc4, 0x03, b'a', b'.', b'B', 0x91, 0xc0];
+        let call = decoder()
+            .next_call(&mut BytesMut::from(&msg[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.method(), "a.B");
+        // The same, not UTF-8.
+        let msg = [0x94, 0x00, 0x01, 0xc4, 0x02, 0xff, 0xfe, 0x91, 0xc0];
+        let e = decoder()
+            .next_call(&mut BytesMut::from(&msg[..]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad MessagePack-RPC message: the method is not UTF-8"
+        );
+    }
+
+    #[test]
     fn notification_with_two_params_keeps_the_array() {
         let msg = [0x93, 0x02, 0xa1, b'm', 0x92, 0x01, 0x02];
         let call = decoder()
@@ -462,6 +483,10 @@ mod tests {
             (
                 &[0x94, 0x00, 0x01, 0xa1, b'm', 0x01],
                 "bad MessagePack-RPC message: params is not an array",
+            ),
+            (
+                &[0x94, 0x00, 0x01, 0x07, 0x90],
+                "bad MessagePack-RPC message: the method is not a string",
             ),
             (
                 &[0x94, 0x00, 0x01, 0xc1],
