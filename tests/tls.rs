@@ -511,3 +511,72 @@ fn alpn_advertises_what_the_listener_serves() {
     assert!(err.to_string().contains("NoApplicationProtocol"), "{err}");
     server.shutdown();
 }
+
+/// A client's `close_notify` ends its stream as TCP EOF would: every
+/// request read before it is still answered, then the server closes.
+#[test]
+fn close_notify_ends_the_stream_after_the_answers() {
+    util::init_logging();
+    for mode in [Mode::Event, Mode::Thread] {
+        let pki = Pki::new("notify");
+        let server = util::builder(mode)
+            .service(echo_service())
+            .tls(pki.default_server_tls())
+            .bind("127.0.0.1:0")
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(rustls::pki_types::CertificateDer::from(pem_der(
+                &pki.ca_pem,
+            )))
+            .unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
+            .unwrap();
+        let sock = TcpStream::connect(server.local_addr()).unwrap();
+        sock.set_read_timeout(Some(WAIT)).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        let mut enc = syncrpc::codec::Encoder::new();
+        for id in 1..=3 {
+            enc.request(
+                syncrpc::codec::RequestId(id),
+                syncrpc::codec::Flags::default(),
+                &syncrpc::codec::RequestMeta::new("/echo.Echo/Say"),
+                &util::encode(&say("bye")),
+            )
+            .unwrap();
+        }
+        std::io::Write::write_all(&mut tls, enc.as_slice()).unwrap();
+        // close_notify, with the TCP connection left open.
+        tls.conn.send_close_notify();
+        std::io::Write::flush(&mut tls).unwrap();
+        let mut answers = Vec::new();
+        // The server answers the three, then closes: read_to_end returns
+        // (rather than waiting for the read timeout).
+        let started = Instant::now();
+        let _ = tls.read_to_end(&mut answers);
+        assert!(
+            started.elapsed() < WAIT,
+            "{mode:?}: the server did not close"
+        );
+        let mut dec = syncrpc::codec::Decoder::new(
+            syncrpc::codec::Side::Client,
+            syncrpc::codec::FrameLimits::default(),
+        );
+        let mut buf = bytes::BytesMut::from(&answers[..]);
+        let mut ok = 0;
+        while let Ok(Some(syncrpc::codec::Decoded::Frame(f))) = dec.decode(&mut buf) {
+            if util::to_resp(&f).code == Code::OK {
+                ok += 1;
+            }
+        }
+        assert_eq!(ok, 3, "{mode:?}");
+        server.shutdown();
+    }
+}

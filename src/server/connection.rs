@@ -364,6 +364,10 @@ impl ConnShared {
     /// Reads the socket once, blocking (thread mode), and appends the
     /// plaintext to `buf`; at most `chunk` bytes are read.
     pub fn read_blocking(&self, buf: &mut BytesMut, chunk: usize) -> io::Result<Received> {
+        if self.transport.peer_finished() {
+            // TLS close_notify came with the last bytes.
+            return Ok(Received::Eof);
+        }
         if self.transport.is_plain() {
             // Straight into the frame buffer.
             let len = buf.len();

@@ -464,6 +464,17 @@ impl EventLoop {
             if !ok {
                 return;
             }
+            let finished = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.partial.is_empty() && c.shared.transport.peer_finished());
+            if finished {
+                // TLS close_notify: the end of the stream, as TCP EOF
+                // (with frames still buffered, the TCP EOF behind it ends
+                // the connection once they are decoded).
+                self.peer_closed(slot);
+                break;
+            }
             if n < READ_CHUNK && !until_blocked {
                 // A short read emptied the socket's receive queue, and
                 // whatever arrives after the poll returned raises a new

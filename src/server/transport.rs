@@ -117,6 +117,9 @@ pub(crate) struct Transport {
     max_handshakes: usize,
     #[cfg(feature = "tls")]
     handshakes: Arc<Handshakes>,
+    /// The peer ended its side inside the transport (TLS `close_notify`).
+    #[cfg(feature = "tls")]
+    finished: std::sync::atomic::AtomicBool,
     /// Decided on the first byte: `None` for plaintext.
     #[cfg(feature = "tls")]
     chosen: OnceLock<Option<TlsConn>>,
@@ -164,6 +167,8 @@ impl Transport {
             max_handshakes: listener.max_handshakes,
             #[cfg(feature = "tls")]
             handshakes: handshakes.clone(),
+            #[cfg(feature = "tls")]
+            finished: std::sync::atomic::AtomicBool::new(false),
             #[cfg(feature = "tls")]
             chosen: match &listener.tls {
                 None => OnceLock::from(None),
@@ -221,6 +226,16 @@ impl Transport {
                         .is_some_and(|a| a.mode() == TlsMode::Required)
                 }
             }
+        }
+        false
+    }
+
+    /// Whether the peer has ended its sending side inside the transport
+    /// (TLS `close_notify`): no more plaintext comes, as at TCP EOF.
+    pub fn peer_finished(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.finished.load(Ordering::Relaxed) {
+            return true;
         }
         false
     }
@@ -311,6 +326,9 @@ impl Transport {
                         slot.settled = true;
                         self.handshakes.completed.fetch_add(1, Ordering::Relaxed);
                     }
+                }
+                if got.eof {
+                    self.finished.store(true, Ordering::Relaxed);
                 }
                 Ok(Ingested {
                     eof: got.eof,
