@@ -77,6 +77,8 @@
 //!                                   │  frames of `codec`
 //!                                   ▼
 //!  server: event loops (mio) or a thread per connection
+//!          └─ transport: plain TCP, or TLS (rustls, feature `tls`), per
+//!             connection; bytes in and out, below every protocol
 //!          └─ protocol (a trait): native frames or MessagePack-RPC, per
 //!             connection; decodes requests, encodes answers
 //!          └─ dispatch: routing, deadline, in-flight table
