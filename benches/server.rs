@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench server                   # every row, 3 runs of 2 s
+//! BENCH_ONLY=tls cargo bench --features tls --bench server   # TLS rows only
 //! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
 //! # profiling: a server by hand, then load only
 //! target/release/deps/server-* --serve event      # prints its port
@@ -33,7 +34,10 @@
 //!
 //! With the `tls` feature (`cargo bench --features tls --bench server`), a
 //! third table runs TLS beside plaintext, in both modes, at 64 B and
-//! 16 KiB bodies, and a last line reports TLS handshakes per second of the
+//! 16 KiB bodies (`ratio`: TLS rate over plaintext rate; `cpu ratio`: the
+//! server's plaintext CPU per request over its TLS CPU per request, what
+//! its one core could sustain, since the load's one core pays for TLS
+//! too and can be the bottleneck), and a last line reports TLS handshakes per second of the
 //! server's one core (its on-CPU time per handshake), full and resumed.
 
 #[path = "support/load.rs"]
@@ -170,6 +174,11 @@ fn drive() {
         "allocs",
         "ratio"
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|t| t == "tls") {
+        #[cfg(feature = "tls")]
+        tls::table(runs, pin, dur);
+        return;
+    }
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
             let [c, s, i] = median_rows(
@@ -286,7 +295,7 @@ mod tls {
     pub fn table(runs: usize, pin: bool, dur: Duration) {
         let (args, client) = pki();
         println!(
-            "{:>6} {:>5} {:>6} {:>7} | {:>10} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>5}",
+            "{:>6} {:>5} {:>6} {:>7} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>5} {:>9}",
             "mode",
             "conns",
             "depth",
@@ -294,11 +303,13 @@ mod tls {
             "plain r/s",
             "p50",
             "p99",
+            "cpu/req",
             "tls r/s",
             "p50",
             "p99",
             "cpu/req",
-            "ratio"
+            "ratio",
+            "cpu ratio"
         );
         for kind in ["event", "thread"] {
             for (conns, depth) in [(16usize, 1usize), (16, 32)] {
@@ -311,12 +322,12 @@ mod tls {
                             if which == "tls" {
                                 run_load(kind, &args, Some(client.clone()), wire, pin, shape, dur)
                             } else {
-                                run_load(kind, &args, None, wire, pin, shape, dur)
+                                run_load(kind, &[], None, wire, pin, shape, dur)
                             }
                         },
                     );
                     println!(
-                        "{:>6} {:>5} {:>6} {:>7} | {:>10.0} {:>8} {:>8} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>5.2}",
+                        "{:>6} {:>5} {:>6} {:>7} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>5.2} {:>9.2}",
                         kind,
                         conns,
                         depth,
@@ -324,11 +335,13 @@ mod tls {
                         p.rps,
                         Latency(p.p50),
                         Latency(p.p99),
+                        p.cpu_us,
                         t.rps,
                         Latency(t.p50),
                         Latency(t.p99),
                         t.cpu_us,
-                        t.rps / p.rps
+                        t.rps / p.rps,
+                        p.cpu_us / t.cpu_us
                     );
                 }
             }

@@ -251,6 +251,8 @@ fn half_open_handshakes_are_capped_and_bystanders_keep_being_served(mode: Mode) 
         Mode::Event => (2000, 256),
         _ => (300, 64),
     };
+    let flood = tls_util::connections_within_fd_limit(flood);
+    assert!(flood > cap, "too few open files allowed for the test");
     let server = util::builder(mode)
         .service(echo_service())
         .tls(pki.default_server_tls())

@@ -309,6 +309,8 @@ fn handshake(
     let name = "localhost".try_into().expect("a valid name");
     let mut conn = rustls::ClientConnection::new(config.clone(), name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // Requests in flight are bounded by the depth; rustls must queue them.
+    conn.set_buffer_limit(None);
     let mut s = stream;
     while conn.is_handshaking() {
         conn.complete_io(&mut s)?;

@@ -139,3 +139,19 @@ pub fn stalled_handshake(addr: SocketAddr) -> TcpStream {
     stream.write_all(&hello).unwrap();
     stream
 }
+
+/// Half-open connections a test may open within the soft limit on open
+/// files (each costs a descriptor on both ends, both in this process),
+/// at most `want`.
+pub fn connections_within_fd_limit(want: usize) -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3))
+                .and_then(|n| n.parse::<usize>().ok())
+        })
+        .unwrap_or(usize::MAX);
+    want.min(soft.saturating_sub(256) / 2)
+}
