@@ -86,7 +86,9 @@ impl Session {
         if !plain.is_empty() {
             self.conn.writer().write_all(plain)?;
         }
-        let mut raw = BytesMut::with_capacity(plain.len() + 64).writer();
+        // Each record of up to 16 KiB adds at most a few dozen bytes.
+        let records = plain.len() / (16 * 1024) + 2;
+        let mut raw = BytesMut::with_capacity(plain.len() + records * 64).writer();
         while self.conn.wants_write() {
             self.conn.write_tls(&mut raw)?;
         }
