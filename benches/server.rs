@@ -6,6 +6,7 @@
 //! cargo bench --bench server                   # every row, 3 runs of 2 s
 //! BENCH_ONLY=tls cargo bench --features tls --bench server   # TLS rows only
 //! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
+//! BENCH_ONLY_LOG=1 cargo bench --bench server 2>/dev/null  # access log on/off only
 //! # profiling: a server by hand, then load only
 //! target/release/deps/server-* --serve event      # prints its port
 //! cargo run --release --example load -- --addr 127.0.0.1:PORT -c 16 -d 32
@@ -84,6 +85,13 @@ fn run_load(
 ) -> Row {
     let workers = env_usize("BENCH_WORKERS", 1).to_string();
     let mut args = vec!["--workers".to_owned(), workers];
+    let kind = match kind.strip_suffix("+log") {
+        Some(kind) => {
+            args.push("--access-log".to_owned());
+            kind
+        }
+        None => kind,
+    };
     args.extend(extra.iter().cloned());
     let kind = match kind.strip_suffix("+inline") {
         Some(kind) => {
@@ -179,8 +187,12 @@ fn drive() {
         tls::table(runs, pin, dur);
         return;
     }
+    let only_log = std::env::var_os("BENCH_ONLY_LOG").is_some();
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
+            if only_log {
+                break;
+            }
             let [c, s, i] = median_rows(
                 [
                     ("ceiling", Wire::Native),
@@ -211,6 +223,34 @@ fn drive() {
                 i.rps / c.rps
             );
         }
+    }
+    // The access log at info, written off the request path: what it
+    // costs beside the same server without it.
+    println!(
+        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>5}",
+        "conns", "depth", "log req/s", "p50", "p99", "cpu/req", "no log", "ratio"
+    );
+    for depth in [1usize, 32] {
+        let conns = 16;
+        let [n, l] = median_rows(
+            [("event", Wire::Native), ("event+log", Wire::Native)],
+            runs,
+            |kind, wire| run_row(kind, wire, pin, conns, depth, dur),
+        );
+        println!(
+            "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>5.2}",
+            conns,
+            depth,
+            l.rps,
+            Latency(l.p50),
+            Latency(l.p99),
+            l.cpu_us,
+            n.rps,
+            l.rps / n.rps
+        );
+    }
+    if only_log {
+        return;
     }
     // The same server and handler over MessagePack-RPC: what the
     // protocol seam and the other framing cost, beside the native rows.

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::endpoints::Endpoints;
 use super::protocol::Protocols;
 use super::Server;
 use crate::error::Error;
@@ -256,7 +257,7 @@ pub struct ServerConfig {
     /// leave room for them.
     pub connection_stack_size: Option<usize>,
     /// The wire protocols connections may speak. Default
-    /// [`Protocols::Both`]: each connection is served in the protocol its
+    /// [`Protocols::All`]: each connection is served in the protocol its
     /// first byte announces (`docs/msgpack-rpc.md`).
     pub protocols: Protocols,
     /// The service a bare MessagePack-RPC method name (one with no `/` and
@@ -264,6 +265,9 @@ pub struct ServerConfig {
     /// ([`ServerBuilder::msgpack_rpc_default_service_on`]). Default none:
     /// such names are unknown methods.
     pub msgpack_rpc_default_service: Option<String>,
+    /// The built-in HTTP endpoints served (`GET /healthz`, `/livez`,
+    /// `/metrics`, `/`; `docs/http.md`). Default all.
+    pub endpoints: Endpoints,
 }
 
 impl Default for ServerConfig {
@@ -280,8 +284,9 @@ impl Default for ServerConfig {
             mode: Mode::Event,
             inline_handlers: false,
             connection_stack_size: None,
-            protocols: Protocols::Both,
+            protocols: Protocols::All,
             msgpack_rpc_default_service: None,
+            endpoints: Endpoints::default(),
         }
     }
 }
@@ -299,6 +304,8 @@ pub(crate) struct ListenerSpec {
     /// plaintext only.
     #[cfg(feature = "tls")]
     pub tls: Option<Option<ServerTls>>,
+    /// Serves only the built-in endpoints, over HTTP.
+    pub admin: bool,
 }
 
 impl ListenerSpec {
@@ -310,6 +317,7 @@ impl ListenerSpec {
             msgpack_rpc_default_service: None,
             #[cfg(feature = "tls")]
             tls: None,
+            admin: false,
         }
     }
 }
@@ -373,6 +381,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     services: Vec<Service>,
     own: Vec<(Vec<SocketAddr>, Service)>,
+    admin: Option<Vec<SocketAddr>>,
     pinned: Vec<(Vec<SocketAddr>, ListenerSetting)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
@@ -401,6 +410,7 @@ impl ServerBuilder {
             config: ServerConfig::default(),
             services: Vec::new(),
             own: Vec::new(),
+            admin: None,
             pinned: Vec::new(),
             filters: Vec::new(),
             errors: Vec::new(),
@@ -506,7 +516,7 @@ impl ServerBuilder {
     }
 
     /// Sets the wire protocols connections may speak; see
-    /// [`ServerConfig::protocols`]. Default [`Protocols::Both`].
+    /// [`ServerConfig::protocols`]. Default [`Protocols::All`].
     pub fn protocols(mut self, protocols: Protocols) -> ServerBuilder {
         self.config.protocols = protocols;
         self
@@ -563,6 +573,42 @@ impl ServerBuilder {
             addr,
             ListenerSetting::MsgpackRpcDefaultService(service.into()),
         )
+    }
+
+    /// Sets which built-in HTTP endpoints are served (default all); see
+    /// [`Endpoints`].
+    pub fn endpoints(mut self, endpoints: Endpoints) -> ServerBuilder {
+        self.config.endpoints = endpoints;
+        self
+    }
+
+    /// Serves the built-in endpoints (`/healthz`, `/livez`, `/metrics`,
+    /// `/`) on a listener of their own at `addr`, over HTTP only, and no
+    /// longer on the other listeners: a private admin port, which
+    /// Prometheus and the probes reach and the public does not. Default
+    /// none: every listener serves them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::Server;
+    ///
+    /// let server = Server::builder()
+    ///     .admin_on("127.0.0.1:0")
+    ///     .bind("127.0.0.1:0")?;
+    /// let admin = server.handle().admin_addr().expect("an admin listener");
+    /// assert_ne!(admin, server.local_addr());
+    /// server.shutdown();
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn admin_on(mut self, addr: impl ToSocketAddrs) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.admin = Some(addrs),
+            Err(e) => self
+                .errors
+                .push(format!("admin_on: cannot resolve the address: {e}")),
+        }
+        self
     }
 
     /// Records `setting` for the listener at `addr`, found at `bind`.
@@ -690,6 +736,18 @@ impl ServerBuilder {
                 Some(spec) => spec.services.push(svc),
                 None => specs.push(ListenerSpec::new(addrs, vec![svc])),
             }
+        }
+        if let Some(addrs) = self.admin {
+            let fixed = addrs.iter().all(|a| a.port() != 0);
+            if fixed && specs.iter().any(|s| s.addrs == addrs) {
+                return Err(Error::usage(format!(
+                    "admin_on({addrs:?}): another listener has that address"
+                )));
+            }
+            let mut spec = ListenerSpec::new(addrs, Vec::new());
+            spec.admin = true;
+            spec.protocols = Some(Protocols::Http);
+            specs.push(spec);
         }
         for (addrs, setting) in self.pinned {
             match specs.iter_mut().find(|s| s.addrs == addrs) {

@@ -18,7 +18,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,7 @@ use bytes::{Buf, BytesMut};
 use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
+use super::service::MethodId;
 use super::transport::{Ingested, Transport, TransportError};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
@@ -53,6 +54,8 @@ pub(crate) trait Wake: Send + Sync {
 pub(crate) struct InFlight {
     /// Tells this request apart from a later one that reuses its id.
     pub seq: u64,
+    /// The method it calls, for its metrics.
+    pub method: MethodId,
     /// Also says whether a worker started the request
     /// ([`Context::claim_start`]).
     pub ctx: Context,
@@ -167,6 +170,9 @@ pub(crate) struct ConnState {
     /// The protocol the connection speaks, answers included: the native
     /// one until the first byte says otherwise.
     pub protocol: &'static dyn Protocol,
+    /// The connection counts in the server's open connections of its
+    /// protocol.
+    pub protocol_counted: bool,
     /// When the connection last finished work: a write of its output
     /// completed, or a ONEWAY request ended. The idle timeout counts from
     /// this or the last read, whichever is later (see
@@ -189,7 +195,10 @@ impl ConnState {
     /// Whether the connection is at its in-flight or pending-response
     /// limit: its reader waits until requests finish or output drains.
     pub fn is_full(&self, limits: &Limits) -> bool {
-        self.active() >= limits.max_in_flight_per_connection
+        self.active()
+            >= limits
+                .max_in_flight_per_connection
+                .min(self.protocol.max_in_flight())
             || self.pending_bytes() >= limits.max_pending_response_bytes
     }
 
@@ -323,6 +332,7 @@ impl ConnShared {
                 closing: false,
                 draining: false,
                 protocol: NATIVE,
+                protocol_counted: false,
                 answered_at: Instant::now(),
                 next_seq: 0,
             }),
@@ -452,7 +462,11 @@ impl ConnShared {
                 self.transport.seal(chunk)
             } {
                 Ok(mut chunk) => {
+                    let before = chunk.len();
                     let result = write_nonblocking(&self.stream, &mut chunk);
+                    self.server()
+                        .bytes_written
+                        .fetch_add((before - chunk.len()) as u64, Ordering::Relaxed);
                     (chunk, result)
                 }
                 Err(e) => (BytesMut::new(), Err(e)),
@@ -498,6 +512,9 @@ impl ConnShared {
     pub fn close(&self) -> usize {
         let entries = {
             let mut st = self.lock();
+            if !st.closed && st.protocol_counted {
+                self.server().open_by_protocol[st.protocol.index()].fetch_sub(1, Ordering::Relaxed);
+            }
             st.closed = true;
             st.out.clear();
             st.unsent = BytesMut::new();
@@ -558,6 +575,7 @@ mod tests {
     fn entry() -> InFlight {
         InFlight {
             seq: 1,
+            method: MethodId::new(0),
             ctx: Context::background(),
             read_at: Instant::now(),
             timeout: None,

@@ -302,6 +302,7 @@ impl EventLoop {
         let count = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
         if count > server.config.limits.max_connections {
             server.connections.fetch_sub(1, Ordering::SeqCst);
+            server.refused_connections.fetch_add(1, Ordering::Relaxed);
             log::debug!("{}: refusing {peer}: {count} connections", self.name);
             let mut enc = Encoder::new();
             let msg = format!(
@@ -446,6 +447,9 @@ impl EventLoop {
                 }
             };
             conn.last_activity = Instant::now();
+            self.server
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
             // Through the transport, into the arena or the partial frame.
             let from_arena = conn.partial.is_empty();
             let received = if from_arena {
@@ -504,6 +508,7 @@ impl EventLoop {
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
         let now = Instant::now();
         let mut failed = None;
+        let mut ended = false;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return false;
@@ -521,6 +526,10 @@ impl EventLoop {
             let dispatcher = &shared.dispatcher;
             let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
             match conn.decoder.decode(buf, shared, &mut dispatch) {
+                Ok(true) if conn.decoder.is_done() => {
+                    ended = true;
+                    break;
+                }
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -555,6 +564,12 @@ impl EventLoop {
         };
         if let Some(e) = failed {
             self.protocol_error(slot, e);
+            return self.conns.contains(slot);
+        }
+        if ended {
+            // The peer's last request: answer it, then close.
+            conn.read_open = false;
+            self.start_closing(slot);
             return self.conns.contains(slot);
         }
         true

@@ -27,10 +27,11 @@
 //! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
 //! the wire protocol (framing, the native meta, the encoding of answers
 //! and GOAWAYs) is one implementation of a trait per protocol, in
-//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps
-//! are the coordinator's, in [`crate::shutdown`]; the server carries them
-//! out. Every listener also serves the built-in health
-//! service, [`Health`].
+//! `protocol`: the native one, MessagePack-RPC and HTTP/1.1. The
+//! shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! server carries them out. Every listener also serves the built-in health
+//! service, [`Health`], and the HTTP endpoints (`/healthz`, `/livez`,
+//! `/metrics`, `/`) of `endpoints`, whose metrics `telemetry` keeps.
 //!
 //! # A request's life
 //!
@@ -110,12 +111,14 @@ mod buffer_pool;
 mod builder;
 mod connection;
 mod dispatch;
+mod endpoints;
 mod event_loop;
 mod handler;
 mod health;
 mod pace;
 pub(crate) mod protocol;
 mod service;
+mod telemetry;
 mod threaded;
 mod transport;
 
@@ -129,6 +132,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use builder::{Limits, Mode, ServerBuilder, ServerConfig, Timeouts};
+pub use endpoints::Endpoints;
 pub use handler::{RawHandler, UnaryHandler};
 pub use health::{
     Health, HealthCheckRequest, HealthCheckResponse, ServingStatus, HEALTH_CHECK_METHOD,
@@ -141,6 +145,7 @@ pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 
 use self::builder::{LifecycleSetup, ListenerSpec};
 use self::dispatch::{Dispatcher, ServerShared};
+use self::endpoints::EndpointState;
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
 use self::protocol::DecodeConfig;
@@ -208,6 +213,8 @@ struct Inner {
     shared: Arc<ServerShared>,
     driver: Driver,
     listeners: Vec<(SocketAddr, Vec<String>)>,
+    /// The listener of [`ServerBuilder::admin_on`], if any.
+    admin: Option<SocketAddr>,
     /// One count per open connection, in either mode.
     conns: Latch,
     health: Health,
@@ -284,6 +291,9 @@ impl Server {
             life.handle_signals()?;
         }
         let mut bound = Vec::with_capacity(specs.len());
+        let has_admin = specs.iter().any(|s| s.admin);
+        let mut endpoint_states = Vec::new();
+        let mut admin_addr = None;
         for mut spec in specs {
             let listener = bind_listener(&spec.addrs, config.backlog)
                 .map_err(|e| Error::io(&format!("cannot listen on {:?}", spec.addrs), e))?;
@@ -292,6 +302,14 @@ impl Server {
                 .map_err(|e| Error::io("cannot read the listen address", e))?;
             if setup.health && spec.services.iter().all(|s| s.name() != HEALTH_SERVICE) {
                 spec.services.push(health.service());
+            }
+            let endpoints = (spec.admin || !has_admin)
+                .then(|| EndpointState::new(config.endpoints, health.clone()));
+            if let Some(state) = &endpoints {
+                spec.services.push(state.service());
+            }
+            if spec.admin {
+                admin_addr = Some(addr);
             }
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
@@ -308,6 +326,7 @@ impl Server {
                     .or(config.msgpack_rpc_default_service.as_deref())
                     .map(Arc::from),
             };
+            endpoint_states.push((endpoints, registry.clone()));
             let transport = ListenerTransport {
                 #[cfg(feature = "tls")]
                 tls: spec
@@ -346,6 +365,11 @@ impl Server {
         };
         let mode = config.mode;
         let shared = Arc::new(ServerShared::new(config, pool));
+        for (state, registry) in &endpoint_states {
+            if let Some(state) = state {
+                state.attach(&shared, registry);
+            }
+        }
         let conns = Latch::new();
         let listeners = bound
             .iter()
@@ -353,13 +377,13 @@ impl Server {
             .collect();
         let dispatchers = bound.into_iter().map(
             |(listener, _, _, registry, (protocols, decode, transport))| {
-                let dispatcher = Arc::new(Dispatcher {
-                    server: shared.clone(),
+                let dispatcher = Arc::new(Dispatcher::new(
+                    shared.clone(),
                     registry,
                     protocols,
                     decode,
                     transport,
-                });
+                ));
                 (listener, dispatcher)
             },
         );
@@ -381,6 +405,7 @@ impl Server {
             shared,
             driver,
             listeners,
+            admin: admin_addr,
             conns,
             health,
             life,
@@ -591,6 +616,12 @@ impl ServerHandle {
     /// Every listener's address with the services it serves.
     pub fn local_addrs(&self) -> &[(SocketAddr, Vec<String>)] {
         &self.inner.listeners
+    }
+
+    /// The address of the admin listener
+    /// ([`ServerBuilder::admin_on`]), if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin
     }
 
     /// The address `service` listens on.

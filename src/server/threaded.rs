@@ -352,6 +352,7 @@ impl Threaded {
         if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
+            server.refused_connections.fetch_add(1, Ordering::Relaxed);
             refuse(&stream, dispatcher.refusal_protocol(), &self.refusal);
             return;
         }
@@ -648,6 +649,8 @@ enum Decode {
     NeedBytes,
     /// A limit was reached with bytes left to decode.
     Full,
+    /// The peer's last message was read ([`ConnDecoder::is_done`]).
+    Ended,
     Failed(ProtocolError),
 }
 
@@ -735,6 +738,7 @@ impl<'a> Reader<'a> {
                     }
                     continue;
                 }
+                Decode::Ended => return,
                 Decode::Failed(e) => {
                     log::debug!(
                         "conn {} ({:?}) protocol error: {e}",
@@ -770,6 +774,10 @@ impl<'a> Reader<'a> {
                 }
                 Ok(Received::Bytes(n)) => {
                     self.last_activity = Instant::now();
+                    self.t
+                        .server
+                        .bytes_read
+                        .fetch_add(n as u64, Ordering::Relaxed);
                     self.chunk = if n < SMALL_READ {
                         SMALL_READ
                     } else {
@@ -822,6 +830,10 @@ impl<'a> Reader<'a> {
                 .decoder
                 .decode(&mut self.buf, &link.conn, &mut dispatch)
             {
+                Ok(true) if self.decoder.is_done() => {
+                    result = Decode::Ended;
+                    break;
+                }
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {

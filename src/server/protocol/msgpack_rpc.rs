@@ -43,6 +43,14 @@ impl Protocol for MsgpackRpc {
         Some(b"msgpack-rpc")
     }
 
+    fn label(&self) -> &'static str {
+        "msgpack_rpc"
+    }
+
+    fn index(&self) -> usize {
+        1
+    }
+
     fn claims(&self, first: u8) -> bool {
         is_array_header(first)
     }
@@ -60,6 +68,7 @@ impl Protocol for MsgpackRpc {
         flags: Flags,
         body: &[u8],
         _md: Metadata,
+        _ending: bool,
     ) -> Result<(), EncodeError> {
         let one_value = flags.encoding() == Ok(Encoding::MsgPack);
         write_result(out.buf_mut(), id, body, one_value);
@@ -76,6 +85,7 @@ impl Protocol for MsgpackRpc {
         status: &Status,
         _trace: Option<&TraceId>,
         _md: Metadata,
+        _ending: bool,
     ) {
         write_error(out.buf_mut(), id, status);
     }

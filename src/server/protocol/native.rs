@@ -28,6 +28,14 @@ impl Protocol for Native {
         Some(b"syncrpc")
     }
 
+    fn label(&self) -> &'static str {
+        "native"
+    }
+
+    fn index(&self) -> usize {
+        0
+    }
+
     fn claims(&self, first: u8) -> bool {
         first == MAGIC[0]
     }
@@ -49,6 +57,7 @@ impl Protocol for Native {
         flags: Flags,
         body: &[u8],
         md: Metadata,
+        _ending: bool,
     ) -> Result<(), EncodeError> {
         let meta = ResponseMeta {
             md,
@@ -66,6 +75,7 @@ impl Protocol for Native {
         status: &Status,
         trace: Option<&TraceId>,
         md: Metadata,
+        _ending: bool,
     ) {
         let message = status.message();
         let mut meta = ResponseMeta {
