@@ -582,3 +582,53 @@ fn close_notify_ends_the_stream_after_the_answers() {
         server.shutdown();
     }
 }
+
+/// curl, a third-party HTTP client, reaches `/healthz` over TLS with
+/// `--cacert`, and `/metrics` counts the handshakes.
+#[test]
+fn curl_reaches_healthz_and_metrics_over_tls() {
+    util::init_logging();
+    let found = std::process::Command::new("curl")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        if std::env::var_os("SYNCRPC_REQUIRE_INTEROP").is_some_and(|v| v == "1") {
+            panic!("curl interop test cannot run: no curl on PATH");
+        }
+        eprintln!("SKIPPED curl_reaches_healthz_and_metrics_over_tls: no curl on PATH");
+        return;
+    }
+    let pki = Pki::new("curl");
+    let ca = pki.write("ca.pem", &pki.ca_pem);
+    let server = util::builder(Mode::Event)
+        .service(echo_service())
+        .tls(pki.default_server_tls())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let curl = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "10", "--cacert"])
+            .arg(&ca)
+            .arg(format!(
+                "https://localhost:{}{path}",
+                server.local_addr().port()
+            ))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("/healthz").trim(), "SERVING");
+    let metrics = curl("/metrics");
+    assert!(
+        metrics.contains("syncrpc_tls_handshakes_total{outcome=\"completed\"} 2"),
+        "{metrics}"
+    );
+    server.shutdown();
+}
