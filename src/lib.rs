@@ -121,7 +121,7 @@
 //!   without losing a request, on a signal or an API call, joining every
 //!   thread with a [`Latch`] and returning a report.
 //!
-//! - [`tls`] (feature `tls`): TLS and mutual TLS with rustls, below the
+//! - `tls` (feature `tls`): TLS and mutual TLS with rustls, below the
 //!   wire protocols, on the server (per listener: TLS only, or TLS and
 //!   plaintext on one port) and the client; the verified peer identity
 //!   is on [`Context::peer`], and [`filters::Auth`] checks bearer tokens
