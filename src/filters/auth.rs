@@ -91,7 +91,7 @@ impl Auth {
     }
 
     /// Knows callers by their verified client certificate (mutual TLS,
-    /// [`ServerTls::client_ca_file`](crate::tls::ServerTls::client_ca_file)):
+    /// `ServerTls::client_ca_file`, feature `tls`):
     /// each of its names is a principal. Default false.
     pub fn client_certs(mut self, accept: bool) -> Auth {
         self.client_certs = accept;
