@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench server                   # every row, 3 runs of 2 s
+//! BENCH_ONLY=tls cargo bench --features tls --bench server   # TLS rows only
 //! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
 //! BENCH_ONLY_LOG=1 cargo bench --bench server 2>/dev/null  # access log on/off only
 //! # profiling: a server by hand, then load only
@@ -31,6 +32,14 @@
 //! A second table runs the same server and handler over MessagePack-RPC
 //! beside the native protocol. `benches/modes.rs` compares event mode
 //! with thread mode.
+//!
+//! With the `tls` feature (`cargo bench --features tls --bench server`), a
+//! third table runs TLS beside plaintext, in both modes, at 64 B and
+//! 16 KiB bodies (`ratio`: TLS rate over plaintext rate; `cpu ratio`: the
+//! server's plaintext CPU per request over its TLS CPU per request, what
+//! its one core could sustain, since the load's one core pays for TLS
+//! too and can be the bottleneck), and a last line reports TLS handshakes per second of the
+//! server's one core (its on-CPU time per handshake), full and resumed.
 
 #[path = "../cli/src/load/driver.rs"]
 mod load;
@@ -60,6 +69,20 @@ struct Row {
 }
 
 fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
+    run_load(kind, &[], None, wire, pin, (conns, depth, BODY_LEN), dur)
+}
+
+/// One run of `conns` x `depth` echo calls of `body` bytes against the
+/// server `kind` started with `extra` arguments, over TLS if `tls`.
+fn run_load(
+    kind: &str,
+    extra: &[String],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+    wire: Wire,
+    pin: bool,
+    (conns, depth, body): (usize, usize, usize),
+    dur: Duration,
+) -> Row {
     let workers = env_usize("BENCH_WORKERS", 1).to_string();
     let mut args = vec!["--workers".to_owned(), workers];
     let kind = match kind.strip_suffix("+log") {
@@ -69,6 +92,7 @@ fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: D
         }
         None => kind,
     };
+    args.extend(extra.iter().cloned());
     let kind = match kind.strip_suffix("+inline") {
         Some(kind) => {
             args.push("--inline".to_owned());
@@ -80,7 +104,8 @@ fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: D
     let load = Load {
         wire,
         duration: dur,
-        ..Load::echo(server.addr, conns, depth, BODY_LEN)
+        tls,
+        ..Load::echo(server.addr, conns, depth, body)
     };
     let (mut before, mut after) = ((0, 0), (0, 0));
     let out = load
@@ -157,6 +182,11 @@ fn drive() {
         "allocs",
         "ratio"
     );
+    if std::env::var("BENCH_ONLY").is_ok_and(|t| t == "tls") {
+        #[cfg(feature = "tls")]
+        tls::table(runs, pin, dur);
+        return;
+    }
     let only_log = std::env::var_os("BENCH_ONLY_LOG").is_some();
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
@@ -248,5 +278,180 @@ fn drive() {
                 m.rps / n.rps
             );
         }
+    }
+    #[cfg(feature = "tls")]
+    tls::table(runs, pin, dur);
+    #[cfg(not(feature = "tls"))]
+    println!("(TLS rows: cargo bench --features tls --bench server)");
+}
+
+/// TLS beside plaintext, and handshakes per second.
+#[cfg(feature = "tls")]
+mod tls {
+    use std::io::Write;
+    use std::net::TcpStream;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    use super::{env_usize, median_rows, run_load, Latency, ServerProc, Wire};
+
+    /// A throwaway CA and a `localhost` certificate, written for the
+    /// server process; the client configuration that trusts the CA.
+    fn pki() -> (Vec<String>, Arc<rustls::ClientConfig>) {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let leaf = CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &Issuer::from_params(&ca, &ca_key))
+            .unwrap();
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench-tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (cert, keyf) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert, leaf.pem()).unwrap();
+        std::fs::write(&keyf, key.serialize_pem()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca_cert.der().clone()).unwrap();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let args = vec![
+            "--tls-cert".to_owned(),
+            cert.display().to_string(),
+            "--tls-key".to_owned(),
+            keyf.display().to_string(),
+        ];
+        (args, Arc::new(config))
+    }
+
+    pub fn table(runs: usize, pin: bool, dur: Duration) {
+        let (args, client) = pki();
+        println!(
+            "{:>6} {:>5} {:>6} {:>7} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} | {:>5} {:>9}",
+            "mode",
+            "conns",
+            "depth",
+            "body",
+            "plain r/s",
+            "p50",
+            "p99",
+            "cpu/req",
+            "tls r/s",
+            "p50",
+            "p99",
+            "cpu/req",
+            "ratio",
+            "cpu ratio"
+        );
+        for kind in ["event", "thread"] {
+            for (conns, depth) in [(16usize, 1usize), (16, 32)] {
+                for body in [64usize, 16 * 1024] {
+                    let shape = (conns, depth, body);
+                    let [p, t] = median_rows(
+                        [("plain", Wire::Native), ("tls", Wire::Native)],
+                        runs,
+                        |which, wire| {
+                            if which == "tls" {
+                                run_load(kind, &args, Some(client.clone()), wire, pin, shape, dur)
+                            } else {
+                                run_load(kind, &[], None, wire, pin, shape, dur)
+                            }
+                        },
+                    );
+                    println!(
+                        "{:>6} {:>5} {:>6} {:>7} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>5.2} {:>9.2}",
+                        kind,
+                        conns,
+                        depth,
+                        body,
+                        p.rps,
+                        Latency(p.p50),
+                        Latency(p.p99),
+                        p.cpu_us,
+                        t.rps,
+                        Latency(t.p50),
+                        Latency(t.p99),
+                        t.cpu_us,
+                        t.rps / p.rps,
+                        p.cpu_us / t.cpu_us
+                    );
+                }
+            }
+        }
+        let secs = env_usize("BENCH_SECS", 2) as u64;
+        for resume in [false, true] {
+            let (n, cpu_ns, elapsed) =
+                handshakes(&args, &client, pin, resume, Duration::from_secs(secs));
+            let per = cpu_ns as f64 / n.max(1) as f64;
+            println!(
+                "handshakes ({}): {n} in {elapsed:.1?}, {:.0}/s; server cpu {:.0} us each: {:.0}/s of one core",
+                if resume { "resumed" } else { "full" },
+                n as f64 / elapsed.as_secs_f64(),
+                per / 1000.0,
+                1e9 / per.max(1.0)
+            );
+        }
+    }
+
+    /// Opens connection after connection for `dur`, each a complete
+    /// handshake (resuming the last session if `resume`), from 4 threads.
+    /// Returns (handshakes, server on-CPU ns, elapsed).
+    fn handshakes(
+        args: &[String],
+        client: &Arc<rustls::ClientConfig>,
+        pin: bool,
+        resume: bool,
+        dur: Duration,
+    ) -> (u64, u64, Duration) {
+        let mut server = ServerProc::start("event", args, pin).expect("start the server");
+        let addr = server.addr;
+        let mut config = (**client).clone();
+        if !resume {
+            config.resumption = rustls::client::Resumption::disabled();
+        }
+        let config = Arc::new(config);
+        let (_, cpu0) = server.stats().unwrap();
+        let started = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let config = config.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    while started.elapsed() < dur {
+                        let mut sock = TcpStream::connect(addr).unwrap();
+                        sock.set_nodelay(true).unwrap();
+                        let mut conn = rustls::ClientConnection::new(
+                            config.clone(),
+                            "localhost".try_into().unwrap(),
+                        )
+                        .unwrap();
+                        while conn.is_handshaking() {
+                            conn.complete_io(&mut sock).unwrap();
+                        }
+                        // TLS 1.3 tickets come after the handshake: read
+                        // them, for the next connection to resume.
+                        conn.writer().write_all(b"").unwrap();
+                        sock.set_read_timeout(Some(Duration::from_millis(20)))
+                            .unwrap();
+                        let _ = conn.complete_io(&mut sock);
+                        n += 1;
+                    }
+                    n
+                })
+            })
+            .collect();
+        let n: u64 = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        let elapsed = started.elapsed();
+        let (_, cpu1) = server.stats().unwrap();
+        server.stop().expect("stop the server");
+        (n, cpu1 - cpu0, elapsed)
     }
 }

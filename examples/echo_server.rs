@@ -5,6 +5,8 @@
 //! cargo run --release --example echo_server -- --addr 127.0.0.1:7000 --mode event
 //! cargo run --release --example echo_server -- --help
 //! RUST_LOG=warn cargo run --release --example echo_server   # no access log
+//! cargo run --features tls --example echo_server -- \
+//!     --tls-cert server.pem --tls-key server.key --tls-client-ca ca.pem --tls-only
 //! ```
 //!
 //! Service `echo.Echo`:
@@ -41,9 +43,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use echo_service::{Anything, Echo, Empty, Fail, Say, Sleep};
-use syncrpc::filters::{AccessLog, Metrics};
+use syncrpc::filters::{AccessLog, Auth, Metrics};
 use syncrpc::server::{Mode, ServerConfig};
-use syncrpc::{Code, Context, Server, Status};
+use syncrpc::{Code, Context, Server, ServerBuilder, Status};
 
 /// The implementation of `echo.Echo`.
 struct EchoServer;
@@ -80,6 +82,17 @@ struct Args {
     addr: String,
     config: ServerConfig,
     loops_set: bool,
+    security: Security,
+}
+
+/// TLS and credentials from the command line.
+#[derive(Default)]
+struct Security {
+    tls_cert: Option<String>,
+    tls_key: Option<String>,
+    tls_client_ca: Option<String>,
+    tls_only: bool,
+    token: Option<String>,
 }
 
 fn usage() -> String {
@@ -112,9 +125,16 @@ The limits and timeouts default to the protocol's values (docs/protocol.md,
   --frame-timeout-ms MS     {frame:<16}time to receive one whole frame
   --shutdown-timeout-ms MS  {shutdown:<16}time to finish calls already read
   --drain-delay-ms MS       {drain:<16}serve on, health NOT_SERVING, first
+  --tls-cert FILE           -               serve TLS with this PEM certificate chain
+  --tls-key FILE            -               and this PEM private key
+  --tls-client-ca FILE      -               require client certificates signed by it
+  --tls-only                off             refuse plaintext (else both on one port)
+  --token T                 -               require `authorization: Bearer T`
   -h, --help                                this text
 
-BYTES may end in KiB, MiB or GiB: --max-body 64MiB.",
+BYTES may end in KiB, MiB or GiB: --max-body 64MiB. The --tls-* flags need
+the tls feature (cargo run --features tls --example echo_server); docs/security.md
+makes a throwaway CA and certificates with openssl.",
         workers = d.workers,
         loops = d.event_loops,
         queue = d.queue_capacity,
@@ -155,6 +175,7 @@ fn parse_args(words: impl IntoIterator<Item = String>) -> Result<Option<Args>, S
         addr: "127.0.0.1:7000".to_owned(),
         config: ServerConfig::default(),
         loops_set: false,
+        security: Security::default(),
     };
     let c = &mut args.config;
     let mut addr_given = false;
@@ -162,6 +183,10 @@ fn parse_args(words: impl IntoIterator<Item = String>) -> Result<Option<Args>, S
     while let Some(flag) = it.next() {
         if flag == "-h" || flag == "--help" {
             return Ok(None);
+        }
+        if flag == "--tls-only" {
+            args.security.tls_only = true;
+            continue;
         }
         if !flag.starts_with('-') {
             if addr_given {
@@ -199,6 +224,10 @@ fn parse_args(words: impl IntoIterator<Item = String>) -> Result<Option<Args>, S
             "--frame-timeout-ms" => c.timeouts.frame = millis(1)?,
             "--shutdown-timeout-ms" => c.timeouts.shutdown = millis(0)?,
             "--drain-delay-ms" => c.timeouts.drain_delay = millis(0)?,
+            "--tls-cert" => args.security.tls_cert = Some(v),
+            "--tls-key" => args.security.tls_key = Some(v),
+            "--tls-client-ca" => args.security.tls_client_ca = Some(v),
+            "--token" => args.security.token = Some(v),
             _ => return Err(format!("unknown option {flag}")),
         }
     }
@@ -212,7 +241,44 @@ fn parse_args(words: impl IntoIterator<Item = String>) -> Result<Option<Args>, S
             u16::MAX
         ));
     }
+    let s = &args.security;
+    if s.tls_cert.is_some() != s.tls_key.is_some() {
+        return Err("--tls-cert and --tls-key go together".into());
+    }
+    if s.tls_cert.is_none() && (s.tls_only || s.tls_client_ca.is_some()) {
+        return Err("--tls-only and --tls-client-ca need --tls-cert and --tls-key".into());
+    }
     Ok(Some(args))
+}
+
+/// Adds TLS (as the flags say) and the token check to `builder`.
+fn secure(builder: ServerBuilder, s: &Security) -> Result<ServerBuilder, String> {
+    let builder = match &s.token {
+        Some(token) => builder.filter(Auth::new().token(token, "token")),
+        None => builder,
+    };
+    let (Some(cert), Some(key)) = (&s.tls_cert, &s.tls_key) else {
+        return Ok(builder);
+    };
+    #[cfg(feature = "tls")]
+    {
+        use syncrpc::tls::{ServerTls, TlsMode};
+        let mut tls = ServerTls::from_pem_files(cert, key).map_err(|e| e.to_string())?;
+        if let Some(ca) = &s.tls_client_ca {
+            tls = tls.client_ca_file(ca).map_err(|e| e.to_string())?;
+        }
+        let mode = if s.tls_only {
+            TlsMode::Required
+        } else {
+            TlsMode::Optional
+        };
+        Ok(builder.tls(tls.mode(mode)))
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        Err("--tls-cert: this build has no TLS; build with --features tls".into())
+    }
 }
 
 fn main() -> ExitCode {
@@ -231,7 +297,19 @@ fn main() -> ExitCode {
     let mode = args.config.mode;
     let (workers, loops) = (args.config.workers, args.config.event_loops);
     let metrics = Metrics::new();
-    let server = Server::builder()
+    let tls = match (&args.security.tls_cert, args.security.tls_only) {
+        (None, _) => "plaintext",
+        (Some(_), false) => "TLS and plaintext",
+        (Some(_), true) => "TLS only",
+    };
+    let builder = match secure(Server::builder(), &args.security) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = builder
         .config(args.config)
         .handle_signals(true)
         .filter(AccessLog::new().to_writer(std::io::stderr()))
@@ -248,11 +326,11 @@ fn main() -> ExitCode {
     };
     match mode {
         Mode::Event => log::info!(
-            "echo server listening on {} (event mode, {loops} loops, {workers} workers)",
+            "echo server listening on {} ({tls}; event mode, {loops} loops, {workers} workers)",
             server.local_addr()
         ),
         _ => log::info!(
-            "echo server listening on {} (thread mode, {workers} workers)",
+            "echo server listening on {} ({tls}; thread mode, {workers} workers)",
             server.local_addr()
         ),
     }

@@ -14,6 +14,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use crate::metadata::{Metadata, MetadataValue};
+use crate::peer::Peer;
 use crate::spare::SpareList;
 use crate::status::Status;
 use crate::trace::TraceId;
@@ -55,7 +56,7 @@ struct RequestInfo {
     /// Method names are interned (`server::service`): no count to keep.
     method: &'static str,
     caller: Option<Box<str>>,
-    peer: Option<SocketAddr>,
+    peer: Option<Peer>,
     metadata: Metadata,
 }
 
@@ -296,7 +297,7 @@ impl Context {
         deadline: Option<Instant>,
         trace_id: Option<TraceId>,
         caller: Option<&str>,
-        peer: Option<SocketAddr>,
+        peer: Option<Peer>,
         metadata: Metadata,
     ) -> Context {
         let request = RequestInfo {
@@ -548,7 +549,14 @@ impl Context {
 
     /// The peer's address, when serving a request over TCP.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
-        self.request().and_then(|r| r.peer)
+        self.peer().map(Peer::addr)
+    }
+
+    /// The other end of the connection the request came on, when serving
+    /// a request: its address, whether it is TLS, and the verified
+    /// identity of a client certificate (mutual TLS).
+    pub fn peer(&self) -> Option<&Peer> {
+        self.request().and_then(|r| r.peer.as_ref())
     }
 
     /// The request's metadata (empty outside a handler).

@@ -84,6 +84,8 @@
 //!                                   │  frames of `codec`
 //!                                   ▼
 //!  server: event loops (mio) or a thread per connection
+//!          └─ transport: plain TCP, or TLS (rustls, feature `tls`), per
+//!             connection; bytes in and out, below every protocol
 //!          └─ protocol (a trait): native frames, MessagePack-RPC or
 //!             HTTP/1.1, per connection; decodes requests, encodes answers
 //!          └─ dispatch: routing, deadline, in-flight table
@@ -129,8 +131,13 @@
 //!   without losing a request, on a signal or an API call, joining every
 //!   thread with a [`Latch`] and returning a report.
 //!
-//! Non-goals: async integration, streaming calls, TLS (terminate it in
-//! front), and service discovery.
+//! - `tls` (feature `tls`): TLS and mutual TLS with rustls, below the
+//!   wire protocols, on the server (per listener: TLS only, or TLS and
+//!   plaintext on one port) and the client; the verified peer identity
+//!   is on [`Context::peer`], and [`filters::Auth`] checks bearer tokens
+//!   and identities per method (`docs/security.md`).
+//!
+//! Non-goals: async integration, streaming calls, and service discovery.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
@@ -147,6 +154,7 @@ pub mod fuzzing;
 mod hash;
 mod latch;
 mod metadata;
+mod peer;
 pub mod pool;
 pub mod server;
 mod service_macro;
@@ -154,6 +162,8 @@ pub mod shutdown;
 mod spare;
 mod status;
 mod task_group;
+#[cfg(feature = "tls")]
+pub mod tls;
 mod trace;
 
 pub use client::{CallOptions, Client};
@@ -162,6 +172,7 @@ pub use error::{Error, ErrorKind, Execution};
 pub use filter::{Filter, Next, Reply, Request, Response};
 pub use latch::{Latch, LatchGuard};
 pub use metadata::{Metadata, MetadataValue};
+pub use peer::{Peer, PeerIdentity};
 pub use server::{Server, ServerBuilder, ServerHandle, Service};
 pub use shutdown::{ShutdownHandle, ShutdownReport};
 pub use status::{Code, Status};

@@ -235,3 +235,92 @@ fn sigterm_drains_and_exits_0() {
     };
     assert_eq!(status.code(), Some(0), "{status}");
 }
+
+#[cfg(feature = "tls")]
+mod tls_util;
+
+/// The example client binary, next to the server's.
+#[cfg(feature = "tls")]
+fn client_example(args: &[&str]) -> (bool, String) {
+    let path = echo_example_path().with_file_name("client");
+    let out = Command::new(path)
+        .args(args)
+        .output()
+        .expect("run examples/client (built by cargo test)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[cfg(feature = "tls")]
+#[test]
+fn mutual_tls_flags_serve_the_client_with_a_certificate_and_refuse_one_without() {
+    let pki = tls_util::Pki::new("example");
+    let server = pki.server("echo");
+    let client = pki.client("client", "spiffe://example/client");
+    let ca = pki.write("ca.pem", &pki.ca_pem);
+    let (scert, skey) = (
+        pki.write("server.pem", &server.cert),
+        pki.write("server.key", &server.key),
+    );
+    let (ccert, ckey) = (
+        pki.write("client.pem", &client.cert),
+        pki.write("client.key", &client.key),
+    );
+    let path = |p: &std::path::PathBuf| p.to_str().unwrap().to_owned();
+    let example = util::start_echo_example(&[
+        "--tls-cert",
+        &path(&scert),
+        "--tls-key",
+        &path(&skey),
+        "--tls-client-ca",
+        &path(&ca),
+        "--tls-only",
+        "--token",
+        "t0ken",
+    ]);
+    let port = example.addr.rsplit(':').next().unwrap().to_owned();
+    let addr = format!("localhost:{port}");
+    let base = [
+        "--addr",
+        addr.as_str(),
+        "--tls-ca",
+        &path(&ca),
+        "--timeout-ms",
+        "5000",
+    ];
+    let with_cert = [
+        "--tls-cert".to_owned(),
+        path(&ccert),
+        "--tls-key".to_owned(),
+        path(&ckey),
+    ];
+    let args = |extra: &[&str]| -> Vec<String> {
+        base.iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let run = |a: Vec<String>| client_example(&a.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let mut good = args(&["--token", "t0ken", "--text", "over mtls"]);
+    good.extend(with_cert.iter().cloned());
+    let (ok, out) = run(good);
+    assert!(ok, "{out}");
+    assert!(out.contains("over mtls"), "{out}");
+
+    let (ok, out) = run(args(&["--token", "t0ken"]));
+    assert!(!ok, "served without a client certificate: {out}");
+    assert!(out.contains("TLS"), "{out}");
+
+    let mut no_token = args(&[]);
+    no_token.extend(with_cert.iter().cloned());
+    let (ok, out) = run(no_token);
+    assert!(!ok, "served without the token: {out}");
+    assert!(
+        out.contains("UNAUTHENTICATED") || out.contains("credentials"),
+        "{out}"
+    );
+
+    // Plaintext to the TLS-only port.
+    let (ok, out) = client_example(&["--addr", &example.addr, "--token", "t0ken"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("TLS"), "{out}");
+}

@@ -2,7 +2,8 @@
 //! what the bench reads about them.
 //!
 //! The bench starts itself again as `--serve KIND [--workers N]
-//! [--queue N] [--max-connections N] [--inline]`, pinned to core 0 when it can be; the child
+//! [--queue N] [--max-connections N] [--inline] [--tls-cert PEM --tls-key
+//! PEM]` (TLS only with the `tls` feature), pinned to core 0 when it can be; the child
 //! prints its port, then answers each `stats` line on its standard input
 //! with its allocation count and its threads' on-CPU nanoseconds, and
 //! shuts down when its standard input closes. Kinds:
@@ -109,8 +110,8 @@ pub fn serve(kind: &str, args: &[String]) {
                 .try_init();
             builder = builder.filter(syncrpc::filters::AccessLog::new().to_writer(io::stderr()));
         }
-        builder
-            .service(echo)
+        let builder = builder.service(echo);
+        with_tls(builder, args)
             .bind("127.0.0.1:0")
             .expect("start the server")
     });
@@ -137,6 +138,30 @@ pub fn serve(kind: &str, args: &[String]) {
     }
     if let Some(server) = server {
         server.shutdown();
+    }
+}
+
+/// The value after flag `name` in `args`.
+fn word<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).map(String::as_str)
+}
+
+/// Adds TLS to `builder` when `args` give `--tls-cert` and `--tls-key`.
+fn with_tls(builder: syncrpc::ServerBuilder, args: &[String]) -> syncrpc::ServerBuilder {
+    let (Some(cert), Some(key)) = (word(args, "--tls-cert"), word(args, "--tls-key")) else {
+        return builder;
+    };
+    #[cfg(feature = "tls")]
+    {
+        let tls = syncrpc::tls::ServerTls::from_pem_files(cert, key).expect("TLS certificate");
+        builder.tls(tls)
+    }
+    #[cfg(not(feature = "tls"))]
+    {
+        let _ = (cert, key);
+        eprintln!("--serve: --tls-cert needs the tls feature");
+        std::process::exit(2);
     }
 }
 

@@ -38,6 +38,8 @@ impl Settings {
                 keepalive: config.tcp_keepalive,
                 protocol: config.protocol,
                 max_depth: config.max_body_depth,
+                #[cfg(feature = "tls")]
+                tls: config.tls.clone(),
             },
             resolve_interval: config.resolve_interval,
         }
@@ -62,7 +64,14 @@ pub(crate) struct Balancer {
     settings: Settings,
 }
 
-fn resolve(targets: &[Target]) -> Result<Vec<SocketAddr>, Error> {
+/// The host part of `host:port`, `[v6]:port` or an IP literal, which a
+/// TLS connection verifies the server's certificate against.
+fn host_of(text: &str) -> Arc<str> {
+    let host = text.rsplit_once(':').map_or(text, |(h, _)| h);
+    Arc::from(host.trim_start_matches('[').trim_end_matches(']'))
+}
+
+fn resolve(targets: &[Target]) -> Result<Vec<(SocketAddr, Arc<str>)>, Error> {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     for t in targets {
@@ -80,7 +89,13 @@ fn resolve(targets: &[Target]) -> Result<Vec<SocketAddr>, Error> {
                 t.text
             )));
         }
-        out.extend(addrs.into_iter().filter(|a| seen.insert(*a)));
+        let host = host_of(&t.text);
+        out.extend(
+            addrs
+                .into_iter()
+                .filter(|a| seen.insert(*a))
+                .map(|a| (a, host.clone())),
+        );
     }
     if out.is_empty() {
         return Err(Error::usage("the server addresses resolve to nothing"));
@@ -99,7 +114,7 @@ impl Balancer {
             .collect();
         let endpoints: Vec<Arc<Endpoint>> = resolve(&targets)?
             .into_iter()
-            .map(|a| Arc::new(Endpoint::new(a)))
+            .map(|(a, host)| Arc::new(Endpoint::new(a, host)))
             .collect();
         Ok(Balancer {
             targets,
@@ -145,12 +160,12 @@ impl Balancer {
         let current = self.snapshot();
         let next: Vec<Arc<Endpoint>> = addrs
             .into_iter()
-            .map(|a| {
+            .map(|(a, host)| {
                 current
                     .iter()
                     .find(|e| e.addr() == a)
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(a)))
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(a, host)))
             })
             .collect();
         // Endpoints left out close their connections once the calls on

@@ -174,6 +174,53 @@ pub struct ClientConfig {
     pub resolve_interval: Duration,
     /// The wire protocol. Default [`ClientProtocol::Native`].
     pub protocol: ClientProtocol,
+    /// Credentials sent with every call. Default none.
+    pub credentials: Option<Credentials>,
+    /// TLS to the servers. Default none: plaintext. Needs the `tls`
+    /// feature.
+    #[cfg(feature = "tls")]
+    pub tls: Option<crate::tls::ClientTls>,
+}
+
+/// Credentials a client attaches to every call, as request metadata.
+///
+/// Its `Debug` does not print the secret.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::client::Credentials;
+///
+/// let creds = Credentials::bearer("s3cret");
+/// assert_eq!(creds.header_value(), "Bearer s3cret");
+/// assert!(!format!("{creds:?}").contains("s3cret"));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    value: String,
+}
+
+impl Credentials {
+    /// The metadata key credentials are sent under.
+    pub const KEY: &'static str = "authorization";
+
+    /// A bearer token: `authorization: Bearer <token>`.
+    pub fn bearer(token: impl AsRef<str>) -> Credentials {
+        Credentials {
+            value: format!("Bearer {}", token.as_ref()),
+        }
+    }
+
+    /// The value sent under [`Credentials::KEY`].
+    pub fn header_value(&self) -> &str {
+        &self.value
+    }
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Credentials(..)")
+    }
 }
 
 /// The wire protocol a [`Client`](super::Client) speaks.
@@ -207,6 +254,9 @@ impl Default for ClientConfig {
             tcp_keepalive: Some(Duration::from_secs(60)),
             resolve_interval: Duration::from_secs(30),
             protocol: ClientProtocol::Native,
+            credentials: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 }
@@ -294,6 +344,26 @@ impl ClientBuilder {
     /// endpoint, and calls are balanced round-robin over healthy endpoints.
     pub fn addr(mut self, addr: impl ToString) -> ClientBuilder {
         self.addrs.push(addr.to_string());
+        self
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call (unless a
+    /// call's own metadata sets `authorization`). Default none.
+    pub fn bearer_token(mut self, token: impl AsRef<str>) -> ClientBuilder {
+        self.config.credentials = Some(Credentials::bearer(token));
+        self
+    }
+
+    /// Speaks TLS to every server, verified as `tls` says. Default
+    /// plaintext. Needs the `tls` feature.
+    ///
+    /// A client set for TLS that reaches a plaintext server fails to
+    /// connect with an error saying so, and a plaintext client that
+    /// reaches a TLS-only server fails its call with an error that
+    /// suggests TLS.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::ClientTls) -> ClientBuilder {
+        self.config.tls = Some(tls);
         self
     }
 

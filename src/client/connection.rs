@@ -70,6 +70,9 @@ pub(crate) struct ConnOptions {
     pub(crate) protocol: ClientProtocol,
     /// Nesting allowed in a MessagePack-RPC result.
     pub(crate) max_depth: usize,
+    /// TLS, if the client speaks it.
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<crate::tls::ClientTls>,
 }
 
 /// A frame a call sends: REQUEST or ONEWAY.
@@ -95,6 +98,12 @@ pub(crate) enum Broken {
     Drained,
     /// The client dropped the connection.
     Dropped,
+    /// The server closed a plaintext connection before sending a byte.
+    ClosedUnanswered,
+    /// The TLS layer failed after the handshake (an alert from the server,
+    /// a bad record).
+    #[cfg(feature = "tls")]
+    Tls(rustls::Error),
 }
 
 impl fmt::Display for Broken {
@@ -108,6 +117,12 @@ impl fmt::Display for Broken {
             }
             Broken::Drained => f.write_str("closed after GOAWAY"),
             Broken::Dropped => f.write_str("the client closed the connection"),
+            Broken::ClosedUnanswered => f.write_str(
+                "the server closed the connection without answering; a TLS-only server \
+                 does this to a plaintext client (is TLS needed?)",
+            ),
+            #[cfg(feature = "tls")]
+            Broken::Tls(e) => write!(f, "TLS: {e}"),
         }
     }
 }
@@ -208,6 +223,17 @@ struct Writer {
     closed: bool,
     /// When bytes last went out, for the write-stall limit.
     last_progress: Instant,
+    /// Bytes already through the transport that the socket did not take:
+    /// they go before `enc`.
+    unsent: BytesMut,
+    /// The transport has bytes of its own to send (TLS).
+    transport_output: bool,
+}
+
+impl Writer {
+    fn is_empty(&self) -> bool {
+        self.enc.is_empty() && self.unsent.is_empty() && !self.transport_output
+    }
 }
 
 /// Why a frame was not queued.
@@ -236,6 +262,44 @@ struct Shared {
     write_stall: Duration,
     /// Speaks MessagePack-RPC rather than native frames.
     msgpack_rpc: bool,
+    /// The TLS session, if the connection is TLS. Fed and drained under
+    /// its lock, never across a socket call.
+    #[cfg(feature = "tls")]
+    tls: Option<Mutex<crate::tls::session::Session>>,
+}
+
+impl Shared {
+    fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return true;
+        }
+        false
+    }
+
+    /// Turns queued plaintext into the bytes to write.
+    fn seal(&self, plain: BytesMut) -> Result<BytesMut, Broken> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            return lock(tls).seal(&plain).map_err(|e| Broken::Io(Arc::new(e)));
+        }
+        Ok(plain)
+    }
+
+    /// Hands bytes read off the socket to the transport; the plaintext
+    /// goes to `out`.
+    fn receive(&self, raw: &[u8], out: &mut BytesMut) -> Result<(), Broken> {
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &self.tls {
+            let got = lock(tls).ingest(raw, out).map_err(Broken::Tls)?;
+            if got.has_output {
+                lock(&self.writer).transport_output = true;
+            }
+            return Ok(());
+        }
+        out.extend_from_slice(raw);
+        Ok(())
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -266,12 +330,37 @@ impl Connection {
     /// Connects to `addr` and starts the connection's IO thread.
     pub(crate) fn open(
         addr: SocketAddr,
+        host: &str,
         connect_timeout: Duration,
         opts: &ConnOptions,
     ) -> io::Result<Connection> {
         let timeout = connect_timeout.max(Duration::from_millis(1));
+        let started = Instant::now();
         let std_stream = std::net::TcpStream::connect_timeout(&addr, timeout)?;
         std_stream.set_nodelay(true)?;
+        #[cfg(feature = "tls")]
+        let tls = match &opts.tls {
+            Some(tls) => {
+                let left = timeout
+                    .saturating_sub(started.elapsed())
+                    .max(Duration::from_millis(1));
+                let alpn = match opts.protocol {
+                    ClientProtocol::MsgpackRpc => crate::tls::client::ALPN_MSGPACK_RPC,
+                    _ => crate::tls::client::ALPN_NATIVE,
+                };
+                let conn = tls
+                    .connect(host, alpn)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+                Some(Mutex::new(crate::tls::handshake::run(
+                    &std_stream,
+                    conn,
+                    left,
+                )?))
+            }
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let _ = (host, started);
         if let Some(idle) = opts.keepalive {
             let ka = socket2::TcpKeepalive::new().with_time(idle);
             socket2::SockRef::from(&std_stream).set_tcp_keepalive(&ka)?;
@@ -299,12 +388,16 @@ impl Connection {
                 reader_busy: false,
                 closed: false,
                 last_progress: Instant::now(),
+                unsent: BytesMut::new(),
+                transport_output: false,
             }),
             usable: AtomicBool::new(true),
             in_flight: AtomicUsize::new(0),
             answered: AtomicU64::new(0),
             write_stall: opts.write_stall,
             msgpack_rpc: opts.protocol == ClientProtocol::MsgpackRpc,
+            #[cfg(feature = "tls")]
+            tls,
         });
         let io = IoThread {
             shared: shared.clone(),
@@ -317,6 +410,7 @@ impl Connection {
             }),
             buf: BytesMut::with_capacity(READ_CHUNK),
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
+            got_bytes: false,
         };
         let io_thread = thread::Builder::new()
             .name(format!("syncrpc-client-{addr}"))
@@ -582,11 +676,24 @@ impl Shared {
     fn flush<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> Result<(), Broken> {
         w.flushing = true;
         loop {
-            if w.enc.is_empty() {
+            if w.is_empty() {
                 w.flushing = false;
                 return Ok(());
             }
-            let mut buf = w.enc.split();
+            let mut buf = if w.unsent.is_empty() {
+                // Sealed in queue order by the one writer.
+                w.transport_output = false;
+                let plain = w.enc.split();
+                match self.seal(plain) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        w.flushing = false;
+                        return Err(e);
+                    }
+                }
+            } else {
+                std::mem::take(&mut w.unsent)
+            };
             w.writable_edge = false;
             drop(w);
             let res = write_some(&self.stream, &mut buf);
@@ -599,11 +706,9 @@ impl Shared {
                     if buf.is_empty() {
                         continue;
                     }
-                    // The socket is full: put the rest back in front of
-                    // whatever was queued meanwhile.
-                    let queued = w.enc.split();
-                    w.enc.extend_from_slice(&buf);
-                    w.enc.extend_from_slice(&queued);
+                    // The socket is full: the rest goes before whatever
+                    // was queued meanwhile.
+                    w.unsent = buf;
                     if std::mem::take(&mut w.writable_edge) {
                         continue;
                     }
@@ -628,7 +733,7 @@ impl Shared {
     fn set_reader_busy(&self, busy: bool) -> Result<(), Broken> {
         let mut w = lock(&self.writer);
         w.reader_busy = busy;
-        if w.flushing || w.blocked || w.closed || w.enc.is_empty() {
+        if w.flushing || w.blocked || w.closed || w.is_empty() {
             return Ok(());
         }
         self.flush(w)
@@ -679,6 +784,7 @@ impl Shared {
             let mut w = lock(&self.writer);
             w.closed = true;
             w.enc.clear();
+            w.unsent.clear();
         }
         match &why {
             Broken::Drained | Broken::Dropped => debug!("connection to {}: {why}", self.peer),
@@ -708,7 +814,7 @@ impl Shared {
             }
         }
         let w = lock(&self.writer);
-        w.enc.is_empty() && !w.flushing
+        w.is_empty() && !w.flushing
     }
 
     /// Hands a reply to the thread waiting for `id`, if any.
@@ -845,6 +951,8 @@ struct IoThread {
     scanner: Option<MsgpackRpcScan>,
     buf: BytesMut,
     scratch: Box<[u8]>,
+    /// Any byte came from the server.
+    got_bytes: bool,
 }
 
 impl IoThread {
@@ -909,6 +1017,9 @@ impl IoThread {
         loop {
             match (&self.shared.stream).read(&mut self.scratch) {
                 Ok(0) => {
+                    if !self.got_bytes && !self.shared.is_tls() {
+                        return Err(Broken::ClosedUnanswered);
+                    }
                     if self.scanner.is_some() && !self.buf.is_empty() {
                         return Err(Broken::Protocol(ProtocolError::Truncated {
                             have: self.buf.len(),
@@ -918,7 +1029,8 @@ impl IoThread {
                     return Err(Broken::Eof);
                 }
                 Ok(n) => {
-                    self.buf.extend_from_slice(&self.scratch[..n]);
+                    self.got_bytes = true;
+                    self.shared.receive(&self.scratch[..n], &mut self.buf)?;
                     if let Some(scan) = &mut self.scanner {
                         read_msgpack_rpc(scan, &mut self.buf, &self.shared)?;
                     }

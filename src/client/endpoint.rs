@@ -38,6 +38,9 @@ struct State {
 /// A server address and the connections to it.
 pub(crate) struct Endpoint {
     addr: SocketAddr,
+    /// The host name the address was resolved from (or the IP literal),
+    /// which TLS verifies the server's certificate against.
+    host: Arc<str>,
     state: Mutex<State>,
     /// Signalled when a connection attempt ends.
     attempt_done: Condvar,
@@ -56,9 +59,10 @@ impl fmt::Debug for Endpoint {
 }
 
 impl Endpoint {
-    pub(crate) fn new(addr: SocketAddr) -> Endpoint {
+    pub(crate) fn new(addr: SocketAddr, host: Arc<str>) -> Endpoint {
         Endpoint {
             addr,
+            host,
             state: Mutex::new(State::default()),
             attempt_done: Condvar::new(),
             next: AtomicUsize::new(0),
@@ -131,7 +135,7 @@ impl Endpoint {
             }
             st.connecting = true;
             drop(st);
-            let res = Connection::open(self.addr, timeout, &settings.conn);
+            let res = Connection::open(self.addr, &self.host, timeout, &settings.conn);
             st = self.lock();
             st.connecting = false;
             self.attempt_done.notify_all();

@@ -44,7 +44,7 @@ use log::debug;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-pub use builder::{Backoff, ClientBuilder, ClientConfig, ClientProtocol, Timeouts};
+pub use builder::{Backoff, ClientBuilder, ClientConfig, ClientProtocol, Credentials, Timeouts};
 pub use options::{CallOptions, Response};
 pub use retry::RetryPolicy;
 
@@ -522,7 +522,7 @@ impl Client {
             timeout_ms: 0,
             trace_id: trace_id.as_ref().map(|t| t.as_str()),
             caller: config.caller.as_deref(),
-            md: opts.get_metadata().clone(),
+            md: with_credentials(opts.get_metadata(), config.credentials.as_ref()),
             stream: false,
         };
         check_meta_size(&meta, config.max_meta)?;
@@ -705,6 +705,18 @@ fn timeout_ms(deadline: Instant, now: Instant) -> u32 {
     let left = deadline.saturating_duration_since(now);
     let ms = left.as_nanos().div_ceil(1_000_000);
     ms.clamp(1, u128::from(u32::MAX)) as u32
+}
+
+/// A call's metadata with the client's credentials added, unless the call
+/// sets its own.
+fn with_credentials(md: &crate::Metadata, creds: Option<&Credentials>) -> crate::Metadata {
+    let mut md = md.clone();
+    if let Some(c) = creds {
+        if md.get(Credentials::KEY).is_none() {
+            md.insert(Credentials::KEY, c.header_value());
+        }
+    }
+    md
 }
 
 #[cfg(test)]

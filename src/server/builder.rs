@@ -1,5 +1,7 @@
 //! The server builder and every knob it has, with the defaults in one place.
 
+#[cfg(feature = "tls")]
+use crate::tls::ServerTls;
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
@@ -56,6 +58,12 @@ pub struct Limits {
     /// Open connections. Default 10000 (protocol default). A connection past it gets
     /// GOAWAY `RESOURCE_EXHAUSTED` and is closed.
     pub max_connections: usize,
+    /// TLS handshakes in progress, all listeners together. Default 1024:
+    /// a flood of clients that open TLS and never finish cannot hold more
+    /// than this many connections' worth of handshake state, and cannot
+    /// starve established connections. A connection past it is closed at
+    /// its first byte (counted as a failed handshake).
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -68,6 +76,7 @@ impl Default for Limits {
             max_pending_response_bytes: 16 * 1024 * 1024,
             max_buffered_request_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
+            max_handshakes: 1024,
         }
     }
 }
@@ -94,6 +103,13 @@ pub struct Timeouts {
     /// Time to receive one whole frame, from its first byte; past it the
     /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
     pub frame: Duration,
+    /// Time to finish a TLS handshake, from the connection's first byte
+    /// (from its accept on a TLS-only listener); past it the connection is
+    /// closed and the handshake counted as failed. Default 10 s: a
+    /// handshake is a few round trips, and a client that opens TCP and
+    /// never finishes holds a handshake slot
+    /// ([`Limits::max_handshakes`]) until then.
+    pub handshake: Duration,
     /// Responses are waiting and the socket has accepted no byte for this
     /// long: the connection is closed. Default 30 s (protocol default).
     pub write_stall: Duration,
@@ -115,11 +131,24 @@ pub struct Timeouts {
     pub hooks: Duration,
 }
 
+impl Timeouts {
+    /// The whole-frame limit of a connection: the handshake's while one
+    /// is in progress.
+    pub(crate) fn frame_limit(&self, handshaking: bool) -> Duration {
+        if handshaking {
+            self.handshake
+        } else {
+            self.frame
+        }
+    }
+}
+
 impl Default for Timeouts {
     fn default() -> Self {
         Timeouts {
             idle: Duration::from_secs(60),
             frame: Duration::from_secs(30),
+            handshake: Duration::from_secs(10),
             write_stall: Duration::from_secs(30),
             drain_delay: Duration::ZERO,
             shutdown: Duration::from_secs(10),
@@ -271,6 +300,10 @@ pub(crate) struct ListenerSpec {
     /// Overrides [`ServerConfig::msgpack_rpc_default_service`] on this
     /// listener.
     pub msgpack_rpc_default_service: Option<String>,
+    /// Overrides the server-wide TLS on this listener: `Some(None)` for
+    /// plaintext only.
+    #[cfg(feature = "tls")]
+    pub tls: Option<Option<ServerTls>>,
     /// Serves only the built-in endpoints, over HTTP.
     pub admin: bool,
 }
@@ -282,6 +315,8 @@ impl ListenerSpec {
             services,
             protocols: None,
             msgpack_rpc_default_service: None,
+            #[cfg(feature = "tls")]
+            tls: None,
             admin: false,
         }
     }
@@ -292,6 +327,8 @@ impl ListenerSpec {
 enum ListenerSetting {
     Protocols(Protocols),
     MsgpackRpcDefaultService(String),
+    #[cfg(feature = "tls")]
+    Tls(Option<ServerTls>),
 }
 
 impl ListenerSetting {
@@ -300,6 +337,10 @@ impl ListenerSetting {
         match self {
             ListenerSetting::Protocols(_) => "protocols_on",
             ListenerSetting::MsgpackRpcDefaultService(_) => "msgpack_rpc_default_service_on",
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(Some(_)) => "tls_on",
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(None) => "plaintext_on",
         }
     }
 
@@ -309,6 +350,8 @@ impl ListenerSetting {
             ListenerSetting::MsgpackRpcDefaultService(s) => {
                 spec.msgpack_rpc_default_service = Some(s)
             }
+            #[cfg(feature = "tls")]
+            ListenerSetting::Tls(t) => spec.tls = Some(t),
         }
     }
 }
@@ -343,6 +386,8 @@ pub struct ServerBuilder {
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
     lifecycle: LifecycleSetup,
+    #[cfg(feature = "tls")]
+    tls: Option<ServerTls>,
 }
 
 /// What a server does around its shutdown.
@@ -376,7 +421,48 @@ impl ServerBuilder {
                 health: true,
                 reflection: true,
             },
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Serves TLS on every listener that does not say otherwise
+    /// ([`ServerBuilder::tls_on`], [`ServerBuilder::plaintext_on`]): TLS
+    /// only, or TLS and plaintext on one port, as
+    /// [`ServerTls::mode`](crate::tls::ServerTls::mode) says. Default none:
+    /// plaintext. Needs the `tls` feature.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncrpc::tls::{ServerTls, TlsMode};
+    /// use syncrpc::{Server, Service};
+    ///
+    /// let tls = ServerTls::from_pem_files("server.pem", "server.key")?.mode(TlsMode::Optional);
+    /// let server = Server::builder()
+    ///     .service(Service::new("echo.Echo"))
+    ///     .tls(tls)
+    ///     .bind("0.0.0.0:7000")?;
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: ServerTls) -> ServerBuilder {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Serves TLS on the listener at `addr` alone, whatever
+    /// [`ServerBuilder::tls`] says.
+    #[cfg(feature = "tls")]
+    pub fn tls_on(self, addr: impl ToSocketAddrs, tls: ServerTls) -> ServerBuilder {
+        self.pin(addr, ListenerSetting::Tls(Some(tls)))
+    }
+
+    /// Serves plaintext only on the listener at `addr`, whatever
+    /// [`ServerBuilder::tls`] says.
+    #[cfg(feature = "tls")]
+    pub fn plaintext_on(self, addr: impl ToSocketAddrs) -> ServerBuilder {
+        self.pin(addr, ListenerSetting::Tls(None))
     }
 
     /// Serves `service` on the address given to [`ServerBuilder::bind`].
@@ -687,6 +773,12 @@ impl ServerBuilder {
                         setting.origin()
                     )))
                 }
+            }
+        }
+        #[cfg(feature = "tls")]
+        for spec in &mut specs {
+            if spec.tls.is_none() {
+                spec.tls = Some(self.tls.clone());
             }
         }
         check(&self.config, &specs)?;

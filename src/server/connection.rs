@@ -16,7 +16,7 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,10 +28,12 @@ use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
 use super::service::MethodId;
+use super::transport::{Ingested, Transport, TransportError};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::hash::FastHash;
 use crate::latch::Latch;
+use crate::peer::Peer;
 
 /// How a driver is told that a connection needs it: reading may resume,
 /// a write failed, or a closing connection has nothing left in flight.
@@ -133,6 +135,9 @@ pub(crate) struct ConnState {
     pub out: Encoder,
     /// Bytes the socket would not take yet; they go before `out`.
     unsent: BytesMut,
+    /// The transport has bytes of its own to send (a TLS handshake
+    /// message, an alert): the next flush seals them in.
+    transport_output: bool,
     /// Bytes a thread is writing right now, outside the lock.
     in_write: usize,
     /// A thread is writing; others only append.
@@ -204,7 +209,10 @@ impl ConnState {
 
     /// Nothing waits to be written and nobody is writing.
     pub fn is_flushed(&self) -> bool {
-        self.out.is_empty() && self.unsent.is_empty() && !self.writer_active
+        self.out.is_empty()
+            && self.unsent.is_empty()
+            && !self.transport_output
+            && !self.writer_active
     }
 
     /// Since when the connection has been idle, given when its driver last
@@ -233,6 +241,19 @@ impl ConnState {
     }
 }
 
+/// What one [`ConnShared::read_blocking`] got.
+#[derive(Debug)]
+pub(crate) enum Received {
+    /// This many bytes came off the socket; their plaintext, if any, is
+    /// in the buffer.
+    Bytes(usize),
+    /// The peer closed its sending side.
+    Eof,
+    /// The transport failed: the connection ends, after whatever the
+    /// transport still has to say (a TLS alert) is written.
+    Failed(TransportError),
+}
+
 /// What [`ConnShared::flush`] achieved.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Flush {
@@ -256,6 +277,9 @@ pub(crate) struct ConnShared {
     /// The socket, non-blocking. The driver reads it; whoever flushes
     /// writes it.
     pub stream: TcpStream,
+    /// Plain TCP or TLS, below the protocol: what is read goes through
+    /// [`ConnShared::receive`], what is written through `flush`.
+    pub transport: Transport,
     /// The listener's services and the server's shared state.
     pub dispatcher: Arc<Dispatcher>,
     /// Set by the dispatcher, under the lock, when the request it just
@@ -280,11 +304,13 @@ impl ConnShared {
         waker: Arc<dyn Wake>,
     ) -> ConnShared {
         let drain = dispatcher.server.requests.clone();
+        let transport = Transport::new(id, &dispatcher.transport, &dispatcher.server.handshakes);
         ConnShared {
             id,
             slot,
             peer,
             stream,
+            transport,
             dispatcher,
             last_method: AtomicUsize::new(usize::MAX),
             room_after: AtomicBool::new(false),
@@ -292,6 +318,7 @@ impl ConnShared {
             state: Mutex::new(ConnState {
                 out: Encoder::new(),
                 unsent: BytesMut::new(),
+                transport_output: false,
                 in_write: 0,
                 writer_active: false,
                 retry_write: false,
@@ -332,6 +359,70 @@ impl ConnShared {
         self.waker.workers_write()
     }
 
+    /// Hands bytes read off the socket to the transport, which appends
+    /// the plaintext they carry to `out`. If the transport has something
+    /// of its own to send (TLS handshake messages, an alert after a
+    /// failure), the next flush sends it.
+    pub fn receive(&self, raw: &[u8], out: &mut BytesMut) -> Result<Ingested, TransportError> {
+        let got = self.transport.ingest(raw, out);
+        if got.as_ref().map_or(true, |g| g.has_output) {
+            self.lock().transport_output = true;
+        }
+        got
+    }
+
+    /// Reads the socket once, blocking (thread mode), and appends the
+    /// plaintext to `buf`; at most `chunk` bytes are read.
+    pub fn read_blocking(&self, buf: &mut BytesMut, chunk: usize) -> io::Result<Received> {
+        if self.transport.peer_finished() {
+            // TLS close_notify came with the last bytes.
+            return Ok(Received::Eof);
+        }
+        if self.transport.is_plain() {
+            // Straight into the frame buffer.
+            let len = buf.len();
+            buf.resize(len + chunk, 0);
+            let read = (&self.stream).read(&mut buf[len..]);
+            buf.truncate(len + *read.as_ref().unwrap_or(&0));
+            return Ok(match read? {
+                0 => Received::Eof,
+                n => Received::Bytes(n),
+            });
+        }
+        let mut raw = vec![0; chunk];
+        let n = (&self.stream).read(&mut raw)?;
+        if n == 0 {
+            return Ok(Received::Eof);
+        }
+        Ok(match self.receive(&raw[..n], buf) {
+            Ok(_) => Received::Bytes(n),
+            Err(e) => Received::Failed(e),
+        })
+    }
+
+    /// Whether the whole-frame timeout runs for the transport: a
+    /// handshake is in progress.
+    pub fn is_handshaking(&self) -> bool {
+        self.transport.is_handshaking()
+    }
+
+    /// The peer of a request read now, for its context.
+    pub fn peer_info(&self) -> Option<Peer> {
+        let addr = self.peer?;
+        #[cfg(feature = "tls")]
+        {
+            Some(Peer::new(
+                addr,
+                self.transport.is_tls(),
+                self.transport.identity(),
+            ))
+        }
+        #[cfg(not(feature = "tls"))]
+        {
+            Some(Peer::new(addr, false, None))
+        }
+    }
+
     /// Writes the pending output until the socket would block, unless
     /// another thread is writing (it will pick up what was appended) or
     /// the socket is known to be full and `writable` is false (only the
@@ -349,24 +440,37 @@ impl ConnShared {
             return Flush::Blocked;
         }
         loop {
-            let mut chunk = if st.unsent.is_empty() {
-                if st.out.is_empty() {
+            let (chunk, sealed) = if st.unsent.is_empty() {
+                if st.out.is_empty() && !st.transport_output {
                     st.write_blocked_since = None;
                     st.out.shrink_if_idle(KEEP_OUTPUT);
                     return Flush::Done;
                 }
-                st.out.split()
+                st.transport_output = false;
+                (st.out.split(), false)
             } else {
-                std::mem::take(&mut st.unsent)
+                (std::mem::take(&mut st.unsent), true)
             };
             st.writer_active = true;
             st.in_write = chunk.len();
             drop(st);
-            let before = chunk.len();
-            let result = write_nonblocking(&self.stream, &mut chunk);
-            self.server()
-                .bytes_written
-                .fetch_add((before - chunk.len()) as u64, Ordering::Relaxed);
+            // Sealed by the one writer, in the order the output was
+            // appended; what the socket does not take stays sealed.
+            let (chunk, result) = match if sealed {
+                Ok(chunk)
+            } else {
+                self.transport.seal(chunk)
+            } {
+                Ok(mut chunk) => {
+                    let before = chunk.len();
+                    let result = write_nonblocking(&self.stream, &mut chunk);
+                    self.server()
+                        .bytes_written
+                        .fetch_add((before - chunk.len()) as u64, Ordering::Relaxed);
+                    (chunk, result)
+                }
+                Err(e) => (BytesMut::new(), Err(e)),
+            };
             st = self.lock();
             st.writer_active = false;
             st.in_write = 0;

@@ -29,6 +29,7 @@ use super::connection::{ConnShared, ConnState, InFlight};
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
 use super::telemetry::{MethodMetrics, Telemetry};
+use super::transport::{Handshakes, ListenerTransport};
 use crate::codec::{compress, Compression, Flags, RequestId};
 use crate::context::{CancelReason, Context};
 use crate::filter::{Next, Reply, Request};
@@ -76,6 +77,8 @@ pub(crate) struct ServerShared {
     /// Requests answered CANCELLED because the shutdown timeout ran out
     /// while they ran.
     pub shutdown_cancelled: AtomicU64,
+    /// TLS handshakes: in progress, completed, failed.
+    pub handshakes: Arc<Handshakes>,
 }
 
 impl ServerShared {
@@ -89,6 +92,7 @@ impl ServerShared {
             going_away: AtomicBool::new(false),
             next_conn_id: AtomicU64::new(1),
             dropped_responses: AtomicU64::new(0),
+            handshakes: Arc::default(),
             shutdown_drained: AtomicU64::new(0),
             shutdown_refused: AtomicU64::new(0),
             bytes_read: AtomicU64::new(0),
@@ -204,6 +208,8 @@ pub(crate) struct Dispatcher {
     pub protocols: Protocols,
     /// What this listener's decoders are made with.
     pub decode: DecodeConfig,
+    /// Plain TCP or TLS (below the protocols).
+    pub transport: ListenerTransport,
     /// Each method's metrics, by [`MethodId`].
     pub metrics: Vec<MethodMetrics>,
 }
@@ -215,6 +221,7 @@ impl Dispatcher {
         registry: Arc<Registry>,
         protocols: Protocols,
         decode: DecodeConfig,
+        transport: ListenerTransport,
     ) -> Dispatcher {
         let metrics = registry
             .names()
@@ -226,7 +233,17 @@ impl Dispatcher {
             protocols,
             decode,
             metrics,
+            transport,
         }
+    }
+
+    /// The protocol a connection refused at accept is told why in, before
+    /// its first byte is read; none on a TLS listener, whose clients
+    /// expect a handshake rather than plaintext: those are only closed.
+    pub fn refusal_protocol(&self) -> Option<&'static dyn super::protocol::Protocol> {
+        self.transport
+            .is_plaintext()
+            .then(|| self.protocols.initial())
     }
 
     /// Counts the answer to a request for `method`, read at `read_at`,
@@ -354,7 +371,7 @@ impl Dispatcher {
             deadline,
             given_trace,
             head.caller,
-            conn.peer,
+            conn.peer_info(),
             head.md,
         );
 

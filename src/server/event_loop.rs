@@ -30,6 +30,7 @@ use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
+use super::transport::TransportError;
 use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
 use crate::status::Code;
@@ -162,7 +163,7 @@ impl EventLoop {
             entries.push(Some(l));
         }
         let t = &server.config.timeouts;
-        let shortest = t.idle.min(t.frame).min(t.write_stall);
+        let shortest = t.idle.min(t.frame).min(t.handshake).min(t.write_stall);
         let sweep_every = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let lp = EventLoop {
             name,
@@ -309,8 +310,8 @@ impl EventLoop {
                 server.config.limits.max_connections
             );
             // A protocol without GOAWAY is only closed.
-            let protocol = dispatcher.protocols.initial();
-            if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg) {
+            let refusal = dispatcher.refusal_protocol();
+            if refusal.is_some_and(|p| p.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, &msg)) {
                 // Best effort: a fresh socket's send buffer takes a few bytes.
                 let _ = stream.write(enc.as_slice());
             }
@@ -346,13 +347,15 @@ impl EventLoop {
         log::trace!("{}: conn {} from {peer}", self.name, shared.id);
         let now = Instant::now();
         let decoder = dispatcher.decoder(&shared);
+        // A handshake is timed like a frame from the first moment.
+        let frame_started = shared.is_handshaking().then_some(now);
         entry.insert(Conn {
             shared,
             decoder,
             partial: BytesMut::new(),
             counted: 0,
             last_activity: now,
-            frame_started: None,
+            frame_started,
             closing_since: None,
             read_open: true,
             paused: false,
@@ -447,18 +450,34 @@ impl EventLoop {
             self.server
                 .bytes_read
                 .fetch_add(n as u64, Ordering::Relaxed);
-            let ok = if conn.partial.is_empty() {
+            // Through the transport, into the arena or the partial frame.
+            let from_arena = conn.partial.is_empty();
+            let received = if from_arena {
                 if self.arena.capacity() < n {
                     self.arena.reserve(ARENA_SIZE.max(n));
                 }
-                self.arena.extend_from_slice(&self.read_buf[..n]);
-                self.decode(slot, true)
+                conn.shared.receive(&self.read_buf[..n], &mut self.arena)
             } else {
-                conn.partial.extend_from_slice(&self.read_buf[..n]);
-                self.decode(slot, false)
+                conn.shared.receive(&self.read_buf[..n], &mut conn.partial)
             };
+            if let Err(e) = received {
+                self.transport_failed(slot, e);
+                return;
+            }
+            let ok = self.decode(slot, from_arena);
             if !ok {
                 return;
+            }
+            let finished = self
+                .conns
+                .get(slot)
+                .is_some_and(|c| c.partial.is_empty() && c.shared.transport.peer_finished());
+            if finished {
+                // TLS close_notify: the end of the stream, as TCP EOF
+                // (with frames still buffered, the TCP EOF behind it ends
+                // the connection once they are decoded).
+                self.peer_closed(slot);
+                break;
             }
             if n < READ_CHUNK && !until_blocked {
                 // A short read emptied the socket's receive queue, and
@@ -537,7 +556,8 @@ impl EventLoop {
         }
         self.server
             .recount_buffered(&mut conn.counted, conn.partial.len());
-        conn.frame_started = if conn.decoder.is_mid_message(&conn.partial) {
+        let mid = conn.decoder.is_mid_message(&conn.partial) || conn.shared.is_handshaking();
+        conn.frame_started = if mid {
             conn.frame_started.or(Some(now))
         } else {
             None
@@ -567,6 +587,23 @@ impl EventLoop {
         );
         conn.read_open = false;
         self.goaway(slot, Code::INTERNAL, &e.to_string());
+        self.start_closing(slot);
+    }
+
+    /// The transport failed (a TLS handshake or record error, plaintext on
+    /// a TLS-only listener): nothing more is read; what the transport has
+    /// left to say (a TLS alert) is written, then the connection closes.
+    fn transport_failed(&mut self, slot: usize, e: TransportError) {
+        let Some(conn) = self.conns.get_mut(slot) else {
+            return;
+        };
+        log::debug!(
+            "{}: conn {} ({:?}): {e}",
+            self.name,
+            conn.shared.id,
+            conn.shared.peer
+        );
+        conn.read_open = false;
         self.start_closing(slot);
     }
 
@@ -755,12 +792,14 @@ impl EventLoop {
             if since(blocked_since).is_some_and(|d| d >= t.write_stall) {
                 log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
                 stalled.push(slot);
-            } else if since(c.frame_started).is_some_and(|d| d >= t.frame) {
+            } else if since(c.frame_started)
+                .is_some_and(|d| d >= t.frame_limit(c.shared.is_handshaking()))
+            {
                 log::debug!(
-                    "{}: conn {} sent no whole frame in {:?}, closing",
+                    "{}: conn {} sent no whole frame (or handshake) in {:?}, closing",
                     self.name,
                     c.shared.id,
-                    t.frame
+                    t.frame_limit(c.shared.is_handshaking())
                 );
                 stalled.push(slot);
             } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {

@@ -122,6 +122,7 @@ pub mod reflection;
 mod service;
 mod telemetry;
 mod threaded;
+mod transport;
 
 use std::fmt;
 use std::net::{SocketAddr, TcpListener as StdListener};
@@ -154,6 +155,7 @@ use self::protocol::DecodeConfig;
 use self::reflection::{Catalog, Reflection as _};
 use self::service::Registry;
 use self::threaded::Threaded;
+use self::transport::ListenerTransport;
 use crate::codec::FrameLimits;
 use crate::error::Error;
 use crate::filter::Filter;
@@ -251,6 +253,15 @@ pub struct ServerStats {
     /// The worker pool's counts: busy, queued, completed, expired (all
     /// zero when handlers run inline).
     pub pool: PoolStats,
+    /// TLS handshakes in progress, counted against
+    /// [`Limits::max_handshakes`].
+    pub tls_handshakes_in_progress: usize,
+    /// TLS handshakes completed since the server started.
+    pub tls_handshakes: u64,
+    /// TLS handshakes that failed: a bad or missing certificate, a
+    /// protocol error, plaintext on a TLS-only listener, the handshake
+    /// limit, or a connection closed or timed out before it finished.
+    pub tls_handshake_failures: u64,
 }
 
 impl Server {
@@ -330,7 +341,21 @@ impl Server {
                     .map(Arc::from),
             };
             endpoint_states.push((endpoints, registry.clone()));
-            bound.push((listener, addr, names, registry, (protocols, decode)));
+            let transport = ListenerTransport {
+                #[cfg(feature = "tls")]
+                tls: spec
+                    .tls
+                    .flatten()
+                    .map(|tls| Arc::new(tls.acceptor(protocols.alpn()))),
+                max_handshakes: config.limits.max_handshakes,
+            };
+            bound.push((
+                listener,
+                addr,
+                names,
+                registry,
+                (protocols, decode, transport),
+            ));
         }
         let pool = if config.inline_handlers {
             None
@@ -364,14 +389,18 @@ impl Server {
             .iter()
             .map(|(_, addr, names, _, _)| (*addr, names.clone()))
             .collect();
-        let dispatchers =
-            bound
-                .into_iter()
-                .map(|(listener, _, _, registry, (protocols, decode))| {
-                    let dispatcher =
-                        Arc::new(Dispatcher::new(shared.clone(), registry, protocols, decode));
-                    (listener, dispatcher)
-                });
+        let dispatchers = bound.into_iter().map(
+            |(listener, _, _, registry, (protocols, decode, transport))| {
+                let dispatcher = Arc::new(Dispatcher::new(
+                    shared.clone(),
+                    registry,
+                    protocols,
+                    decode,
+                    transport,
+                ));
+                (listener, dispatcher)
+            },
+        );
         let (driver, started) = match mode {
             Mode::Event => start_loops(&shared, dispatchers.collect(), &conns),
             Mode::Thread => {
@@ -627,6 +656,9 @@ impl ServerHandle {
             buffered_request_bytes: s.buffered.load(Ordering::Relaxed),
             dropped_responses: s.dropped_responses.load(Ordering::Relaxed),
             pool: s.pool.as_ref().map(WorkerPool::stats).unwrap_or_default(),
+            tls_handshakes_in_progress: s.handshakes.in_progress.load(Ordering::Relaxed),
+            tls_handshakes: s.handshakes.completed.load(Ordering::Relaxed),
+            tls_handshake_failures: s.handshakes.failed.load(Ordering::Relaxed),
         }
     }
 

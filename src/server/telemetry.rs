@@ -48,6 +48,8 @@ pub(crate) struct Telemetry {
     connections_refused: IntCounter,
     dropped_responses: IntCounter,
     shutdown: IntCounterVec,
+    handshakes: IntCounterVec,
+    handshakes_in_progress: IntGauge,
     /// Counters mirrored from the server's atomics move under this lock,
     /// so two scrapes at once do not both add the same difference.
     scrape: Mutex<()>,
@@ -190,6 +192,23 @@ impl Telemetry {
                     "Handler results dropped: their request had been answered by its deadline, cancelled, or its connection closed.",
                 ),
             ),
+            handshakes: family(
+                &r,
+                IntCounterVec::new(
+                    Opts::new(
+                        "syncrpc_tls_handshakes_total",
+                        "TLS handshakes, by outcome: completed, or failed (a bad or missing certificate, a protocol error, plaintext on a TLS-only listener, the handshake limit, a timeout).",
+                    ),
+                    &["outcome"],
+                ),
+            ),
+            handshakes_in_progress: family(
+                &r,
+                IntGauge::new(
+                    "syncrpc_tls_handshakes_in_progress",
+                    "TLS handshakes in progress, counted against the handshake limit.",
+                ),
+            ),
             shutdown: family(
                 &r,
                 IntCounterVec::new(
@@ -273,6 +292,17 @@ impl Telemetry {
             &self.dropped_responses,
             s.dropped_responses.load(Ordering::Relaxed),
         );
+        self.handshakes_in_progress
+            .set(gauge(s.handshakes.in_progress.load(Ordering::Relaxed)));
+        for (outcome, n) in [
+            ("completed", &s.handshakes.completed),
+            ("failed", &s.handshakes.failed),
+        ] {
+            mirror(
+                &self.handshakes.with_label_values(&[outcome]),
+                n.load(Ordering::Relaxed),
+            );
+        }
         for (outcome, n) in [
             ("drained", &s.shutdown_drained),
             ("refused", &s.shutdown_refused),

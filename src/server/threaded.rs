@@ -29,7 +29,7 @@
 //! shutdown up until its idle timeout.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -41,7 +41,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accept::{AcceptBackoff, AcceptError};
 use super::builder::{Limits, Timeouts};
-use super::connection::{ConnShared, ConnState, Flush, Wake};
+use super::connection::{ConnShared, ConnState, Flush, Received, Wake};
 use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use super::protocol::{ConnDecoder, Message, Protocol};
@@ -228,7 +228,7 @@ impl Threaded {
             entries.push((listener, dispatcher));
         }
         let t = &server.config.timeouts;
-        let shortest = t.idle.min(t.frame);
+        let shortest = t.idle.min(t.frame).min(t.handshake);
         let tick = (shortest / 8).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let prefix = server.config.thread_name.clone();
         let (max_conns, refusal) = connection_limit(server.config.limits.max_connections);
@@ -353,7 +353,7 @@ impl Threaded {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
             server.refused_connections.fetch_add(1, Ordering::Relaxed);
-            refuse(&stream, dispatcher.protocols.initial(), &self.refusal);
+            refuse(&stream, dispatcher.refusal_protocol(), &self.refusal);
             return;
         }
         // Accepted sockets may inherit the listener's non-blocking mode.
@@ -401,7 +401,7 @@ impl Threaded {
         let guard = self.conns.guard();
         let threaded = self.clone();
         let l = link.clone();
-        let protocol = dispatcher.protocols.initial();
+        let protocol = dispatcher.refusal_protocol();
         let spawned = self
             .builder(&link.reader_name)
             .spawn(move || conn_thread(threaded, l, dispatcher, guard));
@@ -479,9 +479,9 @@ fn connections_within(max_maps: usize, used: usize) -> usize {
 /// Answers a connection that will not be served with GOAWAY
 /// RESOURCE_EXHAUSTED in `protocol` (if it has one), best effort, and
 /// closes it.
-fn refuse(stream: &TcpStream, protocol: &dyn Protocol, message: &str) {
+fn refuse(stream: &TcpStream, protocol: Option<&dyn Protocol>, message: &str) {
     let mut enc = Encoder::new();
-    if protocol.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message) {
+    if protocol.is_some_and(|p| p.write_goaway(&mut enc, Code::RESOURCE_EXHAUSTED, message)) {
         // A fresh socket's send buffer takes a few bytes at once.
         let _ = stream.set_write_timeout(Some(REFUSAL_WRITE));
         let _ = (&*stream).write_all(enc.as_slice());
@@ -618,7 +618,7 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             );
             refuse(
                 link.stream(),
-                dispatcher.protocols.initial(),
+                dispatcher.refusal_protocol(),
                 &format!("cannot start a thread for the connection: {e}"),
             );
         }
@@ -715,7 +715,8 @@ impl<'a> Reader<'a> {
             buf: BytesMut::new(),
             counted: 0,
             last_activity: Instant::now(),
-            frame_started: None,
+            // A handshake is timed like a frame from the first moment.
+            frame_started: link.conn.is_handshaking().then(Instant::now),
             armed: None,
             chunk: SMALL_READ,
         }
@@ -754,18 +755,24 @@ impl<'a> Reader<'a> {
             if !self.arm() {
                 return;
             }
-            // Straight into the frame buffer, which only holds memory while
-            // it holds bytes (see `account`).
-            let len = self.buf.len();
-            self.buf.resize(len + self.chunk, 0);
-            let read = self.link.stream().read(&mut self.buf[len..]);
-            self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => {
+            // Into the frame buffer, which only holds memory while it
+            // holds bytes (see `account`), through the transport.
+            match self.link.conn.read_blocking(&mut self.buf, self.chunk) {
+                Ok(Received::Eof) => {
                     self.peer_closed();
                     return;
                 }
-                Ok(n) => {
+                Ok(Received::Failed(e)) => {
+                    log::debug!(
+                        "conn {} ({:?}): {e}",
+                        self.link.conn.id,
+                        self.link.conn.peer
+                    );
+                    // The writer sends what the transport has left to
+                    // say (a TLS alert), then closes.
+                    return;
+                }
+                Ok(Received::Bytes(n)) => {
                     self.last_activity = Instant::now();
                     self.t
                         .server
@@ -836,8 +843,9 @@ impl<'a> Reader<'a> {
             }
         }
         self.account(now);
-        // Errors, PONGs and refusals went straight into the output.
-        if self.link.conn.lock().pending_bytes() > 0 {
+        // Errors, PONGs and refusals went straight into the output, and
+        // the transport may have something to send (a TLS handshake).
+        if !self.link.conn.lock().is_flushed() {
             self.link.poke();
         }
         result
@@ -853,7 +861,8 @@ impl<'a> Reader<'a> {
         self.t
             .server
             .recount_buffered(&mut self.counted, self.buf.len());
-        self.frame_started = if self.decoder.is_mid_message(&self.buf) {
+        let mid = self.decoder.is_mid_message(&self.buf) || self.link.conn.is_handshaking();
+        self.frame_started = if mid {
             self.frame_started.or(Some(now))
         } else {
             None
@@ -887,7 +896,7 @@ impl<'a> Reader<'a> {
     fn arm(&mut self) -> bool {
         let now = Instant::now();
         let due = match self.frame_started {
-            Some(at) => at + self.timeouts.frame,
+            Some(at) => at + self.frame_limit(),
             None => self.last_activity + self.timeouts.idle,
         };
         let tick = self.t.tick;
@@ -922,11 +931,11 @@ impl<'a> Reader<'a> {
         let now = Instant::now();
         let t = self.timeouts;
         if let Some(at) = self.frame_started {
-            if now.saturating_duration_since(at) >= t.frame {
+            let limit = self.frame_limit();
+            if now.saturating_duration_since(at) >= limit {
                 log::debug!(
-                    "conn {} sent no whole frame in {:?}, closing",
+                    "conn {} sent no whole frame (or handshake) in {limit:?}, closing",
                     self.link.conn.id,
-                    t.frame
                 );
                 self.link.close_hard();
                 return false;
@@ -944,6 +953,11 @@ impl<'a> Reader<'a> {
         let msg = format!("idle for {} ms", t.idle.as_millis());
         self.link.goaway(Code::UNAVAILABLE, &msg);
         false
+    }
+
+    /// The whole-frame limit now: the handshake's while one is under way.
+    fn frame_limit(&self) -> Duration {
+        self.timeouts.frame_limit(self.link.conn.is_handshaking())
     }
 
     fn peer_closed(&mut self) {

@@ -10,7 +10,8 @@
 //! is recorded in an HDR histogram (nanoseconds, 3 significant digits).
 //!
 //! It speaks the native protocol or MessagePack-RPC (`docs/msgpack-rpc.md`),
-//! whose requests `[0, msgid, method, [bin]]` carry the same raw body.
+//! whose requests `[0, msgid, method, [bin]]` carry the same raw body,
+//! over plain TCP or TLS (rustls, handshaken before the run starts).
 //!
 //! Nothing here panics on what the server does: a non-OK answer is
 //! counted by code, a GOAWAY is recorded, and a connection that closes or
@@ -21,6 +22,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
@@ -79,6 +81,8 @@ pub struct Load {
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
+    /// TLS with this configuration (server name `localhost`), or plain TCP.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 impl Load {
@@ -94,6 +98,7 @@ impl Load {
             body_len,
             warmup: Duration::from_millis(300),
             duration: Duration::from_secs(2),
+            tls: None,
         }
     }
 
@@ -137,6 +142,10 @@ impl Load {
                 )
             })?;
             std.set_nodelay(true)?;
+            let tls = match &self.tls {
+                Some(config) => Some(handshake(config, &std)?),
+                None => None,
+            };
             std.set_nonblocking(true)?;
             let mut stream = TcpStream::from_std(std);
             poll.registry().register(
@@ -152,6 +161,7 @@ impl Load {
                 wbuf: BytesMut::with_capacity(64 * 1024),
                 sent: vec![None; self.depth],
                 open: true,
+                tls,
             });
         }
         let mut run = Run {
@@ -332,6 +342,27 @@ struct Conn {
     /// When each request id was sent; `None` when it is not in flight.
     sent: Vec<Option<Instant>>,
     open: bool,
+    tls: Option<rustls::ClientConnection>,
+}
+
+/// A finished TLS handshake over the blocking `stream`.
+fn handshake(
+    config: &Arc<rustls::ClientConfig>,
+    stream: &std::net::TcpStream,
+) -> io::Result<rustls::ClientConnection> {
+    let name = "localhost".try_into().expect("a valid name");
+    let mut conn = rustls::ClientConnection::new(config.clone(), name)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    // Requests in flight are bounded by the depth; rustls must queue them.
+    conn.set_buffer_limit(None);
+    let mut s = stream;
+    while conn.is_handshaking() {
+        conn.complete_io(&mut s)?;
+    }
+    while conn.wants_write() {
+        conn.write_tls(&mut s)?;
+    }
+    Ok(conn)
 }
 
 struct Run {
@@ -365,7 +396,12 @@ impl Run {
                     eof = true;
                     break;
                 }
-                Ok(n) => c.rbuf.extend_from_slice(&self.scratch[..n]),
+                Ok(n) => {
+                    if let Err(e) = receive(c, &self.scratch[..n]) {
+                        self.lose(c, format!("TLS: {e}"));
+                        return;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
@@ -455,6 +491,26 @@ impl Run {
     }
 
     fn flush(&mut self, c: &mut Conn) {
+        if let Some(tls) = &mut c.tls {
+            if !c.wbuf.is_empty() {
+                tls.writer()
+                    .write_all(&c.wbuf)
+                    .expect("rustls takes plaintext");
+                c.wbuf.clear();
+            }
+            while tls.wants_write() {
+                match tls.write_tls(&mut c.stream) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => {
+                        self.lose(c, format!("write failed: {e}"));
+                        return;
+                    }
+                }
+            }
+            return;
+        }
         while !c.wbuf.is_empty() {
             match c.stream.write(&c.wbuf) {
                 Ok(n) => c.wbuf.advance(n),
@@ -476,6 +532,26 @@ impl Run {
         c.sent.iter_mut().for_each(|s| *s = None);
         self.outcome.lost_connections.push(why);
     }
+}
+
+/// Appends what `raw` (bytes off the socket) carries to the read buffer,
+/// through TLS when the connection has it.
+fn receive(c: &mut Conn, mut raw: &[u8]) -> Result<(), rustls::Error> {
+    let Some(tls) = &mut c.tls else {
+        c.rbuf.extend_from_slice(raw);
+        return Ok(());
+    };
+    while !raw.is_empty() {
+        tls.read_tls(&mut raw)
+            .map_err(|e| rustls::Error::General(e.to_string()))?;
+        let state = tls.process_new_packets()?;
+        let n = state.plaintext_bytes_to_read();
+        let at = c.rbuf.len();
+        c.rbuf.resize(at + n, 0);
+        let got = tls.reader().read(&mut c.rbuf[at..]).unwrap_or(0);
+        c.rbuf.truncate(at + got);
+    }
+    Ok(())
 }
 
 /// What a run measured. Answers count in the measured window only; lost

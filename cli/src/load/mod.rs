@@ -75,6 +75,7 @@ pub fn load(args: LoadArgs) -> Result<ExitCode, Failure> {
         body_len: args.size as usize,
         warmup: Duration::from_millis(args.warmup_ms),
         duration: Duration::from_secs(args.duration),
+        tls: None,
     };
     println!("{}", report::plan(&load));
     // On a terminal the line redraws in place; in a log, one line each.

@@ -103,6 +103,17 @@ impl Protocols {
         }
     }
 
+    /// The ALPN ids of the protocols a connection may speak, for a TLS
+    /// listener to advertise.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn alpn(self) -> Vec<Vec<u8>> {
+        self.candidates()
+            .iter()
+            .filter_map(|p| p.alpn())
+            .map(<[u8]>::to_vec)
+            .collect()
+    }
+
     /// The protocol a connection is taken to speak before its first byte
     /// is read: the one the listener is pinned to, else the native one.
     /// A connection refused at accept is answered in it.
@@ -117,6 +128,14 @@ impl Protocols {
 pub(crate) trait Protocol: Sync + fmt::Debug {
     /// The protocol's name, for logs.
     fn name(&self) -> &'static str;
+
+    /// The protocol's ALPN id, which a TLS listener serving it advertises.
+    /// Within TLS the protocol is still told by the first byte: ALPN only
+    /// lets a client check that the port serves what it speaks.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    fn alpn(&self) -> Option<&'static [u8]> {
+        None
+    }
 
     /// A short lowercase name, for metric labels: `native`,
     /// `msgpack_rpc`, `http`.

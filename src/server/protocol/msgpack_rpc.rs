@@ -39,6 +39,10 @@ impl Protocol for MsgpackRpc {
         "MessagePack-RPC"
     }
 
+    fn alpn(&self) -> Option<&'static [u8]> {
+        Some(b"msgpack-rpc")
+    }
+
     fn label(&self) -> &'static str {
         "msgpack_rpc"
     }

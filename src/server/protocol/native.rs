@@ -24,6 +24,10 @@ impl Protocol for Native {
         "the native protocol"
     }
 
+    fn alpn(&self) -> Option<&'static [u8]> {
+        Some(b"syncrpc")
+    }
+
     fn label(&self) -> &'static str {
         "native"
     }

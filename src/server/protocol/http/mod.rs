@@ -40,6 +40,10 @@ impl Protocol for Http {
         "http"
     }
 
+    fn alpn(&self) -> Option<&'static [u8]> {
+        Some(b"http/1.1")
+    }
+
     fn index(&self) -> usize {
         2
     }
