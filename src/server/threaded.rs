@@ -41,8 +41,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accept::{AcceptBackoff, AcceptError};
 use super::builder::{Limits, Timeouts};
-use super::connection::{ConnShared, ConnState, Flush, Wake};
-use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
+use super::connection::{ConnShared, ConnState, Flush, Wake, SEND_NOW};
+use super::dispatch::{self, DeadlineQueue, Dispatcher, RequestTask, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use super::protocol::{ConnDecoder, Message, Protocol};
 use crate::codec::{Encoder, ProtocolError};
@@ -123,9 +123,15 @@ impl Wake for Notify {
         self.cond.notify_all();
     }
 
-    /// The socket blocks: only the writing thread may write it.
+    /// Whoever has an answer writes it, with sends that never wait (see
+    /// `connection::SEND_NOW`); the writing thread takes over only what a
+    /// full socket buffer left.
     fn workers_write(&self) -> bool {
-        false
+        SEND_NOW.is_some()
+    }
+
+    fn wake_when_blocked(&self) -> bool {
+        true
     }
 }
 
@@ -169,6 +175,12 @@ impl Link {
         self.notify.cond.notify_all();
     }
 
+    /// Writes what is pending from this thread, without waiting; the
+    /// writing thread is woken for what the socket would not take.
+    fn flush(&self) {
+        dispatch::flush(&self.conn);
+    }
+
     /// Appends a GOAWAY unless the connection is closed.
     fn goaway(&self, code: Code, message: &str) {
         {
@@ -178,6 +190,7 @@ impl Link {
                 return;
             }
         }
+        self.flush();
         self.poke();
     }
 
@@ -190,10 +203,13 @@ impl Link {
             }
             st.draining = true;
             // Without a GOAWAY, the writer closes the connection once
-            // nothing is in flight.
+            // nothing is in flight: the last answer wakes it.
             let protocol = st.protocol;
-            protocol.write_goaway(&mut st.out, Code::UNAVAILABLE, "server shutting down");
+            if !protocol.write_goaway(&mut st.out, Code::UNAVAILABLE, "server shutting down") {
+                st.closing = true;
+            }
         }
+        self.flush();
         self.poke();
     }
 
@@ -603,8 +619,10 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             reader.run();
             counted = reader.counted;
             {
-                let _st = link.conn.lock();
+                let mut st = link.conn.lock();
                 link.reading_done.store(true, Ordering::SeqCst);
+                // The last answer wakes the writer to close.
+                st.closing = true;
             }
             link.poke();
             let _ = writer.join();
@@ -669,16 +687,27 @@ struct Reader<'a> {
     /// How much the next read may take: [`READ_CHUNK`] while reads come
     /// back full, [`SMALL_READ`] after a short one.
     chunk: usize,
+    /// The first request of this read, when its method is quick: if it
+    /// stays the read's only message, this thread runs it (see
+    /// [`Reader::decode`]); otherwise it goes to the workers.
+    kept: Option<RequestTask>,
 }
 
-/// Hands a message of `link`'s connection to `dispatcher`, and runs the
-/// request there and then if handlers run inline.
-fn dispatch(link: &Link, dispatcher: &Dispatcher, msg: Message<'_>, now: Instant) {
+/// Hands a message of `link`'s connection to `dispatcher`. A request of a
+/// quick method is handed back if `keep_quick`, for the caller to run or
+/// submit; so is every request when handlers run inline.
+fn dispatch(
+    link: &Link,
+    dispatcher: &Dispatcher,
+    msg: Message<'_>,
+    now: Instant,
+    keep_quick: bool,
+) -> Option<RequestTask> {
     let conn = &link.conn;
     let (task, earlier) = {
         let mut timers = lock(&link.timers);
         let before = timers.next();
-        let task = dispatcher.on_message_deferred(conn, msg, now, &mut timers);
+        let task = dispatcher.on_message_deferred(conn, msg, now, &mut timers, keep_quick);
         let after = timers.next();
         let earlier = match (before, after) {
             (None, Some(_)) => true,
@@ -694,9 +723,7 @@ fn dispatch(link: &Link, dispatcher: &Dispatcher, msg: Message<'_>, now: Instant
         }
         link.poke();
     }
-    if let Some(task) = task {
-        task.run_inline();
-    }
+    task
 }
 
 impl<'a> Reader<'a> {
@@ -715,6 +742,7 @@ impl<'a> Reader<'a> {
             frame_started: None,
             armed: None,
             chunk: SMALL_READ,
+            kept: None,
         }
     }
 
@@ -726,6 +754,9 @@ impl<'a> Reader<'a> {
                 Some(pool) => pool.batch(|| self.decode()),
                 None => self.decode(),
             };
+            if let Some(task) = self.kept.take() {
+                task.run_on_connection_thread();
+            }
             match decoded {
                 Decode::NeedBytes => {}
                 Decode::Full => {
@@ -798,9 +829,18 @@ impl<'a> Reader<'a> {
 
     /// Cuts messages off the buffer and dispatches them until more bytes
     /// are needed or a limit is reached.
+    ///
+    /// A read that brought one request alone, of a quick method, leaves it
+    /// in `kept`, for this thread to run once the batch is sent: handing
+    /// it to a worker would cost a thread wake-up for no gain, since this
+    /// thread has nothing else to do until the next read. Anything else
+    /// (a second request, bytes of another frame) sends it to the workers
+    /// in its turn, so no request read waits behind a handler here.
     fn decode(&mut self) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
+        let inline_all = self.t.server.pool.is_none();
+        let mut requests = 0usize;
         loop {
             if self.buf.is_empty() && !self.decoder.is_mid_message(&self.buf) {
                 break;
@@ -810,7 +850,25 @@ impl<'a> Reader<'a> {
                 break;
             }
             let (link, dispatcher) = (self.link, self.dispatcher);
-            let mut dispatch = |msg: Message<'_>| dispatch(link, dispatcher, msg, now);
+            let kept = &mut self.kept;
+            let requests = &mut requests;
+            let mut dispatch = |msg: Message<'_>| {
+                let is_request = matches!(msg, Message::Request { .. });
+                if is_request {
+                    *requests += 1;
+                    if let Some(first) = kept.take() {
+                        dispatcher.submit(first);
+                    }
+                }
+                let keep = is_request && *requests == 1 && !inline_all;
+                if let Some(task) = dispatch(link, dispatcher, msg, now, keep) {
+                    if inline_all {
+                        task.run_inline();
+                    } else {
+                        *kept = Some(task);
+                    }
+                }
+            };
             match self
                 .decoder
                 .decode(&mut self.buf, &link.conn, &mut dispatch)
@@ -823,10 +881,15 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+        if !self.buf.is_empty() {
+            if let Some(first) = self.kept.take() {
+                self.dispatcher.submit(first);
+            }
+        }
         self.account(now);
         // Errors, PONGs and refusals went straight into the output.
         if self.link.conn.lock().pending_bytes() > 0 {
-            self.link.poke();
+            self.link.flush();
         }
         result
     }
