@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::buffer_pool;
-use super::pace::QUICK;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
+use super::pace::QUICK;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
 use crate::codec::{compress, Compression, Flags, RequestId};

@@ -31,7 +31,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -81,6 +81,15 @@ const MAPS_PER_CONNECTION: usize = 8;
 /// A refused connection's GOAWAY gets this long to reach the socket when
 /// there is no writing thread.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// While connection threads run requests themselves, the acceptor looks
+/// this often for one whose handler runs long...
+const WATCH_TICK: Duration = Duration::from_millis(2);
+/// ...and has the writing thread read in its place once its handler has
+/// run this long: forty times what counts as quick (`pace::QUICK`).
+const COVER_AFTER: Duration = Duration::from_millis(2);
+/// The acceptor stops looking after this many looks without a request run
+/// by a connection thread, until the next one wakes it.
+const WATCH_IDLE_TICKS: u32 = 500;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections move buffers and table entries only.
@@ -111,6 +120,14 @@ pub(crate) struct Threaded {
     refusal: String,
     /// Granularity of the idle and whole-frame timeouts.
     tick: Duration,
+    /// The origin of [`Threaded::clock`].
+    epoch: Instant,
+    /// A connection thread ran a request itself since the acceptor last
+    /// looked.
+    inline_seen: AtomicBool,
+    /// The acceptor no longer looks (see [`WATCH_IDLE_TICKS`]): the next
+    /// request a connection thread runs wakes it.
+    watch_asleep: AtomicBool,
 }
 
 /// Wakes a connection's threads: the wake hook of its [`ConnShared`].
@@ -151,9 +168,55 @@ struct Link {
     writer_alive: AtomicBool,
     reader_name: String,
     writer_name: String,
+    /// The reading side, while the connection's thread runs a request
+    /// itself: the writing thread may take it to read meanwhile.
+    lent: Mutex<Option<Reader>>,
+    /// Notified when the writing thread gives the reading side back.
+    returned: Condvar,
+    /// When ([`Threaded::clock`]) the connection's thread started the
+    /// request it runs itself; 0 when it runs none.
+    inline_since: AtomicU64,
+    /// The `inline_since` the acceptor already asked the writing thread to
+    /// cover.
+    cover_asked: AtomicU64,
+    /// The acceptor asks the writing thread to read in the connection
+    /// thread's place.
+    cover_wanted: AtomicBool,
+    /// The connection's thread wants its reading side back.
+    owner_back: AtomicBool,
 }
 
 impl Link {
+    /// Takes the reading side back once the request this thread ran is
+    /// done, waiting for the writing thread's current read if it covers.
+    fn take_back(&self) -> Reader {
+        let mut lent = lock(&self.lent);
+        loop {
+            if let Some(reader) = lent.take() {
+                self.owner_back.store(false, Ordering::SeqCst);
+                return reader;
+            }
+            self.owner_back.store(true, Ordering::SeqCst);
+            lent = self.returned.wait(lent).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The writing thread: reads in the connection thread's place, if the
+    /// reading side is still lent.
+    fn cover(&self) {
+        let Some(reader) = lock(&self.lent).take() else {
+            return;
+        };
+        log::debug!(
+            "conn {}: a quick method's handler runs long on the connection's thread; \
+             its writing thread reads meanwhile",
+            self.conn.id
+        );
+        let reader = reader.cover();
+        *lock(&self.lent) = Some(reader);
+        self.returned.notify_all();
+    }
+
     fn wait<'a>(
         &self,
         st: MutexGuard<'a, ConnState>,
@@ -262,6 +325,9 @@ impl Threaded {
             accept_paused: AtomicBool::new(false),
             prefix,
             tick,
+            epoch: Instant::now(),
+            inline_seen: AtomicBool::new(false),
+            watch_asleep: AtomicBool::new(true),
         });
         let name = format!("{}-accept", threaded.prefix);
         let acceptor = Acceptor {
@@ -270,6 +336,7 @@ impl Threaded {
             listeners: entries,
             backoff: AcceptBackoff::new(),
             resume: None,
+            idle_looks: 0,
         };
         let alive = threaded.acceptor_alive.guard();
         let handle = thread::Builder::new().name(name.clone()).spawn(move || {
@@ -282,6 +349,68 @@ impl Threaded {
 
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::SeqCst)
+    }
+
+    /// Nanoseconds since the server started, never 0.
+    fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// A connection thread is about to run a request itself: the acceptor
+    /// must be watching.
+    fn note_inline(&self) {
+        if !self.inline_seen.load(Ordering::Relaxed) {
+            self.inline_seen.store(true, Ordering::SeqCst);
+        }
+        if self.watch_asleep.load(Ordering::SeqCst)
+            && self.watch_asleep.swap(false, Ordering::SeqCst)
+        {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the acceptor: {e}");
+            }
+        }
+    }
+
+    /// The acceptor's look at connection threads running requests
+    /// themselves: one whose handler has run for [`COVER_AFTER`] gets its
+    /// writing thread to read in its place. `idle` counts the looks that
+    /// found none. Returns how long until the next look, or `None` once
+    /// there has been nothing to watch for a while.
+    fn watch_inline(&self, idle: &mut u32) -> Option<Duration> {
+        if self.watch_asleep.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.inline_seen.swap(false, Ordering::SeqCst) {
+            *idle = 0;
+        } else {
+            *idle += 1;
+        }
+        let now = self.clock();
+        let after = COVER_AFTER.as_nanos() as u64;
+        let mut running = false;
+        for link in lock(&self.links).values() {
+            let since = link.inline_since.load(Ordering::SeqCst);
+            if since == 0 {
+                continue;
+            }
+            running = true;
+            if now.saturating_sub(since) >= after
+                && link.cover_asked.swap(since, Ordering::SeqCst) != since
+            {
+                link.cover_wanted.store(true, Ordering::SeqCst);
+                link.poke();
+            }
+        }
+        if running || *idle < WATCH_IDLE_TICKS {
+            return Some(WATCH_TICK);
+        }
+        self.watch_asleep.store(true, Ordering::SeqCst);
+        // A connection thread that saw the watch awake just now.
+        if self.inline_seen.load(Ordering::SeqCst) {
+            self.watch_asleep.store(false, Ordering::SeqCst);
+            return Some(WATCH_TICK);
+        }
+        None
     }
 
     fn links(&self) -> Vec<Arc<Link>> {
@@ -404,6 +533,12 @@ impl Threaded {
             writer_alive: AtomicBool::new(false),
             writer_name: format!("{reader_name}-w"),
             reader_name,
+            lent: Mutex::new(None),
+            returned: Condvar::new(),
+            inline_since: AtomicU64::new(0),
+            cover_asked: AtomicU64::new(0),
+            cover_wanted: AtomicBool::new(false),
+            owner_back: AtomicBool::new(false),
         });
         log::trace!("conn {id} from {peer}");
         lock(&self.links).insert(id, link.clone());
@@ -510,6 +645,8 @@ struct Acceptor {
     listeners: Vec<(mio::net::TcpListener, Arc<Dispatcher>)>,
     backoff: AcceptBackoff,
     resume: Option<Instant>,
+    /// Looks at the connection threads that found none running a request.
+    idle_looks: u32,
 }
 
 impl Acceptor {
@@ -517,10 +654,15 @@ impl Acceptor {
     /// returns.
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
+        let mut watch = None;
         while self.threaded.phase() == RUNNING {
-            let timeout = self
+            let resume = self
                 .resume
                 .map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = match (resume, watch) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -531,6 +673,7 @@ impl Acceptor {
             if self.threaded.phase() != RUNNING {
                 break;
             }
+            watch = self.threaded.watch_inline(&mut self.idle_looks);
             // A closed connection freed a descriptor (it wakes us), or the
             // pause is over: accepting may work again.
             let woken = events.iter().any(|e| e.token() == WAKER);
@@ -615,8 +758,7 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             if t.phase() != RUNNING {
                 link.go_away_draining();
             }
-            let mut reader = Reader::new(&t, &link, &dispatcher);
-            reader.run();
+            let reader = Reader::new(&t, &link, &dispatcher).run();
             counted = reader.counted;
             {
                 let mut st = link.conn.lock();
@@ -669,12 +811,15 @@ enum Decode {
     Failed(ProtocolError),
 }
 
-struct Reader<'a> {
-    t: &'a Threaded,
-    link: &'a Link,
-    dispatcher: &'a Dispatcher,
-    limits: &'a Limits,
-    timeouts: &'a Timeouts,
+/// A connection's reading side: its buffer, its decoder and its timers.
+/// The connection's thread owns it, and lends it to the writing thread
+/// while it runs a request itself (see [`Reader::run_kept`]).
+struct Reader {
+    t: Arc<Threaded>,
+    link: Arc<Link>,
+    dispatcher: Arc<Dispatcher>,
+    limits: Limits,
+    timeouts: Timeouts,
     decoder: ConnDecoder,
     /// Bytes read and not yet cut into frames.
     buf: BytesMut,
@@ -691,6 +836,17 @@ struct Reader<'a> {
     /// stays the read's only message, this thread runs it (see
     /// [`Reader::decode`]); otherwise it goes to the workers.
     kept: Option<RequestTask>,
+    /// Reading is over: the peer closed, a timeout or an error ended the
+    /// connection, or the server stops.
+    ended: bool,
+}
+
+/// What [`Reader::decode_step`] leaves to do.
+enum Next {
+    Read,
+    /// A limit is reached: wait for room before reading.
+    Full,
+    End,
 }
 
 /// Hands a message of `link`'s connection to `dispatcher`. A request of a
@@ -726,15 +882,15 @@ fn dispatch(
     task
 }
 
-impl<'a> Reader<'a> {
-    fn new(t: &'a Threaded, link: &'a Link, dispatcher: &'a Dispatcher) -> Reader<'a> {
+impl Reader {
+    fn new(t: &Arc<Threaded>, link: &Arc<Link>, dispatcher: &Arc<Dispatcher>) -> Reader {
         let config = &t.server.config;
         Reader {
-            t,
-            link,
-            dispatcher,
-            limits: &config.limits,
-            timeouts: &config.timeouts,
+            t: t.clone(),
+            link: link.clone(),
+            dispatcher: dispatcher.clone(),
+            limits: config.limits.clone(),
+            timeouts: config.timeouts.clone(),
             decoder: dispatcher.decoder(&link.conn),
             buf: BytesMut::new(),
             counted: 0,
@@ -743,88 +899,181 @@ impl<'a> Reader<'a> {
             armed: None,
             chunk: SMALL_READ,
             kept: None,
+            ended: false,
         }
     }
 
-    fn run(&mut self) {
+    /// Reads until the connection ends.
+    fn run(mut self) -> Reader {
         loop {
-            // The requests of one read go to the workers in one batch.
-            let server = self.t.server.clone();
-            let decoded = match &server.pool {
-                Some(pool) => pool.batch(|| self.decode()),
-                None => self.decode(),
-            };
-            if let Some(task) = self.kept.take() {
-                task.run_on_connection_thread();
-            }
-            match decoded {
-                Decode::NeedBytes => {}
-                Decode::Full => {
+            match self.decode_step(true) {
+                Next::Read => {}
+                Next::Full => {
                     if !self.wait_for_room() {
-                        return;
+                        break;
                     }
                     continue;
                 }
-                Decode::Failed(e) => {
-                    log::debug!(
-                        "conn {} ({:?}) protocol error: {e}",
-                        self.link.conn.id,
-                        self.link.conn.peer
-                    );
-                    self.link.goaway(Code::INTERNAL, &e.to_string());
-                    return;
-                }
+                Next::End => break,
             }
-            if self.t.phase() == STOPPING || self.link.conn.lock().closed {
-                return;
+            if let Some(task) = self.kept.take() {
+                self = self.run_kept(task);
+                if self.ended {
+                    break;
+                }
+                // The writing thread may have read meanwhile.
+                continue;
             }
-            if !self.arm() {
-                return;
+            if !self.read(None) {
+                break;
             }
-            // Straight into the frame buffer, which only holds memory while
-            // it holds bytes (see `account`).
-            let len = self.buf.len();
-            self.buf.resize(len + self.chunk, 0);
-            let read = self.link.stream().read(&mut self.buf[len..]);
-            self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
-            match read {
-                Ok(0) => {
-                    self.peer_closed();
-                    return;
-                }
-                Ok(n) => {
-                    self.last_activity = Instant::now();
-                    self.chunk = if n < SMALL_READ {
-                        SMALL_READ
-                    } else {
-                        READ_CHUNK
-                    };
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if !self.on_timeout() {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if self.t.phase() != STOPPING {
-                        log::debug!("conn {} read: {e}", self.link.conn.id);
-                    }
+        }
+        self.ended = true;
+        self
+    }
+
+    /// Runs `task`, a lone request of a quick method, on this thread. The
+    /// reading side is lent to the writing thread meanwhile: should the
+    /// handler run long after all, the acceptor's watch
+    /// ([`Threaded::watch_inline`]) has the writing thread read in this
+    /// thread's place, so that the connection's other requests, CANCEL
+    /// and PING are still read, and its deadlines still fire.
+    fn run_kept(self, task: RequestTask) -> Reader {
+        let link = self.link.clone();
+        let t = self.t.clone();
+        link.inline_since.store(t.clock(), Ordering::SeqCst);
+        t.note_inline();
+        *lock(&link.lent) = Some(self);
+        task.run_on_connection_thread();
+        link.inline_since.store(0, Ordering::SeqCst);
+        link.take_back()
+    }
+
+    /// Decodes and dispatches what the buffer holds, the requests of one
+    /// read in one batch. With `keep`, a lone quick request is left in
+    /// `kept`.
+    fn decode_step(&mut self, keep: bool) -> Next {
+        let server = self.t.server.clone();
+        let decoded = match &server.pool {
+            Some(pool) => pool.batch(|| self.decode(keep)),
+            None => self.decode(keep),
+        };
+        match decoded {
+            Decode::NeedBytes => {}
+            Decode::Full => return Next::Full,
+            Decode::Failed(e) => {
+                log::debug!(
+                    "conn {} ({:?}) protocol error: {e}",
+                    self.link.conn.id,
+                    self.link.conn.peer
+                );
+                self.link.goaway(Code::INTERNAL, &e.to_string());
+                return Next::End;
+            }
+        }
+        if self.t.phase() == STOPPING || self.link.conn.lock().closed {
+            return Next::End;
+        }
+        Next::Read
+    }
+
+    /// Reads once from the socket, waiting at most `wait` if given, else
+    /// until the idle or whole-frame timeout. False if reading is over.
+    ///
+    /// This is the one place thread mode reads a socket.
+    fn read(&mut self, wait: Option<Duration>) -> bool {
+        match wait {
+            Some(wait) => {
+                self.armed = None;
+                if let Err(e) = self.link.stream().set_read_timeout(Some(wait)) {
+                    log::debug!("conn {}: set_read_timeout: {e}", self.link.conn.id);
                     self.link.close_hard();
-                    return;
+                    return false;
+                }
+            }
+            None => {
+                if !self.arm() {
+                    return false;
                 }
             }
         }
+        // Straight into the frame buffer, which only holds memory while
+        // it holds bytes (see `account`).
+        let len = self.buf.len();
+        self.buf.resize(len + self.chunk, 0);
+        let read = self.link.stream().read(&mut self.buf[len..]);
+        self.buf.truncate(len + *read.as_ref().unwrap_or(&0));
+        match read {
+            Ok(0) => {
+                self.peer_closed();
+                false
+            }
+            Ok(n) => {
+                self.last_activity = Instant::now();
+                self.chunk = if n < SMALL_READ {
+                    SMALL_READ
+                } else {
+                    READ_CHUNK
+                };
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.on_timeout()
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                if self.t.phase() != STOPPING {
+                    log::debug!("conn {} read: {e}", self.link.conn.id);
+                }
+                self.link.close_hard();
+                false
+            }
+        }
+    }
+
+    /// The writing thread reads in the place of the connection's thread,
+    /// whose handler runs long, until that thread wants its reading side
+    /// back: every request goes to the workers, and deadlines fire
+    /// between reads.
+    fn cover(mut self) -> Reader {
+        let tick = self.t.tick.min(WATCH_TICK);
+        while !self.ended && !self.link.owner_back.load(Ordering::SeqCst) {
+            let next_timer = {
+                let mut timers = lock(&self.link.timers);
+                timers.expire_due(Instant::now(), |_| {});
+                timers.next()
+            };
+            self.link.flush();
+            match self.decode_step(false) {
+                Next::Read => {}
+                // The connection's thread waits for room itself.
+                Next::Full => break,
+                Next::End => {
+                    self.ended = true;
+                    break;
+                }
+            }
+            let wait = next_timer.map_or(tick, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), tick)
+            });
+            if !self.read(Some(wait)) {
+                self.ended = true;
+            }
+        }
+        // The connection's thread sets its own read timeout again.
+        self.armed = None;
+        self
     }
 
     /// Whether another request may be read now.
     fn has_room(&self) -> bool {
-        !self.link.conn.lock().is_full(self.limits) && self.t.server.has_read_budget()
+        !self.link.conn.lock().is_full(&self.limits) && self.t.server.has_read_budget()
     }
 
     /// Cuts messages off the buffer and dispatches them until more bytes
@@ -836,7 +1085,7 @@ impl<'a> Reader<'a> {
     /// thread has nothing else to do until the next read. Anything else
     /// (a second request, bytes of another frame) sends it to the workers
     /// in its turn, so no request read waits behind a handler here.
-    fn decode(&mut self) -> Decode {
+    fn decode(&mut self, keep: bool) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
         let inline_all = self.t.server.pool.is_none();
@@ -849,7 +1098,7 @@ impl<'a> Reader<'a> {
                 result = Decode::Full;
                 break;
             }
-            let (link, dispatcher) = (self.link, self.dispatcher);
+            let (link, dispatcher) = (&*self.link, &*self.dispatcher);
             let kept = &mut self.kept;
             let requests = &mut requests;
             let mut dispatch = |msg: Message<'_>| {
@@ -860,7 +1109,7 @@ impl<'a> Reader<'a> {
                         dispatcher.submit(first);
                     }
                 }
-                let keep = is_request && *requests == 1 && !inline_all;
+                let keep = keep && is_request && *requests == 1 && !inline_all;
                 if let Some(task) = dispatch(link, dispatcher, msg, now, keep) {
                     if inline_all {
                         task.run_inline();
@@ -913,7 +1162,7 @@ impl<'a> Reader<'a> {
 
     /// Waits until a limit clears; false if the connection is ending.
     fn wait_for_room(&mut self) -> bool {
-        let limits = self.limits;
+        let limits = &self.limits;
         let mut st = self.link.conn.lock();
         loop {
             if st.closed || self.t.phase() == STOPPING {
@@ -971,7 +1220,7 @@ impl<'a> Reader<'a> {
     /// False if the connection is ending.
     fn on_timeout(&mut self) -> bool {
         let now = Instant::now();
-        let t = self.timeouts;
+        let t = &self.timeouts;
         if let Some(at) = self.frame_started {
             if now.saturating_duration_since(at) >= t.frame {
                 log::debug!(
@@ -1028,6 +1277,8 @@ enum WriterEnd {
 
 enum Step {
     Write,
+    /// Read in the place of the connection's thread (see `Link::cover`).
+    Cover,
     /// A deadline is due, or an earlier one came in.
     Timers,
     End(WriterEnd),
@@ -1087,6 +1338,7 @@ impl Writer {
                     }
                 },
                 Step::Timers => {}
+                Step::Cover => self.link.cover(),
                 Step::End(end) => return end,
             }
         }
@@ -1141,6 +1393,9 @@ impl Writer {
             }
             if link.timers_changed.swap(false, Ordering::SeqCst) {
                 return Step::Timers;
+            }
+            if link.cover_wanted.swap(false, Ordering::SeqCst) {
+                return Step::Cover;
             }
             if next_timer.is_some_and(|at| now >= at) {
                 return Step::Timers;
