@@ -1,21 +1,54 @@
 //! Thread mode: an acceptor thread, and per connection a thread that reads
-//! with blocking calls and a thread that writes.
+//! with blocking calls and a thread that writes what the others could not.
 //!
 //! ```text
 //!              accept                 spawn
-//! listeners ─────────▶ acceptor ─────────────────▶ conn-N (reads, decodes, dispatches)
-//!                      (mio poll,                       │  ▲ waits for room (condvar)
-//!                       woken at shutdown)              ▼  │
-//!                                   worker pool ─▶ connection output ─▶ conn-N-w (writes,
-//!                                   (or inline on conn-N)     notify      fires deadlines)
+//! listeners ─────────▶ acceptor ─────────────────▶ conn-N (reads, decodes, dispatches;
+//!                      (mio poll; watches          │  ▲   runs a lone quick request
+//!                       conn threads that run      │  │   itself and writes its answer)
+//!                       a request themselves)      ▼  │ waits for room (condvar)
+//!                                   worker pool ─▶ send now ─▶ socket
+//!                                                  │ socket full, deadline, closing
+//!                                                  ▼
+//!                                               conn-N-w (blocking writes, fires
+//!                                                 deadlines, reads for conn-N
+//!                                                 while its request runs long)
 //! ```
 //!
 //! The per-request logic is `dispatch`'s, exactly as in event mode; only
-//! the moving of bytes differs. The reading thread cannot write while it
-//! is blocked in `read`, so each connection has a writing thread too: the
-//! connection's wake hook, which event mode uses to wake its loop,
-//! notifies a condition variable here. A client that stops reading blocks
-//! that writing thread, never a worker.
+//! the moving of bytes differs. A request costs as few thread wake-ups as
+//! its shape allows:
+//!
+//! - **Answers are written by whoever makes them**, a worker or the
+//!   connection's thread, with a send that never waits, even though the
+//!   socket blocks (`connection::SEND_NOW`); one thread writes at a time,
+//!   the others append. What a full socket buffer leaves wakes the writing
+//!   thread, whose write may wait, bounded by the write-stall timeout. So
+//!   a client that stops reading blocks the writing thread, never a
+//!   worker, and the writing thread is otherwise asleep.
+//! - **A lone quick request runs on the connection's thread.** When a read
+//!   brings one request, with nothing after it, of a method whose sampled
+//!   calls lately returned within 50 µs (`pace`), handing it to a worker
+//!   would cost a wake-up while this thread has nothing to do until its
+//!   next read: it runs it itself, after the batch of any other requests
+//!   is sent. Pipelined requests, ONEWAYs and methods not known to be
+//!   quick go to the workers, which bound how many handlers run at once.
+//!   Every guarantee of the workers holds: the request is in the in-flight
+//!   table, its deadline fires from the writing thread, CANCEL, shutdown
+//!   and close forbid its start or drop its late answer.
+//! - **A quick method's call that runs long does not stop the reading.**
+//!   While the connection's thread runs a request, its reading side (the
+//!   buffer, the decoder, the timers of the read) is lent to the writing
+//!   thread. The acceptor looks every 2 ms while connection threads run
+//!   requests (it sleeps when none has for a second); at a handler that
+//!   has run 2 ms, it has the writing thread read in the connection
+//!   thread's place, sending every request to the workers and firing
+//!   deadlines between reads, until the handler returns and the
+//!   connection's thread takes its reading side back. The call, timed,
+//!   makes its method slow, so its next calls go to the workers.
+//!
+//! Reading happens in one place, [`Reader::read`]; writing in one,
+//! `ConnShared::flush` (and below it `connection::write_out`).
 //!
 //! Every limit holds as in event mode. The reading thread does not call
 //! `read` while the connection is at its in-flight or pending-bytes limit
