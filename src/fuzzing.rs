@@ -8,7 +8,8 @@ use serde::de::IgnoredAny;
 
 use crate::codec::{
     decode_body, decompress, Compression, Decoded, Decoder, Encoder, FrameLimits, FrameType,
-    GoawayMeta, ProtocolError, RequestMeta, ResponseMeta, Side, DEFAULT_MAX_BODY_DEPTH, HEADER_LEN,
+    GoawayMeta, ProtocolError, RequestMeta, ResponseMeta, Side, WindowMeta, DEFAULT_MAX_BODY_DEPTH,
+    HEADER_LEN,
 };
 
 /// Limits small enough that random input reaches every path: oversized
@@ -27,7 +28,7 @@ pub struct Summary {
     pub too_large: usize,
     /// Connection errors (at most one per side).
     pub errors: usize,
-    /// Metas that decoded as request, response or GOAWAY meta.
+    /// Metas that decoded as request, response, GOAWAY or WINDOW meta.
     pub metas: usize,
     /// Bodies that decompressed under the limit, one per compression.
     pub inflated: usize,
@@ -53,8 +54,9 @@ struct Run {
 ///   the loop ends; the number of calls is bounded by the input;
 /// - the read buffer never holds more than one frame at the limits plus
 ///   one read, and after decoding, less than one whole frame;
-/// - every frame's meta is tried as request, response and GOAWAY meta;
-///   what decodes must encode and decode again to the same value;
+/// - every frame's meta is tried as request, response, GOAWAY and WINDOW
+///   meta; what decodes must encode and decode again to the same value;
+/// - a MESSAGE has no meta, and a WINDOW has no body and a valid grant;
 /// - every body is tried with each compression, with a small limit, and
 ///   what inflates is tried as a MessagePack body.
 pub fn decode_all(data: &[u8]) -> Summary {
@@ -143,6 +145,17 @@ fn inspect(event: &Decoded, summary: &mut Summary) {
     if header.frame_type.is_bare() {
         assert!(meta.is_empty() && body.map_or(true, |b| b.is_empty()));
     }
+    match header.frame_type {
+        FrameType::Message => assert!(meta.is_empty(), "a MESSAGE with a meta"),
+        FrameType::Window => {
+            assert!(body.is_some_and(|b| b.is_empty()), "a WINDOW with a body");
+            assert!(
+                WindowMeta::decode(meta).is_ok(),
+                "a WINDOW with a bad grant was delivered"
+            );
+        }
+        _ => {}
+    }
 
     crate::codec::meta_scan::assert_agrees(meta);
     if let Ok(m) = RequestMeta::decode(meta) {
@@ -175,6 +188,11 @@ fn inspect(event: &Decoded, summary: &mut Summary) {
         summary.metas += 1;
         let bytes = m.to_vec();
         assert_eq!(GoawayMeta::decode(&bytes).as_ref(), Ok(&m));
+    }
+    if let Ok(m) = WindowMeta::decode(meta) {
+        summary.metas += 1;
+        assert_eq!(WindowMeta::new(m.bytes()), Some(m));
+        assert_eq!(WindowMeta::decode(&m.to_vec()), Ok(m));
     }
 
     let Some(body) = body else { return };

@@ -91,6 +91,8 @@
 //!   [`Decoder`](codec::Decoder) that never sizes a buffer from a declared
 //!   length, a reusable [`Encoder`](codec::Encoder), bounded inflation,
 //!   and a structural check of untrusted MessagePack before serde sees it.
+//! - [`flow_control`]: the window arithmetic of one direction of one
+//!   stream (protocol revision 1.1), kept by both ends of a stream.
 //! - [`server`]: services of typed or raw handlers, a [`Filter`] chain,
 //!   and two I/O modes that share everything but the sockets: *event mode*
 //!   (a few mio loops; many connections, few threads) and *thread mode*
@@ -126,6 +128,7 @@ mod context;
 mod error;
 mod filter;
 pub mod filters;
+pub mod flow_control;
 #[doc(hidden)]
 pub mod fuzzing;
 mod hash;

@@ -894,3 +894,100 @@ fn a_close_that_arrives_with_the_last_response_still_fails_the_other_calls() {
         assert_eq!(err.code(), Code::UNAVAILABLE, "{err}");
     }
 }
+
+/// Frames of the given type and id with `meta` and `body`, as raw bytes.
+fn raw_frame(frame_type: FrameType, id: u32, meta: &[u8], body: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    syncrpc::codec::Header {
+        frame_type,
+        flags: Flags::default(),
+        meta_len: meta.len() as u16,
+        request_id: syncrpc::codec::RequestId(id),
+        body_len: body.len() as u32,
+    }
+    .encode(&mut out);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(body);
+    out
+}
+
+/// This client opens no streams, so every MESSAGE and WINDOW a server
+/// sends names an id that is not an open stream (one that crossed a
+/// stream's RESPONSE, in a later client): ignored, whether the id is
+/// unknown or a unary call's in flight, and over the body limit or not.
+/// The calls are answered and the connection stays.
+#[test]
+fn stream_frames_for_ids_not_open_as_streams_are_ignored() {
+    init_logging();
+    let server = FakeServer::start(|req: &Request, r: &Responder| {
+        let grant = b"\x81\xa5bytes\xce\x00\x01\x00\x00";
+        let mut frames = Vec::new();
+        frames.extend(raw_frame(
+            FrameType::Message,
+            req.id.0,
+            &[],
+            b"\x81\xa1n\x02",
+        ));
+        frames.extend(raw_frame(FrameType::Window, req.id.0, grant, &[]));
+        frames.extend(raw_frame(FrameType::Message, 999, &[], &[0xab; 2048]));
+        frames.extend(raw_frame(FrameType::Window, 999, grant, &[]));
+        r.raw(&frames);
+        r.echo(req);
+    });
+    let client = Client::builder()
+        .addr(server.addr())
+        .max_body(1024)
+        .build()
+        .unwrap();
+    for text in ["one", "two"] {
+        let resp = client
+            .call_raw(&bg(), "/t.T/Echo", text.as_bytes(), &CallOptions::new())
+            .unwrap();
+        assert_eq!(&resp.body()[..], text.as_bytes());
+    }
+    assert_eq!(server.connections(), 1, "the connection survived");
+}
+
+/// A WINDOW whose grant is not from 1 to 2^31-1 is malformed whatever
+/// stream it names: the connection fails with the reason.
+#[test]
+fn bad_window_from_the_server_fails_the_connection() {
+    init_logging();
+    let server = FakeServer::start(|req: &Request, r: &Responder| {
+        r.raw(&raw_frame(
+            FrameType::Window,
+            req.id.0,
+            b"\x81\xa5bytes\x00",
+            &[],
+        ));
+    });
+    let client = client_for(&[server.addr()]);
+    let err = client
+        .call::<Msg, Msg>(&bg(), "/echo.Echo/Say", &msg("x"))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("bad WINDOW frame: invalid meta: key `bytes`: invalid value: integer `0`"),
+        "{err}"
+    );
+}
+
+/// END goes only from client to server.
+#[test]
+fn end_from_the_server_fails_the_connection() {
+    init_logging();
+    let server = FakeServer::start(|req: &Request, r: &Responder| {
+        r.raw(&raw_frame(FrameType::End, req.id.0, &[], &[]));
+    });
+    let client = client_for(&[server.addr()]);
+    let err = client
+        .call::<Msg, Msg>(&bg(), "/echo.Echo/Say", &msg("x"))
+        .unwrap_err();
+    assert!(err.is_protocol(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("END frame sent in the wrong direction"),
+        "{err}"
+    );
+}

@@ -10,7 +10,7 @@ mod codec;
 use bytes::BytesMut;
 use syncrpc::codec::{
     Compression, Decoded, Decoder, Encoding, FrameLimits, FrameType, ProtocolError, RequestId,
-    RequestMeta, Side,
+    RequestMeta, Side, WindowMeta,
 };
 
 use codec::hex;
@@ -67,18 +67,23 @@ fn bad_version() {
 fn frame_type_zero() {
     let (e, text) = error(Side::Server, "5352 01 00 00 00 0000 00000000 00000000");
     assert_eq!(e, ProtocolError::BadFrameType(0));
-    assert_eq!(text, "invalid frame type 0, expected 1 to 7");
+    assert_eq!(text, "invalid frame type 0, expected 1 to 10");
 }
 
+/// 8 to 10 are the stream frames of revision 1.1; 11 and up do not exist.
 #[test]
-fn frame_type_eight() {
+fn frame_type_eleven() {
     assert_eq!(
-        error_text(Side::Server, "5352 01 08 00 00 0000 00000000 00000000"),
-        "invalid frame type 8, expected 1 to 7"
+        error_text(Side::Server, "5352 01 0b 00 00 0000 00000000 00000000"),
+        "invalid frame type 11, expected 1 to 10"
+    );
+    assert_eq!(
+        error_text(Side::Client, "5352 01 0b 00 00 0000 00000000 00000000"),
+        "invalid frame type 11, expected 1 to 10"
     );
     assert_eq!(
         error_text(Side::Client, "5352 01 ff 00 00 0000 00000000 00000000"),
-        "invalid frame type 255, expected 1 to 7"
+        "invalid frame type 255, expected 1 to 10"
     );
 }
 
@@ -201,6 +206,182 @@ fn non_empty_cancel_and_pong() {
     );
 }
 
+#[test]
+fn end_sent_to_a_client() {
+    let (e, text) = error(Side::Client, "5352 01 09 00 00 0000 00000009 00000000");
+    assert_eq!(e, ProtocolError::WrongDirection(FrameType::End));
+    assert_eq!(text, "END frame sent in the wrong direction");
+}
+
+/// END is bare, like CANCEL.
+#[test]
+fn non_empty_end() {
+    let (e, text) = error(Side::Server, "5352 01 09 00 00 0000 00000009 00000001");
+    assert_eq!(
+        e,
+        ProtocolError::NotEmpty {
+            frame_type: FrameType::End,
+            meta_len: 0,
+            body_len: 1
+        }
+    );
+    assert_eq!(
+        text,
+        "END frame must be empty, has meta_len 0 and body_len 1"
+    );
+    assert_eq!(
+        error_text(Side::Server, "5352 01 09 00 00 0001 00000009 00000000"),
+        "END frame must be empty, has meta_len 1 and body_len 0"
+    );
+}
+
+/// A MESSAGE is all body; a meta section on one is refused on either side,
+/// as soon as its header is in.
+#[test]
+fn message_with_meta() {
+    for side in [Side::Server, Side::Client] {
+        let (e, text) = error(side, "5352 01 08 00 00 0001 00000009 00000004");
+        assert_eq!(
+            e,
+            ProtocolError::MessageWithMeta { meta_len: 1 },
+            "{side:?}"
+        );
+        assert_eq!(text, "MESSAGE frame must have no meta, has meta_len 1");
+    }
+}
+
+/// A WINDOW is all meta; a body on one is refused on either side, before
+/// its meta is looked at.
+#[test]
+fn window_with_body() {
+    for side in [Side::Server, Side::Client] {
+        let (e, text) = error(side, "5352 01 0a 00 00 0000 00000009 00000001");
+        assert_eq!(e, ProtocolError::WindowWithBody { body_len: 1 }, "{side:?}");
+        assert_eq!(text, "WINDOW frame must have no body, has body_len 1");
+    }
+}
+
+/// A WINDOW frame of stream 9 with `meta` (hex) as its meta section.
+fn window_frame(meta: &str) -> String {
+    let meta = hex(meta);
+    let meta_hex: String = meta.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "5352 01 0a 00 00 {:04x} 00000009 00000000 {meta_hex}",
+        meta.len()
+    )
+}
+
+/// A grant must be an integer from 1 to 2^31-1 under `bytes`, in a meta
+/// that is otherwise well-formed: anything else is a connection error on
+/// either side, whatever stream the frame names.
+#[test]
+fn bad_window_meta() {
+    let range = "expected an integer from 1 to 2147483647";
+    let cases = [
+        // {"bytes": 0}, {"bytes": -1}, {"bytes": 2^31}, {"bytes": 2^32}
+        (
+            "81 a5 6279746573 00",
+            format!("invalid value: integer `0`, {range}"),
+        ),
+        (
+            "81 a5 6279746573 ff",
+            format!("invalid value: integer `-1`, {range}"),
+        ),
+        (
+            "81 a5 6279746573 ce 80000000",
+            format!("invalid value: integer `2147483648`, {range}"),
+        ),
+        (
+            "81 a5 6279746573 cf 0000000100000000",
+            format!("invalid value: integer `4294967296`, {range}"),
+        ),
+        // {"bytes": nil}, {"bytes": "1"}, {"bytes": 1.0}
+        (
+            "81 a5 6279746573 c0",
+            format!("invalid type: unit value, {range}"),
+        ),
+        (
+            "81 a5 6279746573 a1 31",
+            format!("invalid type: string \"1\", {range}"),
+        ),
+        (
+            "81 a5 6279746573 cb 3ff0000000000000",
+            format!("invalid type: floating point `1.0`, {range}"),
+        ),
+    ];
+    for (meta, want) in cases {
+        for side in [Side::Server, Side::Client] {
+            let (e, text) = error(side, &window_frame(meta));
+            assert!(matches!(e, ProtocolError::BadWindow(_)), "{meta}: {e:?}");
+            assert_eq!(
+                text,
+                format!("bad WINDOW frame: invalid meta: key `bytes`: {want}"),
+                "{meta} {side:?}"
+            );
+        }
+    }
+    // No meta, an empty map, a repeated key, a byte after the map.
+    for (meta, want) in [
+        ("", "invalid meta: truncated MessagePack at byte 0"),
+        ("80", "invalid meta: missing field `bytes`"),
+        (
+            "82 a5 6279746573 01 a5 6279746573 02",
+            "invalid meta: duplicate key \"bytes\"",
+        ),
+        (
+            "81 a5 6279746573 01 00",
+            "invalid meta: 1 trailing bytes after the MessagePack value",
+        ),
+    ] {
+        assert_eq!(
+            error_text(Side::Server, &window_frame(meta)),
+            format!("bad WINDOW frame: {want}"),
+            "{meta}"
+        );
+    }
+}
+
+/// The bounds themselves are fine, and a key the receiver does not know is
+/// skipped, as in every meta.
+#[test]
+fn window_meta_at_the_bounds() {
+    for (meta, bytes) in [
+        ("81 a5 6279746573 01", 1),
+        ("81 a5 6279746573 ce 7fffffff", 2_147_483_647),
+        ("82 a5 6279746573 05 a4 6e657874 c3", 5),
+    ] {
+        let wire = hex(&window_frame(meta));
+        for side in [Side::Server, Side::Client] {
+            let mut dec = Decoder::new(side, FrameLimits::default());
+            match dec.decode(&mut BytesMut::from(&wire[..])) {
+                Ok(Some(Decoded::Frame(f))) => {
+                    assert_eq!(f.frame_type(), FrameType::Window);
+                    assert_eq!(WindowMeta::decode(&f.meta).unwrap().bytes(), bytes);
+                }
+                other => panic!("{meta}: {other:?}"),
+            }
+        }
+    }
+}
+
+/// A WINDOW's meta is judged once the whole frame is in: a bad grant split
+/// across reads raises its error only with its last byte.
+#[test]
+fn window_meta_waits_for_the_whole_frame() {
+    let wire = hex(&window_frame("81 a5 6279746573 00"));
+    let mut dec = Decoder::new(Side::Client, FrameLimits::default());
+    let mut buf = BytesMut::new();
+    for &b in &wire[..wire.len() - 1] {
+        buf.extend_from_slice(&[b]);
+        assert_eq!(dec.decode(&mut buf), Ok(None));
+    }
+    buf.extend_from_slice(&wire[wire.len() - 1..]);
+    assert!(matches!(
+        dec.decode(&mut buf),
+        Err(ProtocolError::BadWindow(_))
+    ));
+}
+
 /// The header is judged once all 16 bytes are in, not before: a header
 /// split across reads raises the same error as a whole one.
 #[test]
@@ -224,7 +405,7 @@ fn errors_wait_for_the_whole_header() {
 fn error_after_good_frames() {
     let wire = hex("5352 01 05 00 00 0000 00000001 00000000
          5352 01 06 00 00 0000 00000002 00000000
-         5352 01 09 00 00 0000 00000003 00000000");
+         5352 01 0c 00 00 0000 00000003 00000000");
     let mut dec = Decoder::new(Side::Server, FrameLimits::default());
     let mut buf = BytesMut::from(&wire[..]);
     for (ft, id) in [(FrameType::Ping, 1), (FrameType::Pong, 2)] {
@@ -238,7 +419,7 @@ fn error_after_good_frames() {
     }
     assert_eq!(
         dec.decode(&mut buf).unwrap_err().to_string(),
-        "invalid frame type 9, expected 1 to 7"
+        "invalid frame type 12, expected 1 to 10"
     );
 }
 

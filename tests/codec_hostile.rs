@@ -18,7 +18,7 @@ use flate2::write::DeflateEncoder;
 use serde::Deserialize;
 use syncrpc::codec::{
     decode_body, decompress, Compression, Decoded, Decoder, DecompressError, FrameLimits,
-    FrameType, GoawayMeta, Header, RequestId, RequestMeta, ResponseMeta, Side,
+    FrameType, GoawayMeta, Header, RequestId, RequestMeta, ResponseMeta, Side, WindowMeta,
     DEFAULT_MAX_BODY_DEPTH, HEADER_LEN,
 };
 use syncrpc::Code;
@@ -318,6 +318,21 @@ fn hostile_request_metas() -> Vec<(&'static str, Vec<u8>, String)> {
             map(&[("timeout_ms", b"\x05")]),
             "invalid meta: missing field `method`".into(),
         ),
+        (
+            "stream as an integer",
+            map(&[("method", &m), ("stream", b"\x01")]),
+            "invalid meta: key `stream`: invalid type: integer `1`, expected a boolean".into(),
+        ),
+        (
+            "stream as a string",
+            map(&[("method", &m), ("stream", &str("true"))]),
+            "invalid meta: key `stream`: invalid type: string \"true\", expected a boolean".into(),
+        ),
+        (
+            "stream twice",
+            map(&[("method", &m), ("stream", b"\xc3"), ("stream", b"\xc2")]),
+            "invalid meta: duplicate key \"stream\"".into(),
+        ),
     ]
 }
 
@@ -387,6 +402,58 @@ fn hostile_structure_is_refused_by_every_meta_decoder() {
         });
         assert_eq!(got.0, Err(want.to_string()), "{case}: ResponseMeta");
         assert_eq!(got.1, Err(want.to_string()), "{case}: GoawayMeta");
+        assert_small(case, usage);
+    }
+}
+
+/// A WINDOW meta gets the same structural check first: a hostile grant is
+/// refused with a clear error, on a small stack, allocating little.
+#[test]
+fn hostile_window_meta_is_refused_cheaply() {
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "arrays nested 100,000 deep beside the grant",
+            map(&[("bytes", b"\x01"), ("x", &nested_arrays(100_000))]),
+            "invalid meta: MessagePack nested deeper than 32 levels",
+        ),
+        (
+            "a string declaring 4 GiB beside the grant",
+            map(&[("bytes", b"\x01"), ("x", STR_4G)]),
+            "invalid meta: MessagePack value at byte 10 declares length 4294967295 \
+             but only 1 bytes remain",
+        ),
+        (
+            "bytes twice",
+            map(&[("bytes", b"\x01"), ("bytes", b"\x02")]),
+            "invalid meta: duplicate key \"bytes\"",
+        ),
+        (
+            "bytes of 2^64-1",
+            map(&[(
+                "bytes",
+                &[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            )]),
+            "invalid meta: key `bytes`: invalid value: integer `18446744073709551615`, \
+             expected an integer from 1 to 2147483647",
+        ),
+        (
+            "bytes of -2^63",
+            map(&[(
+                "bytes",
+                &[0xd3, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00],
+            )]),
+            "invalid meta: key `bytes`: invalid value: integer `-9223372036854775808`, \
+             expected an integer from 1 to 2147483647",
+        ),
+        ("no bytes", map(&[]), "invalid meta: missing field `bytes`"),
+    ];
+    for (case, bytes, want) in cases {
+        let (got, usage) = on_small_stack(move || {
+            WindowMeta::decode(&bytes)
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        });
+        assert_eq!(got, Err(want.to_string()), "{case}");
         assert_small(case, usage);
     }
 }
@@ -850,6 +917,60 @@ fn oversized_body_is_skipped_without_buffering() {
         "read buffer grew to {max_capacity}"
     );
     assert!(usage.peak < 4 * CHUNK, "{usage:?}");
+}
+
+/// An 11 MiB MESSAGE with the 10 MiB default, on either side: reported
+/// once with its header (a MESSAGE has no meta), then dropped as it
+/// arrives, and the next frame decodes.
+#[test]
+fn oversized_message_is_skipped_without_buffering() {
+    const CHUNK: usize = 64 * 1024;
+    const BODY: usize = 11 * MIB;
+    let mut wire = vec![0u8; HEADER_LEN];
+    Header {
+        frame_type: FrameType::Message,
+        flags: Default::default(),
+        meta_len: 0,
+        request_id: RequestId(9),
+        body_len: BODY as u32,
+    }
+    .encode(&mut wire);
+    wire.resize(wire.len() + BODY, 0xab);
+    wire.extend_from_slice(&codec::hex("5352 01 05 00 00 0000 0000002a 00000000"));
+
+    for side in [Side::Server, Side::Client] {
+        let ((events, max_capacity), usage) = alloc::measure(|| {
+            let mut dec = Decoder::new(side, FrameLimits::default());
+            let mut buf = BytesMut::new();
+            let mut events = Vec::new();
+            let mut max_capacity = 0;
+            for chunk in wire.chunks(CHUNK) {
+                buf.extend_from_slice(chunk);
+                max_capacity = max_capacity.max(buf.capacity());
+                events.extend(codec::decode_all(&mut dec, &mut buf).unwrap());
+            }
+            assert_eq!(dec.finish(&buf), Ok(()));
+            (events, max_capacity)
+        });
+        assert_eq!(events.len(), 2, "{side:?}: {events:?}");
+        assert!(
+            matches!(&events[0], Decoded::BodyTooLarge { header, meta }
+                if header.frame_type == FrameType::Message
+                    && header.request_id == RequestId(9)
+                    && meta.is_empty()),
+            "{side:?}: {:?}",
+            events[0]
+        );
+        assert!(
+            matches!(&events[1], Decoded::Frame(f) if f.frame_type() == FrameType::Ping),
+            "{side:?}"
+        );
+        assert!(
+            max_capacity <= 2 * CHUNK,
+            "{side:?}: buffer grew to {max_capacity}"
+        );
+        assert!(usage.peak < 4 * CHUNK, "{side:?}: {usage:?}");
+    }
 }
 
 /// However the bytes are split, an oversized frame gives the same events.

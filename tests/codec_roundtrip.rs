@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use syncrpc::codec::{
     compress, decode_body, decompress, encode_body, Compression, Decoded, Decoder, Encoder, Flags,
     Frame, FrameLimits, FrameType, GoawayMeta, RequestId, RequestMeta, ResponseMeta, Side,
-    DEFAULT_MAX_BODY_DEPTH, MAX_TRACE_ID_LEN,
+    WindowMeta, DEFAULT_MAX_BODY_DEPTH, MAX_TRACE_ID_LEN, MAX_WINDOW,
 };
 use syncrpc::{Metadata, MetadataValue};
 
@@ -32,6 +32,7 @@ struct Request {
     trace_id: Option<String>,
     caller: Option<String>,
     md: Md,
+    stream: bool,
 }
 
 impl Request {
@@ -42,6 +43,7 @@ impl Request {
             trace_id: self.trace_id.as_deref(),
             caller: self.caller.as_deref(),
             md: metadata(&self.md),
+            stream: self.stream,
         }
     }
 }
@@ -75,6 +77,9 @@ enum Spec {
     Ping(RequestId),
     Pong(RequestId),
     Goaway(u32, String),
+    Message(RequestId, Flags, Vec<u8>),
+    End(RequestId),
+    Window(RequestId, u32),
 }
 
 impl Spec {
@@ -94,6 +99,9 @@ impl Spec {
                     message,
                 })
                 .unwrap(),
+            Spec::Message(id, flags, body) => enc.message(*id, *flags, body).unwrap(),
+            Spec::End(id) => enc.end(*id),
+            Spec::Window(id, bytes) => enc.window(*id, WindowMeta::new(*bytes).unwrap()),
         }
     }
 
@@ -142,6 +150,24 @@ impl Spec {
                 );
                 prop_assert!(frame.body.is_empty());
             }
+            Spec::Message(id, flags, body) => {
+                prop_assert_eq!(h.frame_type, FrameType::Message);
+                prop_assert_eq!(h.request_id, *id);
+                prop_assert_eq!(h.flags, *flags);
+                prop_assert!(frame.meta.is_empty());
+                prop_assert_eq!(&frame.body[..], &body[..]);
+            }
+            Spec::End(id) => bare(FrameType::End, id)?,
+            Spec::Window(id, bytes) => {
+                prop_assert_eq!(h.frame_type, FrameType::Window);
+                prop_assert_eq!(h.request_id, *id);
+                prop_assert_eq!(h.flags, Flags::default());
+                prop_assert_eq!(
+                    WindowMeta::decode(&frame.meta).map(WindowMeta::bytes),
+                    Ok(*bytes)
+                );
+                prop_assert!(frame.body.is_empty());
+            }
         }
         Ok(())
     }
@@ -183,14 +209,18 @@ fn request() -> impl Strategy<Value = Request> {
         trace_id(),
         proptest::option::of(text(20)),
         md(),
+        any::<bool>(),
     )
-        .prop_map(|(method, timeout_ms, trace_id, caller, md)| Request {
-            method,
-            timeout_ms,
-            trace_id,
-            caller,
-            md,
-        })
+        .prop_map(
+            |(method, timeout_ms, trace_id, caller, md, stream)| Request {
+                method,
+                timeout_ms,
+                trace_id,
+                caller,
+                md,
+                stream,
+            },
+        )
 }
 
 fn response() -> impl Strategy<Value = Response> {
@@ -232,7 +262,15 @@ fn client_frame() -> impl Strategy<Value = Spec> {
         1 => id().prop_map(Spec::Cancel),
         1 => id().prop_map(Spec::Ping),
         1 => id().prop_map(Spec::Pong),
+        1 => (id(), flags(), body()).prop_map(|(i, f, b)| Spec::Message(i, f, b)),
+        1 => id().prop_map(Spec::End),
+        1 => (id(), grant()).prop_map(|(i, n)| Spec::Window(i, n)),
     ]
+}
+
+/// A WINDOW grant, often at its bounds.
+fn grant() -> impl Strategy<Value = u32> {
+    prop_oneof![Just(1), Just(MAX_WINDOW), 1..=MAX_WINDOW,]
 }
 
 /// Frames a server sends.
@@ -242,6 +280,8 @@ fn server_frame() -> impl Strategy<Value = Spec> {
         1 => id().prop_map(Spec::Ping),
         1 => id().prop_map(Spec::Pong),
         1 => (any::<u32>(), text(40)).prop_map(|(c, m)| Spec::Goaway(c, m)),
+        1 => (id(), flags(), body()).prop_map(|(i, f, b)| Spec::Message(i, f, b)),
+        1 => (id(), grant()).prop_map(|(i, n)| Spec::Window(i, n)),
     ]
 }
 

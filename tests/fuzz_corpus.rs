@@ -64,6 +64,39 @@ fn golden_seeds_decode_as_expected() {
     assert_eq!((ping.frames, ping.errors), (2, 0), "{ping:?}");
     let server = seed("server-stream");
     assert_eq!((server.frames, server.errors), (4, 1), "{server:?}");
+    // Revision 1.1: MESSAGE and WINDOW go either way, END only to a
+    // server, and a stream opens with a REQUEST.
+    for name in ["golden-message", "golden-window"] {
+        let s = seed(name);
+        assert_eq!((s.frames, s.errors), (2, 0), "{name}: {s:?}");
+    }
+    for name in ["golden-end", "golden-stream-request"] {
+        let s = seed(name);
+        assert_eq!((s.frames, s.errors), (1, 1), "{name}: {s:?}");
+    }
+    let stream = seed("client-stream-1.1");
+    assert_eq!((stream.frames, stream.errors), (5, 1), "{stream:?}");
+    // MESSAGE, WINDOW, MESSAGE, RESPONSE: all four for a client, the
+    // first three for a server, which refuses the RESPONSE.
+    let stream = seed("server-stream-1.1");
+    assert_eq!((stream.frames, stream.errors), (7, 1), "{stream:?}");
+    // Each broken stream frame is an error on every side that accepts it.
+    for (name, errors) in [
+        ("err-type-11", 2),
+        ("err-window-zero", 2),
+        ("err-window-body", 2),
+        ("err-message-meta", 2),
+        ("err-end-not-empty", 2),
+    ] {
+        let s = seed(name);
+        assert_eq!(s.errors, errors, "{name}: {s:?}");
+    }
+    let big = seed("oversized-message");
+    assert_eq!(
+        (big.too_large, big.frames, big.errors),
+        (2, 2, 0),
+        "{big:?}"
+    );
 }
 
 proptest! {

@@ -62,7 +62,7 @@ fn connection_errors_get_goaway_internal_then_close(mode: Mode) {
     let mut bad_version = header(FrameType::Ping, 0, 1, 0);
     bad_version[2] = 9;
     let mut bad_type = header(FrameType::Ping, 0, 1, 0);
-    bad_type[3] = 8;
+    bad_type[3] = 11;
     let mut reserved_flags = header(FrameType::Ping, 0, 1, 0);
     reserved_flags[4] = 0x10;
     let mut reserved_byte = header(FrameType::Ping, 0, 1, 0);
@@ -70,7 +70,7 @@ fn connection_errors_get_goaway_internal_then_close(mode: Mode) {
     let cases: Vec<(Vec<u8>, &str)> = vec![
         (bad_magic.to_vec(), "bad magic"),
         (bad_version.to_vec(), "unsupported version 9"),
-        (bad_type.to_vec(), "invalid frame type 8"),
+        (bad_type.to_vec(), "invalid frame type 11"),
         (reserved_flags.to_vec(), "reserved flag bits"),
         (reserved_byte.to_vec(), "reserved header byte"),
         (

@@ -790,6 +790,14 @@ impl Shared {
                 let meta = GoawayMeta::decode(&meta).map_err(bad_meta)?;
                 self.goaway(meta.code(), meta.message);
             }
+            // This client opens no streams, so a MESSAGE or WINDOW names an
+            // id that is not an open stream: ignored, as the protocol says,
+            // since it may have crossed the stream's RESPONSE. A WINDOW's
+            // meta was checked by the frame decoder.
+            FrameType::Message | FrameType::Window => debug!(
+                "{}: ignoring {} for id {}, not an open stream",
+                self.peer, header.frame_type, header.request_id
+            ),
             // The client-side decoder refuses these before they get here.
             other => return Err(Broken::Protocol(ProtocolError::WrongDirection(other))),
         }

@@ -523,6 +523,7 @@ impl Client {
             trace_id: trace_id.as_ref().map(|t| t.as_str()),
             caller: config.caller.as_deref(),
             md: opts.get_metadata().clone(),
+            stream: false,
         };
         check_meta_size(&meta, config.max_meta)?;
         let flags = Flags::new(compression, encoding);

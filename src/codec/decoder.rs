@@ -11,7 +11,8 @@ use bytes::{Buf, Bytes, BytesMut};
 
 use super::error::ProtocolError;
 use super::frame::Frame;
-use super::header::{Header, HEADER_LEN};
+use super::header::{FrameType, Header, HEADER_LEN};
+use super::meta::WindowMeta;
 
 /// Size limits the decoder enforces.
 ///
@@ -184,7 +185,15 @@ impl Decoder {
         } else {
             meta_end
         };
-        Ok((buf.len() >= needed).then_some((header, fits)))
+        if buf.len() < needed {
+            return Ok(None);
+        }
+        if header.frame_type == FrameType::Window {
+            // A grant that no stream state could make right: refused
+            // whatever the stream, like any other malformed frame.
+            WindowMeta::decode(&buf[HEADER_LEN..meta_end]).map_err(ProtocolError::BadWindow)?;
+        }
+        Ok(Some((header, fits)))
     }
 
     /// Starts skipping the body of `header`, over the limit, dropping
@@ -233,6 +242,16 @@ impl Decoder {
             return Err(ProtocolError::NotEmpty {
                 frame_type: ft,
                 meta_len: header.meta_len,
+                body_len: header.body_len,
+            });
+        }
+        if ft == FrameType::Message && header.meta_len != 0 {
+            return Err(ProtocolError::MessageWithMeta {
+                meta_len: header.meta_len,
+            });
+        }
+        if ft == FrameType::Window && header.body_len != 0 {
+            return Err(ProtocolError::WindowWithBody {
                 body_len: header.body_len,
             });
         }

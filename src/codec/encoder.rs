@@ -10,7 +10,7 @@ use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
 use super::header::{Flags, FrameType, Header, RequestId, HEADER_LEN};
-use super::meta::{self, GoawayMeta, RequestMeta, ResponseMeta};
+use super::meta::{self, GoawayMeta, RequestMeta, ResponseMeta, WindowMeta};
 
 /// A frame that cannot be encoded: a section longer than its length field
 /// can say. Nothing is written when this is returned.
@@ -130,6 +130,25 @@ impl Encoder {
     /// Appends a GOAWAY frame (request id 0, empty body).
     pub fn goaway(&mut self, meta: &GoawayMeta<'_>) -> Result<(), EncodeError> {
         self.frame(FrameType::Goaway, Flags::default(), RequestId(0), meta, &[])
+    }
+
+    /// Appends a MESSAGE frame: one message of stream `id`, its body
+    /// compressed and encoded as `flags` say.
+    pub fn message(&mut self, id: RequestId, flags: Flags, body: &[u8]) -> Result<(), EncodeError> {
+        self.frame_with(FrameType::Message, flags, id, body, |_| {})
+    }
+
+    /// Appends an END frame: the client sends no more messages on stream
+    /// `id`.
+    pub fn end(&mut self, id: RequestId) {
+        self.bare(FrameType::End, id);
+    }
+
+    /// Appends a WINDOW frame granting the peer `grant` more bytes of
+    /// messages on stream `id`.
+    pub fn window(&mut self, id: RequestId, grant: WindowMeta) {
+        // {"bytes": n} with n below 2^31 always fits.
+        let _ = self.frame(FrameType::Window, Flags::default(), id, &grant, &[]);
     }
 
     /// Appends a CANCEL frame for request `id`.
@@ -268,6 +287,30 @@ impl Encoder {
 mod tests {
     use super::*;
     use crate::status::Code;
+
+    #[test]
+    fn stream_frames_have_only_their_sections() {
+        let mut enc = Encoder::new();
+        enc.message(RequestId(3), Flags::default(), b"\x01")
+            .unwrap();
+        enc.end(RequestId(3));
+        enc.window(RequestId(3), WindowMeta::new(1).unwrap());
+        let header = |at: usize| Header::decode(&enc.as_slice()[at..]).unwrap();
+        let (m, e, w) = (header(0), header(17), header(33));
+        assert_eq!(
+            (m.frame_type, m.meta_len, m.body_len),
+            (FrameType::Message, 0, 1)
+        );
+        assert_eq!(
+            (e.frame_type, e.meta_len, e.body_len),
+            (FrameType::End, 0, 0)
+        );
+        assert_eq!(
+            (w.frame_type, w.meta_len, w.body_len),
+            (FrameType::Window, 8, 0)
+        );
+        assert_eq!(&enc.as_slice()[49..], b"\x81\xa5bytes\x01");
+    }
 
     #[test]
     fn a_bare_status_meta_is_written_as_serde_writes_it() {

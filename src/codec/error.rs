@@ -24,7 +24,7 @@ pub enum ProtocolError {
     BadMagic([u8; 2]),
     /// The version byte is not 1.
     BadVersion(u8),
-    /// Frame type 0 or above 7.
+    /// Frame type 0 or above 10.
     BadFrameType(u8),
     /// One of the reserved flag bits 4-7 is set.
     ReservedFlags(u8),
@@ -49,6 +49,20 @@ pub enum ProtocolError {
         /// Its declared body length.
         body_len: u32,
     },
+    /// A MESSAGE frame with a meta section: a message is all body.
+    MessageWithMeta {
+        /// Its declared meta length.
+        meta_len: u16,
+    },
+    /// A WINDOW frame with a body: its grant is all meta.
+    WindowWithBody {
+        /// Its declared body length.
+        body_len: u32,
+    },
+    /// A WINDOW frame whose meta is not `{"bytes": n}` with n from 1 to
+    /// 2^31-1. It is refused whatever stream it names: no state makes it
+    /// well-formed.
+    BadWindow(super::meta::MetaError),
     /// The meta of a frame that needs it (RESPONSE, GOAWAY on the client
     /// side) could not be decoded.
     BadMeta(String),
@@ -84,7 +98,7 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::BadVersion(v) => write!(f, "unsupported version {v}, expected 1"),
             ProtocolError::BadFrameType(t) => {
-                write!(f, "invalid frame type {t}, expected 1 to 7")
+                write!(f, "invalid frame type {t}, expected 1 to 10")
             }
             ProtocolError::ReservedFlags(b) => {
                 write!(f, "reserved flag bits set: flags 0x{b:02x}")
@@ -106,6 +120,16 @@ impl fmt::Display for ProtocolError {
                 f,
                 "{frame_type} frame must be empty, has meta_len {meta_len} and body_len {body_len}"
             ),
+            ProtocolError::MessageWithMeta { meta_len } => {
+                write!(
+                    f,
+                    "MESSAGE frame must have no meta, has meta_len {meta_len}"
+                )
+            }
+            ProtocolError::WindowWithBody { body_len } => {
+                write!(f, "WINDOW frame must have no body, has body_len {body_len}")
+            }
+            ProtocolError::BadWindow(e) => write!(f, "bad WINDOW frame: {e}"),
             ProtocolError::BadMeta(m) => write!(f, "bad meta: {m}"),
             ProtocolError::MessageTooLarge { len, limit } => {
                 write!(

@@ -40,11 +40,18 @@ pub enum FrameType {
     Pong = 6,
     /// Server to client: no new requests on this connection.
     Goaway = 7,
+    /// Either way: one message of the stream named by the id.
+    Message = 8,
+    /// Client to server: no more messages on the stream named by the id.
+    End = 9,
+    /// Either way: grants the peer more bytes of messages on the stream
+    /// named by the id.
+    Window = 10,
 }
 
 impl FrameType {
     /// Every frame type, in code order.
-    pub const ALL: [FrameType; 7] = [
+    pub const ALL: [FrameType; 10] = [
         FrameType::Request,
         FrameType::Response,
         FrameType::Oneway,
@@ -52,12 +59,19 @@ impl FrameType {
         FrameType::Ping,
         FrameType::Pong,
         FrameType::Goaway,
+        FrameType::Message,
+        FrameType::End,
+        FrameType::Window,
     ];
 
-    /// The type for a wire code, or `None` for 0 and codes above 7.
+    /// The highest frame type code.
+    pub const MAX_CODE: u8 = 10;
+
+    /// The type for a wire code, or `None` for 0 and codes above
+    /// [`FrameType::MAX_CODE`].
     pub fn from_u8(code: u8) -> Option<FrameType> {
         match code {
-            1..=7 => Some(FrameType::ALL[code as usize - 1]),
+            1..=FrameType::MAX_CODE => Some(FrameType::ALL[code as usize - 1]),
             _ => None,
         }
     }
@@ -68,22 +82,40 @@ impl FrameType {
     }
 
     /// True for the types a client may send (REQUEST, ONEWAY, CANCEL, PING,
-    /// PONG).
+    /// PONG, MESSAGE, END, WINDOW).
     pub fn is_client_to_server(self) -> bool {
         !matches!(self, FrameType::Response | FrameType::Goaway)
     }
 
-    /// True for the types a server may send (RESPONSE, PING, PONG, GOAWAY).
+    /// True for the types a server may send (RESPONSE, PING, PONG, GOAWAY,
+    /// MESSAGE, WINDOW).
     pub fn is_server_to_client(self) -> bool {
         matches!(
             self,
-            FrameType::Response | FrameType::Ping | FrameType::Pong | FrameType::Goaway
+            FrameType::Response
+                | FrameType::Ping
+                | FrameType::Pong
+                | FrameType::Goaway
+                | FrameType::Message
+                | FrameType::Window
         )
     }
 
-    /// True for the types whose meta and body must be empty.
+    /// True for the types whose meta and body must be empty (CANCEL, PING,
+    /// PONG, END).
     pub fn is_bare(self) -> bool {
-        matches!(self, FrameType::Cancel | FrameType::Ping | FrameType::Pong)
+        matches!(
+            self,
+            FrameType::Cancel | FrameType::Ping | FrameType::Pong | FrameType::End
+        )
+    }
+
+    /// True for the frames of a stream: MESSAGE, END and WINDOW.
+    pub fn is_stream_frame(self) -> bool {
+        matches!(
+            self,
+            FrameType::Message | FrameType::End | FrameType::Window
+        )
     }
 
     /// The name used in `docs/protocol.md` (`"REQUEST"`, ...).
@@ -96,6 +128,9 @@ impl FrameType {
             FrameType::Ping => "PING",
             FrameType::Pong => "PONG",
             FrameType::Goaway => "GOAWAY",
+            FrameType::Message => "MESSAGE",
+            FrameType::End => "END",
+            FrameType::Window => "WINDOW",
         }
     }
 }

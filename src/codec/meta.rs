@@ -22,6 +22,9 @@ use crate::status::{Code, Status};
 pub const MAX_META_DEPTH: usize = 32;
 /// The longest `trace_id`, in bytes (`docs/protocol.md`, "Meta").
 pub const MAX_TRACE_ID_LEN: usize = 64;
+/// The largest flow-control window, and the largest grant one WINDOW frame
+/// may carry: 2^31-1 bytes (`docs/protocol.md`, "Flow control").
+pub const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 /// Why a meta section was rejected. The request is answered
 /// `INVALID_ARGUMENT` and the connection stays open: the framing is intact.
@@ -49,6 +52,10 @@ impl std::error::Error for MetaError {}
 
 fn is_zero(v: &u32) -> bool {
     *v == 0
+}
+
+fn is_false(v: &bool) -> bool {
+    !*v
 }
 
 /// Meta of a REQUEST or ONEWAY frame.
@@ -99,6 +106,14 @@ pub struct RequestMeta<'a> {
         skip_serializing_if = "Metadata::is_empty"
     )]
     pub md: Metadata,
+    /// True if the REQUEST opens a stream rather than making a unary call
+    /// (`docs/protocol.md`, "Streams"). Written only when true.
+    #[serde(
+        default,
+        deserialize_with = "key::stream",
+        skip_serializing_if = "is_false"
+    )]
+    pub stream: bool,
 }
 
 impl<'a> RequestMeta<'a> {
@@ -110,6 +125,7 @@ impl<'a> RequestMeta<'a> {
             trace_id: None,
             caller: None,
             md: Metadata::new(),
+            stream: false,
         }
     }
 
@@ -251,6 +267,55 @@ impl<'a> GoawayMeta<'a> {
     }
 }
 
+/// Meta of a WINDOW frame: `{"bytes": n}`, a grant of `n` more bytes of
+/// MESSAGE bodies on one stream. `n` is from 1 to [`MAX_WINDOW`]; a value
+/// of this type always is.
+///
+/// # Examples
+///
+/// ```
+/// use syncrpc::codec::{WindowMeta, MAX_WINDOW};
+///
+/// let grant = WindowMeta::new(65536).unwrap();
+/// assert_eq!(grant.to_vec(), b"\x81\xa5bytes\xce\x00\x01\x00\x00");
+/// assert_eq!(WindowMeta::decode(&grant.to_vec()), Ok(grant));
+/// assert!(WindowMeta::new(0).is_none());
+/// assert!(WindowMeta::new(MAX_WINDOW + 1).is_none());
+/// assert_eq!(
+///     WindowMeta::decode(b"\x81\xa5bytes\x00").unwrap_err().to_string(),
+///     "invalid meta: key `bytes`: invalid value: integer `0`, expected an integer from 1 to 2147483647"
+/// );
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct WindowMeta {
+    #[serde(deserialize_with = "key::window_bytes")]
+    bytes: u32,
+}
+
+impl WindowMeta {
+    /// A grant of `bytes`, or `None` unless it is from 1 to [`MAX_WINDOW`].
+    pub fn new(bytes: u32) -> Option<WindowMeta> {
+        (1..=MAX_WINDOW)
+            .contains(&bytes)
+            .then_some(WindowMeta { bytes })
+    }
+
+    /// The bytes granted, from 1 to [`MAX_WINDOW`].
+    pub fn bytes(self) -> u32 {
+        self.bytes
+    }
+
+    /// Decodes and validates a WINDOW meta section.
+    pub fn decode(bytes: &[u8]) -> Result<WindowMeta, MetaError> {
+        decode_map(bytes)
+    }
+
+    /// Encodes the meta as a MessagePack map.
+    pub fn to_vec(&self) -> Vec<u8> {
+        to_vec(self)
+    }
+}
+
 /// Readers for the known keys. Each names its key in an error, so the peer
 /// learns which value was wrong, and each optional key reads nil as absent:
 /// MessagePack writers in other languages often send nil for an unset field.
@@ -318,6 +383,53 @@ mod key {
 
     pub(super) fn goaway_message<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
         named("message", Option::deserialize(d)).map(Option::unwrap_or_default)
+    }
+
+    /// A boolean, nil read as false. Through `deserialize_any`, so that
+    /// another type is reported as what it is.
+    pub(super) fn stream<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = bool;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a boolean")
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<bool, E> {
+                Ok(v)
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+                Ok(false)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<bool, E> {
+                Ok(false)
+            }
+        }
+        named("stream", d.deserialize_any(V))
+    }
+
+    /// A WINDOW grant: an integer from 1 to 2^31-1, from any integer
+    /// marker.
+    pub(super) fn window_bytes<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = u32;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an integer from 1 to {}", super::MAX_WINDOW)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
+                u32::try_from(v)
+                    .ok()
+                    .filter(|v| (1..=super::MAX_WINDOW).contains(v))
+                    .ok_or_else(|| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        named("bytes", d.deserialize_any(V))
     }
 
     pub(super) fn md<'de, D: Deserializer<'de>>(d: D) -> Result<Metadata, D::Error> {
@@ -390,7 +502,7 @@ mod tests {
 
     #[test]
     fn nil_reads_as_absent_for_every_optional_key() {
-        for key in ["timeout_ms", "trace_id", "caller", "md"] {
+        for key in ["timeout_ms", "trace_id", "caller", "md", "stream"] {
             let bytes = with_nil(key);
             assert_eq!(
                 RequestMeta::decode(&bytes),

@@ -25,6 +25,15 @@ fn empty_md(r: &mut Cursor<'_>) -> Option<Metadata> {
     (r.byte()? == 0x80).then(Metadata::new)
 }
 
+/// A boolean; `nil` and anything else is the general decoder's.
+fn bool_at(r: &mut Cursor<'_>) -> Option<bool> {
+    match r.byte()? {
+        0xc2 => Some(false),
+        0xc3 => Some(true),
+        _ => None,
+    }
+}
+
 /// Records `bit` as seen; `None` if it was already.
 fn first_time(seen: &mut u8, bit: u8) -> Option<()> {
     (*seen & bit == 0).then(|| *seen |= bit)
@@ -62,6 +71,10 @@ pub(super) fn request(bytes: &[u8]) -> Option<RequestMeta<'_>> {
             b"md" => {
                 first_time(&mut seen, 16)?;
                 meta.md = empty_md(&mut r)?;
+            }
+            b"stream" => {
+                first_time(&mut seen, 32)?;
+                meta.stream = bool_at(&mut r)?;
             }
             _ => return None,
         }
@@ -127,6 +140,7 @@ mod tests {
             timeout_ms: 70_000,
             trace_id: Some("4bf92f35-77b3-4da6-a3ce-e0b4da1b2c3d"),
             caller: Some("billing"),
+            stream: true,
             ..RequestMeta::new("/echo.Echo/Say")
         };
         let mut cases = vec![
@@ -134,6 +148,11 @@ mod tests {
             full.to_vec(),
             // Each key once as the first, with the rest after it.
             b"\x82\xaatimeout_ms\x05\xa6method\xa6/a.A/b".to_vec(),
+            // A stream, true and false, then nil and a wrong type.
+            b"\x82\xa6method\xa6/a.A/b\xa6stream\xc3".to_vec(),
+            b"\x82\xa6stream\xc2\xa6method\xa6/a.A/b".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa6stream\xc0".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa6stream\x01".to_vec(),
             // Empty md, nil md, a non-empty md, an unknown key.
             b"\x82\xa6method\xa6/a.A/b\xa2md\x80".to_vec(),
             b"\x82\xa6method\xa6/a.A/b\xa2md\xc0".to_vec(),
@@ -175,7 +194,7 @@ mod tests {
 
     #[test]
     fn request_takes_the_usual_shapes() {
-        for bytes in &request_cases()[..4] {
+        for bytes in &request_cases()[..5] {
             assert!(request(bytes).is_some(), "{bytes:02x?}");
         }
     }
@@ -185,6 +204,8 @@ mod tests {
         use proptest::prelude::*;
         prop_oneof![
             Just(vec![0xc0]),
+            Just(vec![0xc2]),
+            Just(vec![0xc3]),
             Just(vec![0x80]),
             Just(vec![0x81, 0xa1, b'k', 0xa1, b'v']),
             Just(vec![0x91, 0x01]),
@@ -217,7 +238,7 @@ mod tests {
             entries in proptest::collection::vec(
                 (
                     proptest::sample::select(vec![
-                        "method", "timeout_ms", "trace_id", "caller", "md",
+                        "method", "timeout_ms", "trace_id", "caller", "md", "stream",
                         "code", "message", "other",
                     ]),
                     any_value(),

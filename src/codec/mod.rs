@@ -9,7 +9,8 @@
 //! The [`Decoder`] cuts frames off a read buffer incrementally and enforces
 //! the size limits without ever allocating from a declared length; the
 //! [`Encoder`] appends frames to a reused write buffer. Meta sections are
-//! decoded with [`RequestMeta`], [`ResponseMeta`] and [`GoawayMeta`];
+//! decoded with [`RequestMeta`], [`ResponseMeta`], [`GoawayMeta`] and
+//! [`WindowMeta`];
 //! bodies with [`decode_body`] after [`decompress`]. The protocol is
 //! described in full in `docs/protocol.md`.
 
@@ -35,5 +36,6 @@ pub use header::{
     Compression, Encoding, Flags, FrameType, Header, RequestId, HEADER_LEN, MAGIC, VERSION,
 };
 pub use meta::{
-    GoawayMeta, MetaError, RequestMeta, ResponseMeta, MAX_META_DEPTH, MAX_TRACE_ID_LEN,
+    GoawayMeta, MetaError, RequestMeta, ResponseMeta, WindowMeta, MAX_META_DEPTH, MAX_TRACE_ID_LEN,
+    MAX_WINDOW,
 };

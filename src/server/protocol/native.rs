@@ -137,6 +137,17 @@ impl MessageDecoder for NativeDecoder {
             FrameType::Ping => on_message(Message::Ping(header.request_id)),
             // An answer to a PING the server never sends: nothing to do.
             FrameType::Pong => {}
+            // Frames of a stream. This server opens none (it refuses every
+            // `stream: true`), so each names an id that is not an open
+            // stream and is ignored: it may have crossed the stream's
+            // RESPONSE. A WINDOW's meta was checked by the frame decoder.
+            FrameType::Message | FrameType::End | FrameType::Window => {
+                log::trace!(
+                    "{} for id {} that is not an open stream: ignored",
+                    header.frame_type,
+                    header.request_id
+                );
+            }
             // The decoder refuses frames sent in the wrong direction.
             FrameType::Response | FrameType::Goaway => {}
         }
@@ -157,6 +168,13 @@ impl MessageDecoder for NativeDecoder {
 fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(Message<'_>)) {
     let oneway = header.frame_type == FrameType::Oneway;
     match RequestMeta::decode(meta) {
+        Ok(m) if m.stream => on_message(Message::Refuse {
+            id: header.request_id,
+            flags: header.flags,
+            oneway,
+            status: not_a_stream(m.method),
+            trace: m.trace_id.and_then(TraceId::new),
+        }),
         Ok(m) => on_message(Message::Request {
             head: RequestHead {
                 id: header.request_id,
@@ -180,6 +198,16 @@ fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(
             trace: None,
         }),
     }
+}
+
+/// The answer to a REQUEST with `stream: true`. Every method this server
+/// has is unary (streaming methods come with the streaming API), so the
+/// stream is refused before the method is looked up, as a request with a
+/// bad meta is: the framing is intact and the connection goes on.
+fn not_a_stream(method: &str) -> Status {
+    Status::invalid_argument(format!(
+        "method {method} is not a streaming method: `stream: true` is refused"
+    ))
 }
 
 /// The refusal of a request whose body is over `limit`, with the trace id
