@@ -39,9 +39,9 @@
 //! - **A quick method's call that runs long does not stop the reading.**
 //!   While the connection's thread runs a request, its reading side (the
 //!   buffer, the decoder, the timers of the read) is lent to the writing
-//!   thread. The acceptor looks every 2 ms while connection threads run
-//!   requests (it sleeps when none has for a second); at a handler that
-//!   has run 2 ms, it has the writing thread read in the connection
+//!   thread. The acceptor looks every 5 ms while connection threads run
+//!   requests (it sleeps when none has for a few seconds); at a handler
+//!   that has run 10 ms, it has the writing thread read in the connection
 //!   thread's place, sending every request to the workers and firing
 //!   deadlines between reads, until the handler returns and the
 //!   connection's thread takes its reading side back. The call, timed,
@@ -116,10 +116,16 @@ const MAPS_PER_CONNECTION: usize = 8;
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// While connection threads run requests themselves, the acceptor looks
 /// this often for one whose handler runs long...
-const WATCH_TICK: Duration = Duration::from_millis(2);
+const WATCH_TICK: Duration = Duration::from_millis(5);
 /// ...and has the writing thread read in its place once its handler has
-/// run this long: forty times what counts as quick (`pace::QUICK`).
-const COVER_AFTER: Duration = Duration::from_millis(2);
+/// run this long. That is 200 times what counts as quick
+/// (`pace::QUICK`), so that a thread merely waiting for a busy CPU is not
+/// taken for one whose handler runs long.
+const COVER_AFTER: Duration = Duration::from_millis(10);
+/// While it covers, the writing thread reads with at most this timeout:
+/// how long the connection's thread may wait to take its reading side
+/// back once its handler returned.
+const COVER_READ: Duration = Duration::from_millis(2);
 /// The acceptor stops looking after this many looks without a request run
 /// by a connection thread, until the next one wakes it.
 const WATCH_IDLE_TICKS: u32 = 500;
@@ -1074,7 +1080,7 @@ impl Reader {
     /// back: every request goes to the workers, and deadlines fire
     /// between reads.
     fn cover(mut self) -> Reader {
-        let tick = self.t.tick.min(WATCH_TICK);
+        let tick = self.t.tick.min(COVER_READ);
         while !self.ended && !self.link.owner_back.load(Ordering::SeqCst) {
             let next_timer = {
                 let mut timers = lock(&self.link.timers);
