@@ -126,7 +126,8 @@ fn a_slow_call_of_a_quick_method_holds_up_nothing_on_its_connection() {
         sent.elapsed()
     );
     assert_eq!(answers[1].id, 101);
-    // That call went to the worker: the slow call made the method slow.
+    // That call went to the worker: the writing thread, reading in the
+    // connection thread's place, runs nothing itself.
     let name = answers[1].decode::<String>();
     assert!(name.starts_with("slowq-worker"), "{name}");
 
@@ -134,6 +135,11 @@ fn a_slow_call_of_a_quick_method_holds_up_nothing_on_its_connection() {
     release.send(()).unwrap();
     c.ping(8);
     assert!(until_pong(&mut c, 8).is_empty());
+    // The long call made the method slow: its next call, alone, goes to
+    // the worker too.
+    step(&mut c, 102, QUICK);
+    let name = c.response().decode::<String>();
+    assert!(name.starts_with("slowq-worker"), "{name}");
     drop(c);
     assert!(server.shutdown().is_clean());
 }

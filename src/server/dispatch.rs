@@ -26,7 +26,7 @@ use bytes::Bytes;
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
-use super::pace::QUICK;
+use super::pace::LONG;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
 use crate::codec::{compress, Compression, Flags, RequestId};
@@ -823,8 +823,8 @@ impl Task for RequestTask {
 impl RequestTask {
     /// Runs the request on a connection's own thread, which took it
     /// because its method is quick: timed every time, so that a call that
-    /// turns out slow stops the next ones from being taken, and written
-    /// from this thread before it returns.
+    /// turns out long ([`LONG`]) stops the next ones from being taken, and
+    /// written from this thread before it returns.
     pub fn run_on_connection_thread(self) {
         let now = Instant::now();
         if self.ctx.deadline().is_some_and(|d| now >= d) {
@@ -863,8 +863,8 @@ impl RequestTask {
         let reply = self.call();
         if let Some(at) = started {
             let took = at.elapsed();
-            // An unsampled call still counts when it was slow.
-            if sampled || took > QUICK {
+            // An unsampled call still counts when it was long.
+            if sampled || took >= LONG {
                 self.method().pace.record(took);
             }
         }

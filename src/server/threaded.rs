@@ -44,8 +44,9 @@
 //!   that has run 10 ms, it has the writing thread read in the connection
 //!   thread's place, sending every request to the workers and firing
 //!   deadlines between reads, until the handler returns and the
-//!   connection's thread takes its reading side back. The call, timed,
-//!   makes its method slow, so its next calls go to the workers.
+//!   connection's thread takes its reading side back. The call, timed
+//!   and that long, makes its method slow, so its next calls go to the
+//!   workers.
 //!
 //! Reading happens in one place, [`Reader::read`]; writing in one,
 //! `ConnShared::flush` (and below it `connection::write_out`).
@@ -121,7 +122,7 @@ const WATCH_TICK: Duration = Duration::from_millis(5);
 /// run this long. That is 200 times what counts as quick
 /// (`pace::QUICK`), so that a thread merely waiting for a busy CPU is not
 /// taken for one whose handler runs long.
-const COVER_AFTER: Duration = Duration::from_millis(10);
+const COVER_AFTER: Duration = super::pace::LONG;
 /// While it covers, the writing thread reads with at most this timeout:
 /// how long the connection's thread may wait to take its reading side
 /// back once its handler returned.
