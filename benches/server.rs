@@ -5,6 +5,7 @@
 //! ```text
 //! cargo bench --bench server                   # every row, 3 runs of 2 s
 //! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
+//! BENCH_ONLY_LOG=1 cargo bench --bench server 2>/dev/null  # access log on/off only
 //! # profiling: a server by hand, then load only
 //! target/release/deps/server-* --serve event      # prints its port
 //! cargo run --release --example load -- --addr 127.0.0.1:PORT -c 16 -d 32
@@ -39,7 +40,7 @@
 //! with thread mode over more shapes of load.
 //!
 //! Name tables to run only those: `cargo bench --bench server -- thread`
-//! (`event`, `thread`, `msgpack`).
+//! (`event`, `thread`, `log`, `msgpack`).
 //!
 //! `BENCH_SHARED=1` gives the server every core instead of one, with the
 //! load unpinned beside it, and two workers by default: the many-CPU paths
@@ -87,6 +88,13 @@ fn shared() -> bool {
 fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
     let workers = workers().to_string();
     let mut args = vec!["--workers".to_owned(), workers];
+    let kind = match kind.strip_suffix("+log") {
+        Some(kind) => {
+            args.push("--access-log".to_owned());
+            kind
+        }
+        None => kind,
+    };
     let kind = match kind.strip_suffix("+inline") {
         Some(kind) => {
             args.push("--inline".to_owned());
@@ -155,7 +163,14 @@ fn drive(args: &[String]) {
         .map(String::as_str)
         .filter(|a| !a.starts_with('-'))
         .collect();
-    let wants = |part: &str| only.is_empty() || only.contains(&part);
+    let only_log = std::env::var_os("BENCH_ONLY_LOG").is_some();
+    let wants = |part: &str| {
+        if only_log {
+            part == "log"
+        } else {
+            only.is_empty() || only.contains(&part)
+        }
+    };
     let pin = !shared() && server_proc::pin_load();
     let placement = if pin {
         "server pinned to core 0, load to core 1".to_owned()
@@ -178,6 +193,9 @@ fn drive(args: &[String]) {
     }
     if wants("thread") {
         thread_table(pin, runs, dur);
+    }
+    if wants("log") {
+        log_table(pin, runs, dur);
     }
     if wants("msgpack") {
         msgpack_table(pin, runs, dur);
@@ -304,6 +322,36 @@ fn event_table(pin: bool, runs: usize, dur: Duration) {
                 i.rps / c.rps
             );
         }
+    }
+}
+
+/// The access log at info, written off the request path: what it costs
+/// beside the same server without it.
+fn log_table(pin: bool, runs: usize, dur: Duration) {
+    // The access log at info, written off the request path: what it
+    // costs beside the same server without it.
+    println!(
+        "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>5}",
+        "conns", "depth", "log req/s", "p50", "p99", "cpu/req", "no log", "ratio"
+    );
+    for depth in [1usize, 32] {
+        let conns = 16;
+        let [n, l] = median_rows(
+            [("event", Wire::Native), ("event+log", Wire::Native)],
+            runs,
+            |kind, wire| run_row(kind, wire, pin, conns, depth, dur),
+        );
+        println!(
+            "{:>5} {:>6} | {:>10.0} {:>8} {:>8} {:>6.1}us | {:>10.0} {:>5.2}",
+            conns,
+            depth,
+            l.rps,
+            Latency(l.p50),
+            Latency(l.p99),
+            l.cpu_us,
+            n.rps,
+            l.rps / n.rps
+        );
     }
 }
 

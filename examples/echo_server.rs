@@ -246,7 +246,7 @@ fn main() -> ExitCode {
     let server = Server::builder()
         .config(args.config)
         .handle_signals(true)
-        .filter(AccessLog::new())
+        .filter(AccessLog::new().to_writer(std::io::stderr()))
         .filter(metrics.clone())
         .service(echo_service())
         .msgpack_rpc_default_service("echo.Echo")

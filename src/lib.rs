@@ -7,9 +7,10 @@
 //! connection (see [`server::Mode`]). A [`Client`] blocks the calling thread while calls
 //! from any number of threads share its connections (see [`client`]).
 //! Requests and responses are framed as described in [`codec`]; the same
-//! services also answer MessagePack-RPC clients on the same port, each
+//! services also answer MessagePack-RPC clients and HTTP/1.1 with JSON
+//! (`curl`, Prometheus, Kubernetes probes) on the same port, each
 //! connection served in the protocol its first byte announces
-//! ([`server::Protocols`], `docs/msgpack-rpc.md`). A
+//! ([`server::Protocols`], `docs/msgpack-rpc.md`, `docs/http.md`). A
 //! shutdown, from SIGTERM or the application, loses no request it read:
 //! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
@@ -77,8 +78,8 @@
 //!                                   │  frames of `codec`
 //!                                   ▼
 //!  server: event loops (mio) or a thread per connection
-//!          └─ protocol (a trait): native frames or MessagePack-RPC, per
-//!             connection; decodes requests, encodes answers
+//!          └─ protocol (a trait): native frames, MessagePack-RPC or
+//!             HTTP/1.1, per connection; decodes requests, encodes answers
 //!          └─ dispatch: routing, deadline, in-flight table
 //!               └─ WorkerPool (bounded queue, deadline per task)
 //!                    └─ filters ─▶ decompress + decode ─▶ handler(&Context, req)
@@ -101,7 +102,8 @@
 //!   and answers are written by whichever thread makes them). Per-request
 //!   work lives in one mode-independent dispatcher, so limits, status codes
 //!   and deadlines are identical in both. The dispatcher is also
-//!   protocol-independent: each wire protocol (native, MessagePack-RPC) is
+//!   protocol-independent: each wire protocol (native, MessagePack-RPC,
+//!   HTTP/1.1) is
 //!   one implementation of a small internal trait, chosen per connection
 //!   by its first byte; its decoder hands the dispatcher neutral requests,
 //!   and it encodes the answers, so services, filters, the pool, deadlines

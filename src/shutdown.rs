@@ -7,7 +7,10 @@
 //! [`handle_signals`](crate::ServerBuilder::handle_signals). None of these
 //! does the work: each only sends a trigger to the server's coordinator
 //! thread, which runs the steps (the signal handler itself does nothing
-//! else, as in crossbeam's stopwatch example):
+//! else, as in crossbeam's stopwatch example). The signal handler is
+//! installed before the server's listeners open, so a signal that comes
+//! while the server is still starting waits in the trigger queue and
+//! starts the shutdown as soon as the coordinator runs:
 //!
 //! 0. the health service reports `NOT_SERVING`, and for the drain delay
 //!    ([`Timeouts::drain_delay`](crate::server::Timeouts::drain_delay))

@@ -545,7 +545,7 @@ mod tests {
         group.wait().unwrap();
         assert!(peak.load(Ordering::SeqCst) <= 3);
         let sum: usize = handles.into_iter().map(|h| h.join().unwrap()).sum();
-        assert_eq!(sum, (0..40).sum());
+        assert_eq!(sum, (0..40).sum::<usize>());
     }
 
     #[test]

@@ -204,7 +204,7 @@ fn hostile_request_metas() -> Vec<(&'static str, Vec<u8>, String)> {
         (
             "method as int",
             map(&[("method", b"\x01")]),
-            "invalid meta: key `method`: invalid type: integer `1`, expected a borrowed string"
+            "invalid meta: key `method`: invalid type: integer `1`, expected a MessagePack str"
                 .into(),
         ),
         (
@@ -212,6 +212,24 @@ fn hostile_request_metas() -> Vec<(&'static str, Vec<u8>, String)> {
             map(&[("method", b"\xa2\xff\xfe")]),
             "invalid meta: key `method`: string found to be invalid utf8: invalid utf-8 \
              sequence of 1 bytes from index 0"
+                .into(),
+        ),
+        (
+            "method as a bin of UTF-8",
+            map(&[("method", b"\xc4\x0e/echo.Echo/Say")]),
+            "invalid meta: key `method`: invalid type: byte array, expected a MessagePack str"
+                .into(),
+        ),
+        (
+            "trace_id as a bin of UTF-8",
+            map(&[("method", &m), ("trace_id", b"\xc4\x02t1")]),
+            "invalid meta: key `trace_id`: invalid type: byte array, expected a MessagePack str"
+                .into(),
+        ),
+        (
+            "caller as a bin of UTF-8",
+            map(&[("method", &m), ("caller", b"\xc4\x07billing")]),
+            "invalid meta: key `caller`: invalid type: byte array, expected a MessagePack str"
                 .into(),
         ),
         (
@@ -259,7 +277,7 @@ fn hostile_request_metas() -> Vec<(&'static str, Vec<u8>, String)> {
         (
             "trace_id as int",
             map(&[("method", &m), ("trace_id", b"\x07")]),
-            "invalid meta: key `trace_id`: invalid type: integer `7`, expected a borrowed string"
+            "invalid meta: key `trace_id`: invalid type: integer `7`, expected a MessagePack str"
                 .into(),
         ),
         (

@@ -64,6 +64,16 @@ fn golden_seeds_decode_as_expected() {
     assert_eq!((ping.frames, ping.errors), (2, 0), "{ping:?}");
     let server = seed("server-stream");
     assert_eq!((server.frames, server.errors), (4, 1), "{server:?}");
+    // Metas giving `method`, `trace_id`, `caller` or `message` a bin where
+    // the protocol says str: whole frames, and no request or response
+    // meta decodes (one reads as a GOAWAY meta, which has no trace_id).
+    for (name, frames, metas) in [
+        ("meta-bin-where-str-request", 3, 0),
+        ("meta-bin-where-str-response", 2, 1),
+    ] {
+        let s = seed(name);
+        assert_eq!((s.frames, s.metas), (frames, metas), "{name}: {s:?}");
+    }
     // Revision 1.1: MESSAGE and WINDOW go either way, END only to a
     // server, and a stream opens with a REQUEST.
     for name in ["golden-message", "golden-window"] {

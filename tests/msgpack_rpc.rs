@@ -244,6 +244,28 @@ fn a_malformed_message_closes_after_earlier_answers(mode: Mode) {
     server.shutdown();
 }
 
+fn a_method_name_as_a_bin_of_utf8_is_served(mode: Mode) {
+    let server = builder(mode)
+        .service(echo_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = MrpcClient::connect(server.local_addr());
+    // [0, 1, bin "echo.Echo.Say", [{"text": "as bytes"}]]
+    let mut bytes = vec![0x94, 0x00, 0x01];
+    rmp::encode::write_bin(&mut bytes, b"echo.Echo.Say").unwrap();
+    bytes.extend_from_slice(&rmp_serde::to_vec_named(&(say("as bytes"),)).unwrap());
+    c.stream.write_all(&bytes).unwrap();
+    assert_eq!(c.ok::<Say>(1).text, "as bytes");
+    // A bin that is not UTF-8 names nothing: a protocol error, after the
+    // answers already produced.
+    let mut bytes = MrpcClient::request_bytes(2, "echo.Echo.Say", &(say("first"),));
+    bytes.extend_from_slice(&[0x94, 0x00, 0x03, 0xc4, 0x02, 0xff, 0xfe, 0x91, 0xc0]);
+    c.stream.write_all(&bytes).unwrap();
+    assert_eq!(c.ok::<Say>(2).text, "first");
+    c.expect_closed();
+    server.shutdown();
+}
+
 fn limits_apply(mode: Mode) {
     let server = builder(mode)
         .service(echo_service())
@@ -425,6 +447,7 @@ per_mode!(
     concurrent_calls_on_one_connection,
     a_message_in_pieces_is_read,
     a_malformed_message_closes_after_earlier_answers,
+    a_method_name_as_a_bin_of_utf8_is_served,
     limits_apply,
     a_connection_refused_at_accept_is_closed_without_a_goaway,
     both_protocols_share_a_listener_and_can_be_pinned,

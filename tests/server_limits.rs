@@ -58,7 +58,8 @@ fn connection_errors_get_goaway_internal_then_close(mode: Mode) {
         .unwrap();
     let mut bystander = RawClient::connect(server.local_addr());
     let mut bad_magic = header(FrameType::Ping, 0, 1, 0);
-    bad_magic[0] = b'X';
+    // Not a capital letter, which would be the start of an HTTP request.
+    bad_magic[0] = b'x';
     let mut bad_version = header(FrameType::Ping, 0, 1, 0);
     bad_version[2] = 9;
     let mut bad_type = header(FrameType::Ping, 0, 1, 0);

@@ -6,13 +6,16 @@ mod util;
 use std::thread;
 use std::time::Duration;
 
-use syncrpc::codec::{compress, Compression, Encoding, Flags, RequestMeta};
+use syncrpc::codec::{
+    compress, Compression, Encoding, Flags, FrameType, Header, RequestId, RequestMeta, HEADER_LEN,
+};
 use syncrpc::server::{Limits, Timeouts};
 use syncrpc::{CancelReason, Code, ServerBuilder};
 use util::{echo_service, encode, gate_service, say, Mode, RawClient};
 
 per_mode!(
     invalid_argument_for_bad_meta_body_and_duplicate_ids,
+    invalid_argument_for_a_bin_where_the_meta_says_str,
     unimplemented_for_unknown_malformed_and_reserved,
     resource_exhausted_for_big_bodies_and_a_full_queue,
     deadline_exceeded_while_running_drops_the_late_result,
@@ -96,6 +99,90 @@ fn invalid_argument_for_bad_meta_body_and_duplicate_ids(mode: Mode) {
     // The connection stayed open through all of it.
     c.call(7, "/echo.Echo/Say", &say("still here"));
     assert_eq!(c.response().decode::<util::Say>(), say("still here"));
+}
+
+/// A REQUEST frame with `meta` as given and an encoded `()` body.
+fn request_frame(id: u32, meta: &[u8]) -> Vec<u8> {
+    let body = encode(&());
+    let mut out = vec![0u8; HEADER_LEN];
+    Header {
+        frame_type: FrameType::Request,
+        flags: Flags::default(),
+        meta_len: meta.len() as u16,
+        request_id: RequestId(id),
+        body_len: body.len() as u32,
+    }
+    .encode(&mut out);
+    out.extend_from_slice(meta);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// `{key: value, ...}` with str keys and values already encoded.
+fn meta_map(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_map_len(&mut out, entries.len() as u32).unwrap();
+    for (key, value) in entries {
+        rmp::encode::write_str(&mut out, key).unwrap();
+        out.extend_from_slice(value);
+    }
+    out
+}
+
+fn msgpack_str(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_str(&mut out, s).unwrap();
+    out
+}
+
+fn msgpack_bin(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    rmp::encode::write_bin(&mut out, s.as_bytes()).unwrap();
+    out
+}
+
+fn invalid_argument_for_a_bin_where_the_meta_says_str(mode: Mode) {
+    let (gate, g) = gate_service();
+    let server = util::builder(mode)
+        .service(gate)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    let method = || msgpack_str("/gate.Gate/Count");
+    // The same text the str would hold, under the bin marker; each
+    // between calls that are served, all in one write.
+    let frames = [
+        request_frame(1, &meta_map(&[("method", method())])),
+        request_frame(2, &meta_map(&[("method", msgpack_bin("/gate.Gate/Count"))])),
+        request_frame(
+            3,
+            &meta_map(&[("method", method()), ("trace_id", msgpack_bin("t-1"))]),
+        ),
+        request_frame(
+            4,
+            &meta_map(&[("method", method()), ("caller", msgpack_bin("billing"))]),
+        ),
+        request_frame(5, &meta_map(&[("method", method())])),
+    ]
+    .concat();
+    c.write_bytes(&frames);
+    let mut answers: Vec<util::Resp> = (0..5).map(|_| c.response()).collect();
+    answers.sort_by_key(|r| r.id);
+    for (r, key) in answers[1..4].iter().zip(["method", "trace_id", "caller"]) {
+        r.expect_code(
+            Code::INVALID_ARGUMENT,
+            &format!("key `{key}`: invalid type: byte array, expected a MessagePack str"),
+        );
+    }
+    for r in [&answers[0], &answers[4]] {
+        assert_eq!(r.code, Code::OK, "{r:?}");
+    }
+    assert_eq!(server.stats().connections, 1);
+    // Only the well-typed calls ran, and the connection is still served.
+    assert_eq!(g.calls(), 2);
+    c.call(6, "/gate.Gate/Count", &());
+    assert_eq!(c.response().code, Code::OK);
+    assert_eq!(g.calls(), 3);
 }
 
 fn unimplemented_for_unknown_malformed_and_reserved(mode: Mode) {

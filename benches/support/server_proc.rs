@@ -110,8 +110,15 @@ pub fn serve(kind: &str, args: &[String]) {
             },
             ..ServerConfig::default()
         };
-        Server::builder()
-            .config(config)
+        let mut builder = Server::builder().config(config);
+        if args.iter().any(|a| a == "--access-log") {
+            // The example server's access log: info, to stderr.
+            let _ = env_logger::Builder::new()
+                .filter_level(log::LevelFilter::Info)
+                .try_init();
+            builder = builder.filter(syncrpc::filters::AccessLog::new().to_writer(io::stderr()));
+        }
+        builder
             .service(echo)
             .bind("127.0.0.1:0")
             .expect("start the server")

@@ -357,8 +357,41 @@ mod key {
         }
     }
 
+    /// A MessagePack `str`, borrowed from the meta. A `bin` is refused
+    /// even when its bytes are UTF-8: the protocol says `str`, and the
+    /// one-pass reader of `meta_scan` takes nothing else either. (serde's
+    /// own `&str` would take the bytes of a `bin`.)
+    struct Str<'de>(&'de str);
+
+    impl<'de> Deserialize<'de> for Str<'de> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str<'de>, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Str<'de>;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a MessagePack str")
+                }
+                fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Str<'de>, E> {
+                    Ok(Str(v))
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
+    fn str_at<'de, D: Deserializer<'de>>(key: &str, d: D) -> Result<&'de str, D::Error> {
+        named(key, Str::deserialize(d)).map(|s| s.0)
+    }
+
+    fn opt_str_at<'de, D: Deserializer<'de>>(
+        key: &str,
+        d: D,
+    ) -> Result<Option<&'de str>, D::Error> {
+        named(key, Option::<Str<'de>>::deserialize(d)).map(|s| s.map(|s| s.0))
+    }
+
     pub(super) fn method<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
-        named("method", <&str>::deserialize(d))
+        str_at("method", d)
     }
 
     pub(super) fn code<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -370,19 +403,19 @@ mod key {
     }
 
     pub(super) fn trace_id<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
-        named("trace_id", Option::deserialize(d))
+        opt_str_at("trace_id", d)
     }
 
     pub(super) fn caller<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
-        named("caller", Option::deserialize(d))
+        opt_str_at("caller", d)
     }
 
     pub(super) fn message<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de str>, D::Error> {
-        named("message", Option::deserialize(d))
+        opt_str_at("message", d)
     }
 
     pub(super) fn goaway_message<'de, D: Deserializer<'de>>(d: D) -> Result<&'de str, D::Error> {
-        named("message", Option::deserialize(d)).map(Option::unwrap_or_default)
+        opt_str_at("message", d).map(Option::unwrap_or_default)
     }
 
     /// A boolean, nil read as false. Through `deserialize_any`, so that
@@ -530,7 +563,7 @@ mod tests {
         let e = RequestMeta::decode(b"\x81\xa6method\xc0").unwrap_err();
         assert_eq!(
             e.to_string(),
-            "invalid meta: key `method`: invalid type: unit value, expected a borrowed string"
+            "invalid meta: key `method`: invalid type: unit value, expected a MessagePack str"
         );
         // {"code": -1}
         let e = ResponseMeta::decode(b"\x81\xa4code\xff").unwrap_err();

@@ -11,7 +11,8 @@
 //! answer for every input.
 
 use super::cursor::Cursor;
-use super::meta::{RequestMeta, ResponseMeta, MAX_TRACE_ID_LEN};
+use super::meta::{RequestMeta, ResponseMeta, MAX_META_DEPTH, MAX_TRACE_ID_LEN};
+use super::msgpack;
 use crate::metadata::Metadata;
 
 /// An integer that fits in 32 bits; a larger one is the general
@@ -118,14 +119,51 @@ pub(super) fn response(bytes: &[u8]) -> Option<ResponseMeta<'_>> {
     (seen & 1 == 1 && r.at_end()).then_some(meta)
 }
 
+/// The keys of a request meta whose values are `str`.
+const REQUEST_STR_KEYS: &[&[u8]] = &[b"method", b"trace_id", b"caller"];
+/// The keys of a response meta whose values are `str`.
+const RESPONSE_STR_KEYS: &[&[u8]] = &[b"message", b"trace_id"];
+
+/// Whether the map in `bytes` gives one of `keys` a `bin` value, where the
+/// protocol says `str`. False for anything that is not a well-formed map.
+fn bin_where_str(bytes: &[u8], keys: &[&[u8]]) -> bool {
+    let mut r = Cursor::new(bytes);
+    let Some(n) = r.map_len() else {
+        return false;
+    };
+    for _ in 0..n {
+        let Some(key) = r.str_bytes(false) else {
+            return false;
+        };
+        if keys.contains(&key) && matches!(bytes.get(r.pos), Some(0xc4..=0xc6)) {
+            return true;
+        }
+        match msgpack::skip_value(bytes, r.pos, MAX_META_DEPTH) {
+            Ok(next) => r.pos = next,
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Panics unless both paths agree on `bytes` wherever the one-pass reader
-/// takes them: the fuzzer's check.
+/// takes them, and neither takes a `bin` where the protocol says `str`
+/// (the one-pass reader gives those up, so the general decoder must
+/// refuse them itself): the fuzzer's check.
 pub(crate) fn assert_agrees(bytes: &[u8]) {
     if let Some(fast) = request(bytes) {
         assert_eq!(Ok(fast), super::meta::decode_request_slow(bytes));
     }
     if let Some(fast) = response(bytes) {
         assert_eq!(Ok(fast), super::meta::decode_response_slow(bytes));
+    }
+    if bin_where_str(bytes, REQUEST_STR_KEYS) {
+        let decoded = super::meta::RequestMeta::decode(bytes);
+        assert!(decoded.is_err(), "a bin where str is due: {decoded:?}");
+    }
+    if bin_where_str(bytes, RESPONSE_STR_KEYS) {
+        let decoded = super::meta::ResponseMeta::decode(bytes);
+        assert!(decoded.is_err(), "a bin where str is due: {decoded:?}");
     }
 }
 
@@ -167,6 +205,10 @@ mod tests {
             b"\x82\xa6method\xa6/a.A/b\xaatimeout_ms\xff".to_vec(),
             b"\x82\xa6method\xa6/a.A/b\xaatimeout_ms\xcf\x00\x00\x00\x01\x00\x00\x00\x00".to_vec(),
             b"\x81\xa6method\xa2\xff\xfe".to_vec(),
+            // A bin holding UTF-8 where the protocol says str.
+            b"\x81\xa6method\xc4\x06/a.A/b".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa8trace_id\xc4\x02t1".to_vec(),
+            b"\x82\xa6method\xa6/a.A/b\xa6caller\xc4\x01c".to_vec(),
             // Truncated, not a map, empty.
             b"\x81\xa6method\xa6/a.A".to_vec(),
             b"\x91\x01".to_vec(),
@@ -190,6 +232,30 @@ mod tests {
                 assert_eq!(Ok(fast), slow, "{bytes:02x?}");
             }
         }
+    }
+
+    #[test]
+    fn a_bin_where_the_protocol_says_str_is_refused() {
+        let cases: [&[u8]; 5] = [
+            b"\x81\xa6method\xc4\x06/a.A/b",
+            b"\x82\xa6method\xa6/a.A/b\xa8trace_id\xc4\x02t1",
+            b"\x82\xa6method\xa6/a.A/b\xa6caller\xc4\x01c",
+            b"\x82\xa4code\x00\xa7message\xc4\x01m",
+            b"\x82\xa4code\x00\xa8trace_id\xc4\x02t1",
+        ];
+        for bytes in cases {
+            assert!(
+                bin_where_str(bytes, REQUEST_STR_KEYS) || bin_where_str(bytes, RESPONSE_STR_KEYS)
+            );
+            assert_agrees(bytes);
+        }
+        let e = RequestMeta::decode(cases[0]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid meta: key `method`: invalid type: byte array, expected a MessagePack str"
+        );
+        // The same bytes as a str are the usual shape.
+        assert!(request(b"\x81\xa6method\xa6/a.A/b").is_some());
     }
 
     #[test]
@@ -229,6 +295,12 @@ mod tests {
                 rmp::encode::write_bin(&mut v, &b).unwrap();
                 v
             }),
+            // Text as a bin: what a str would hold, under the wrong marker.
+            "[a-z/.]{0,80}".prop_map(|s| {
+                let mut v = Vec::new();
+                rmp::encode::write_bin(&mut v, s.as_bytes()).unwrap();
+                v
+            }),
         ]
     }
 
@@ -245,7 +317,9 @@ mod tests {
                 ),
                 0..7,
             ),
-            leading in proptest::sample::select(vec![None, Some("method"), Some("code")]),
+            leading in proptest::sample::select(vec![
+                None, Some("method"), Some("code"), Some("method as bin"),
+            ]),
             trailing in proptest::bool::ANY,
         ) {
             // Often start with the required key, so the fast path has a
@@ -253,10 +327,20 @@ mod tests {
             let mut entries = entries;
             if let Some(key) = leading {
                 let mut value = Vec::new();
-                match key {
-                    "method" => rmp::encode::write_str(&mut value, "/a.B/c").unwrap(),
-                    _ => rmp::encode::write_uint(&mut value, 5).map(drop).unwrap(),
-                }
+                let key = match key {
+                    "method" => {
+                        rmp::encode::write_str(&mut value, "/a.B/c").unwrap();
+                        key
+                    }
+                    "method as bin" => {
+                        rmp::encode::write_bin(&mut value, b"/a.B/c").unwrap();
+                        "method"
+                    }
+                    _ => {
+                        rmp::encode::write_uint(&mut value, 5).unwrap();
+                        key
+                    }
+                };
                 entries.insert(0, (key, value));
             }
             let mut bytes = Vec::new();

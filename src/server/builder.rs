@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use super::endpoints::Endpoints;
 use super::protocol::Protocols;
 use super::Server;
 use crate::error::Error;
@@ -85,7 +86,10 @@ impl Default for Limits {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Timeouts {
     /// A connection with nothing in flight that receives nothing for this
-    /// long gets GOAWAY `UNAVAILABLE` and is closed. Default 60 s (protocol default).
+    /// long gets GOAWAY `UNAVAILABLE` and is closed. The period starts at
+    /// the last byte received or the last answer written, whichever is
+    /// later: a call that runs longer than this leaves its connection a
+    /// whole period after its answer. Default 60 s (protocol default).
     pub idle: Duration,
     /// Time to receive one whole frame, from its first byte; past it the
     /// connection is closed (a slow-loris defence). Default 30 s (protocol default).
@@ -227,7 +231,7 @@ pub struct ServerConfig {
     /// for them.
     pub connection_stack_size: Option<usize>,
     /// The wire protocols connections may speak. Default
-    /// [`Protocols::Both`]: each connection is served in the protocol its
+    /// [`Protocols::All`]: each connection is served in the protocol its
     /// first byte announces (`docs/msgpack-rpc.md`).
     pub protocols: Protocols,
     /// The service a bare MessagePack-RPC method name (one with no `/` and
@@ -235,6 +239,9 @@ pub struct ServerConfig {
     /// ([`ServerBuilder::msgpack_rpc_default_service_on`]). Default none:
     /// such names are unknown methods.
     pub msgpack_rpc_default_service: Option<String>,
+    /// The built-in HTTP endpoints served (`GET /healthz`, `/livez`,
+    /// `/metrics`, `/`; `docs/http.md`). Default all.
+    pub endpoints: Endpoints,
 }
 
 impl Default for ServerConfig {
@@ -251,8 +258,9 @@ impl Default for ServerConfig {
             mode: Mode::Event,
             inline_handlers: false,
             connection_stack_size: None,
-            protocols: Protocols::Both,
+            protocols: Protocols::All,
             msgpack_rpc_default_service: None,
+            endpoints: Endpoints::default(),
         }
     }
 }
@@ -266,6 +274,8 @@ pub(crate) struct ListenerSpec {
     /// Overrides [`ServerConfig::msgpack_rpc_default_service`] on this
     /// listener.
     pub msgpack_rpc_default_service: Option<String>,
+    /// Serves only the built-in endpoints, over HTTP.
+    pub admin: bool,
 }
 
 impl ListenerSpec {
@@ -275,6 +285,7 @@ impl ListenerSpec {
             services,
             protocols: None,
             msgpack_rpc_default_service: None,
+            admin: false,
         }
     }
 }
@@ -330,6 +341,7 @@ pub struct ServerBuilder {
     config: ServerConfig,
     services: Vec<Service>,
     own: Vec<(Vec<SocketAddr>, Service)>,
+    admin: Option<Vec<SocketAddr>>,
     pinned: Vec<(Vec<SocketAddr>, ListenerSetting)>,
     filters: Vec<Arc<dyn Filter>>,
     errors: Vec<String>,
@@ -356,6 +368,7 @@ impl ServerBuilder {
             config: ServerConfig::default(),
             services: Vec::new(),
             own: Vec::new(),
+            admin: None,
             pinned: Vec::new(),
             filters: Vec::new(),
             errors: Vec::new(),
@@ -420,7 +433,7 @@ impl ServerBuilder {
     }
 
     /// Sets the wire protocols connections may speak; see
-    /// [`ServerConfig::protocols`]. Default [`Protocols::Both`].
+    /// [`ServerConfig::protocols`]. Default [`Protocols::All`].
     pub fn protocols(mut self, protocols: Protocols) -> ServerBuilder {
         self.config.protocols = protocols;
         self
@@ -479,6 +492,42 @@ impl ServerBuilder {
         )
     }
 
+    /// Sets which built-in HTTP endpoints are served (default all); see
+    /// [`Endpoints`].
+    pub fn endpoints(mut self, endpoints: Endpoints) -> ServerBuilder {
+        self.config.endpoints = endpoints;
+        self
+    }
+
+    /// Serves the built-in endpoints (`/healthz`, `/livez`, `/metrics`,
+    /// `/`) on a listener of their own at `addr`, over HTTP only, and no
+    /// longer on the other listeners: a private admin port, which
+    /// Prometheus and the probes reach and the public does not. Default
+    /// none: every listener serves them.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::Server;
+    ///
+    /// let server = Server::builder()
+    ///     .admin_on("127.0.0.1:0")
+    ///     .bind("127.0.0.1:0")?;
+    /// let admin = server.handle().admin_addr().expect("an admin listener");
+    /// assert_ne!(admin, server.local_addr());
+    /// server.shutdown();
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn admin_on(mut self, addr: impl ToSocketAddrs) -> ServerBuilder {
+        match resolve(addr) {
+            Ok(addrs) => self.admin = Some(addrs),
+            Err(e) => self
+                .errors
+                .push(format!("admin_on: cannot resolve the address: {e}")),
+        }
+        self
+    }
+
     /// Records `setting` for the listener at `addr`, found at `bind`.
     fn pin(mut self, addr: impl ToSocketAddrs, setting: ListenerSetting) -> ServerBuilder {
         match resolve(addr) {
@@ -528,8 +577,11 @@ impl ServerBuilder {
     /// application decides.
     ///
     /// The handler (the `ctrlc` crate's) is process-wide and installed
-    /// once, on the first bind that asks for it; every server that asked
-    /// then gets each signal. Binding fails with a usage error if the
+    /// once, on the first bind that asks for it, before that bind opens
+    /// its listeners: a signal that arrives as soon as the port accepts
+    /// starts the shutdown (once the server has started) rather than
+    /// ending the process. Every server that asked then gets each
+    /// signal. Binding fails with a usage error if the
     /// application set a `ctrlc` handler of its own, which can only be
     /// done once per process: start the shutdown from that handler with a
     /// [`ShutdownHandle`](crate::ShutdownHandle) instead.
@@ -601,6 +653,18 @@ impl ServerBuilder {
                 Some(spec) => spec.services.push(svc),
                 None => specs.push(ListenerSpec::new(addrs, vec![svc])),
             }
+        }
+        if let Some(addrs) = self.admin {
+            let fixed = addrs.iter().all(|a| a.port() != 0);
+            if fixed && specs.iter().any(|s| s.addrs == addrs) {
+                return Err(Error::usage(format!(
+                    "admin_on({addrs:?}): another listener has that address"
+                )));
+            }
+            let mut spec = ListenerSpec::new(addrs, Vec::new());
+            spec.admin = true;
+            spec.protocols = Some(Protocols::Http);
+            specs.push(spec);
         }
         for (addrs, setting) in self.pinned {
             match specs.iter_mut().find(|s| s.addrs == addrs) {

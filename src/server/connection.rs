@@ -24,7 +24,7 @@ use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,7 @@ use bytes::{Buf, BytesMut};
 use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, NATIVE};
+use super::service::MethodId;
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
 use crate::hash::FastHash;
@@ -65,6 +66,8 @@ pub(crate) trait Wake: Send + Sync {
 pub(crate) struct InFlight {
     /// Tells this request apart from a later one that reuses its id.
     pub seq: u64,
+    /// The method it calls, for its metrics.
+    pub method: MethodId,
     /// Also says whether a worker started the request
     /// ([`Context::claim_start`]).
     pub ctx: Context,
@@ -178,6 +181,14 @@ pub(crate) struct ConnState {
     /// The protocol the connection speaks, answers included: the native
     /// one until the first byte says otherwise.
     pub protocol: &'static dyn Protocol,
+    /// The connection counts in the server's open connections of its
+    /// protocol.
+    pub protocol_counted: bool,
+    /// When the connection last finished work: a write of its output
+    /// completed, or a ONEWAY request ended. The idle timeout counts from
+    /// this or the last read, whichever is later (see
+    /// [`ConnState::idle_since`]).
+    pub answered_at: Instant,
     next_seq: u64,
 }
 
@@ -195,7 +206,10 @@ impl ConnState {
     /// Whether the connection is at its in-flight or pending-response
     /// limit: its reader waits until requests finish or output drains.
     pub fn is_full(&self, limits: &Limits) -> bool {
-        self.active() >= limits.max_in_flight_per_connection
+        self.active()
+            >= limits
+                .max_in_flight_per_connection
+                .min(self.protocol.max_in_flight())
             || self.pending_bytes() >= limits.max_pending_response_bytes
     }
 
@@ -207,6 +221,17 @@ impl ConnState {
     /// Nothing waits to be written and nobody is writing.
     pub fn is_flushed(&self) -> bool {
         self.out.is_empty() && self.unsent.is_empty() && !self.writer_active
+    }
+
+    /// Since when the connection has been idle, given when its driver last
+    /// read from it; `None` while it is not (a request in flight, or
+    /// output not yet written). The idle period starts at the later of the
+    /// last read and the last answer written, so a call that ran longer
+    /// than the idle timeout leaves its connection a whole idle period
+    /// after its answer, as gRPC's `max_connection_idle` counts from the
+    /// last call's end.
+    pub fn idle_since(&self, last_read: Instant) -> Option<Instant> {
+        (self.active() == 0 && self.is_flushed()).then(|| last_read.max(self.answered_at))
     }
 
     /// Whether a thread that just changed this state must wake the driver.
@@ -301,6 +326,8 @@ impl ConnShared {
                 draining: false,
                 wake_when_blocked,
                 protocol: NATIVE,
+                protocol_counted: false,
+                answered_at: Instant::now(),
                 next_seq: 0,
             }),
         }
@@ -360,13 +387,18 @@ impl ConnShared {
             st.writer_active = true;
             st.in_write = chunk.len();
             drop(st);
+            let before = chunk.len();
             let result = write_out(&self.stream, &mut chunk, writable);
+            self.server()
+                .bytes_written
+                .fetch_add((before - chunk.len()) as u64, Ordering::Relaxed);
             st = self.lock();
             st.writer_active = false;
             st.in_write = 0;
             match result {
                 Ok((true, _)) => {
                     st.write_blocked_since = None;
+                    st.answered_at = Instant::now();
                     // Dropped before the next split, so the encoder can
                     // reclaim the allocation instead of making a new one.
                     drop(chunk);
@@ -401,6 +433,9 @@ impl ConnShared {
     pub fn close(&self) -> usize {
         let entries = {
             let mut st = self.lock();
+            if !st.closed && st.protocol_counted {
+                self.server().open_by_protocol[st.protocol.index()].fetch_sub(1, Ordering::Relaxed);
+            }
             st.closed = true;
             st.out.clear();
             st.unsent = BytesMut::new();
@@ -509,6 +544,7 @@ mod tests {
     fn entry() -> InFlight {
         InFlight {
             seq: 1,
+            method: MethodId::new(0),
             ctx: Context::background(),
             read_at: Instant::now(),
             timeout: None,

@@ -29,13 +29,14 @@ use super::connection::{ConnShared, ConnState, InFlight};
 use super::pace::LONG;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
+use super::telemetry::{MethodMetrics, Telemetry};
 use crate::codec::{compress, Compression, Flags, RequestId};
 use crate::context::{CancelReason, Context};
 use crate::filter::{Next, Reply, Request};
 use crate::latch::{Latch, LatchGuard};
 use crate::metadata::Metadata;
 use crate::pool::{panic_message, SubmitError, Task, WorkerPool};
-use crate::status::Status;
+use crate::status::{Code, Status};
 use crate::trace::TraceId;
 
 /// State every connection and worker of one server shares.
@@ -60,6 +61,16 @@ pub(crate) struct ServerShared {
     pub shutdown_drained: AtomicU64,
     /// Requests read after the GOAWAY, answered UNAVAILABLE unrun.
     pub shutdown_refused: AtomicU64,
+    /// Bytes read from and written to connections.
+    pub bytes_read: AtomicU64,
+    pub bytes_written: AtomicU64,
+    /// Connections refused at the connection limit.
+    pub refused_connections: AtomicU64,
+    /// Open connections by protocol, once their first byte chose it (an
+    /// index of [`protocol::ALL`](super::protocol::ALL)).
+    pub open_by_protocol: [AtomicUsize; 3],
+    /// The Prometheus metrics of `GET /metrics`.
+    pub telemetry: Telemetry,
     /// Requests still queued when the shutdown timeout ran out, answered
     /// UNAVAILABLE unrun.
     pub shutdown_abandoned: AtomicU64,
@@ -81,6 +92,11 @@ impl ServerShared {
             dropped_responses: AtomicU64::new(0),
             shutdown_drained: AtomicU64::new(0),
             shutdown_refused: AtomicU64::new(0),
+            bytes_read: AtomicU64::new(0),
+            bytes_written: AtomicU64::new(0),
+            refused_connections: AtomicU64::new(0),
+            open_by_protocol: Default::default(),
+            telemetry: Telemetry::new(),
             shutdown_abandoned: AtomicU64::new(0),
             shutdown_cancelled: AtomicU64::new(0),
         }
@@ -154,8 +170,9 @@ pub(crate) fn write_status(
     trace: Option<&TraceId>,
     md: Metadata,
 ) {
+    let ending = st.draining || st.closing;
     st.protocol
-        .write_status(&mut st.out, id, flags, status, trace, md);
+        .write_status(&mut st.out, id, flags, status, trace, md, ending);
 }
 
 /// Appends a successful answer, in the connection's protocol.
@@ -167,7 +184,11 @@ fn write_ok(
     ctx: &Context,
     md: Metadata,
 ) {
-    if let Err(e) = st.protocol.write_ok(&mut st.out, id, flags, body, md) {
+    let ending = st.draining || st.closing;
+    if let Err(e) = st
+        .protocol
+        .write_ok(&mut st.out, id, flags, body, md, ending)
+    {
         // Only metadata over 64 KiB gets here.
         log::error!("cannot encode the response to request {id}: {e}");
         let status = Status::internal(format!("cannot encode the response: {e}"));
@@ -184,9 +205,39 @@ pub(crate) struct Dispatcher {
     pub protocols: Protocols,
     /// What this listener's decoders are made with.
     pub decode: DecodeConfig,
+    /// Each method's metrics, by [`MethodId`].
+    pub metrics: Vec<MethodMetrics>,
 }
 
 impl Dispatcher {
+    /// The dispatcher of a listener serving `registry`.
+    pub fn new(
+        server: Arc<ServerShared>,
+        registry: Arc<Registry>,
+        protocols: Protocols,
+        decode: DecodeConfig,
+    ) -> Dispatcher {
+        let metrics = registry
+            .names()
+            .map(|name| server.telemetry.method(name))
+            .collect();
+        Dispatcher {
+            server,
+            registry,
+            protocols,
+            decode,
+            metrics,
+        }
+    }
+
+    /// Counts the answer to a request for `method`, read at `read_at`,
+    /// sent in `st`'s protocol.
+    pub(crate) fn record(&self, st: &ConnState, method: MethodId, code: Code, read_at: Instant) {
+        if let Some(m) = self.metrics.get(method.index()) {
+            m.record(st.protocol.index(), code, read_at.elapsed());
+        }
+    }
+
     /// The decoder of a new connection `conn` of this listener.
     pub fn decoder(&self, conn: &ConnShared) -> ConnDecoder {
         ConnDecoder::new(self.protocols, &self.decode, conn)
@@ -233,6 +284,12 @@ impl Dispatcher {
                 if !st.closed {
                     let protocol = st.protocol;
                     protocol.write_pong(&mut st.out, token);
+                }
+            }
+            Message::Reply(answer) => {
+                let mut st = conn.lock();
+                if !st.closed {
+                    st.out.extend_from_slice(&answer);
                 }
             }
             Message::Refuse {
@@ -331,6 +388,7 @@ impl Dispatcher {
                 let seq = st.next_seq();
                 let added = st.in_flight.insert_new(id, || InFlight {
                     seq,
+                    method: method_id,
                     ctx: ctx.clone(),
                     read_at,
                     timeout,
@@ -420,6 +478,9 @@ fn refuse(
         return;
     }
     let mut st = conn.lock();
+    conn.server()
+        .telemetry
+        .refused(st.protocol.index(), status.code());
     if !st.closed {
         write_status(&mut st, id, flags, &status, trace, Metadata::new());
     }
@@ -457,6 +518,8 @@ pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -
         };
         let started = e.ctx.forbid_start();
         let status = deadline_status(&e, started, now);
+        conn.dispatcher
+            .record(&st, e.method, status.code(), e.read_at);
         write_status(
             &mut st,
             id,
@@ -512,6 +575,8 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
                 Status::unavailable("the server is shutting down; the request was not run")
             };
             let trace = e.ctx.trace_id();
+            conn.dispatcher
+                .record(&st, e.method, status.code(), e.read_at);
             write_status(
                 &mut st,
                 *id,
@@ -634,6 +699,10 @@ impl RequestTask {
             let wake = {
                 let mut st = self.conn.lock();
                 st.oneway_running -= 1;
+                if st.active() == 0 {
+                    // Nothing is written for it: the idle period starts now.
+                    st.answered_at = Instant::now();
+                }
                 st.should_wake()
             };
             if wake {
@@ -679,6 +748,15 @@ impl RequestTask {
             server.dropped_responses.fetch_add(1, Ordering::Relaxed);
         } else if late.is_none() && ran && server.going_away.load(Ordering::Relaxed) {
             server.shutdown_drained.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Some(e) = &entry {
+            let code = match (&reply, &late) {
+                (_, Some(status)) | (Err(status), None) => status.code(),
+                (Ok(_), None) => Code::OK,
+            };
+            self.conn
+                .dispatcher
+                .record(&st, self.method, code, e.read_at);
         }
         // Only error answers carry the trace id: a successful one never
         // makes it.

@@ -301,6 +301,7 @@ impl EventLoop {
         let count = server.connections.fetch_add(1, Ordering::SeqCst) + 1;
         if count > server.config.limits.max_connections {
             server.connections.fetch_sub(1, Ordering::SeqCst);
+            server.refused_connections.fetch_add(1, Ordering::Relaxed);
             log::debug!("{}: refusing {peer}: {count} connections", self.name);
             let mut enc = Encoder::new();
             let msg = format!(
@@ -443,6 +444,9 @@ impl EventLoop {
                 }
             };
             conn.last_activity = Instant::now();
+            self.server
+                .bytes_read
+                .fetch_add(n as u64, Ordering::Relaxed);
             let ok = if conn.partial.is_empty() {
                 if self.arena.capacity() < n {
                     self.arena.reserve(ARENA_SIZE.max(n));
@@ -485,6 +489,7 @@ impl EventLoop {
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
         let now = Instant::now();
         let mut failed = None;
+        let mut ended = false;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
                 return false;
@@ -502,6 +507,10 @@ impl EventLoop {
             let dispatcher = &shared.dispatcher;
             let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
             match conn.decoder.decode(buf, shared, &mut dispatch) {
+                Ok(true) if conn.decoder.is_done() => {
+                    ended = true;
+                    break;
+                }
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -535,6 +544,12 @@ impl EventLoop {
         };
         if let Some(e) = failed {
             self.protocol_error(slot, e);
+            return self.conns.contains(slot);
+        }
+        if ended {
+            // The peer's last request: answer it, then close.
+            conn.read_open = false;
+            self.start_closing(slot);
             return self.conns.contains(slot);
         }
         true
@@ -733,9 +748,9 @@ impl EventLoop {
         let mut idle = Vec::new();
         for (slot, c) in self.conns.iter() {
             let since = |at: Option<Instant>| at.map(|a| now.saturating_duration_since(a));
-            let (blocked_since, quiet) = {
+            let (blocked_since, idle_since) = {
                 let st = c.shared.lock();
-                (st.write_blocked_since, st.active() == 0 && st.is_flushed())
+                (st.write_blocked_since, st.idle_since(c.last_activity))
             };
             if since(blocked_since).is_some_and(|d| d >= t.write_stall) {
                 log::debug!("{}: conn {} write stalled, closing", self.name, c.shared.id);
@@ -751,9 +766,8 @@ impl EventLoop {
             } else if since(c.closing_since).is_some_and(|d| d >= t.frame.max(t.idle)) {
                 stalled.push(slot);
             } else if !c.closing
-                && quiet
                 && c.frame_started.is_none()
-                && now.saturating_duration_since(c.last_activity) >= t.idle
+                && idle_since.is_some_and(|at| now.saturating_duration_since(at) >= t.idle)
             {
                 idle.push(slot);
             }

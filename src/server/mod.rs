@@ -29,10 +29,11 @@
 //! in `dispatch`; `event_loop` and `threaded` drive it. What depends on
 //! the wire protocol (framing, the native meta, the encoding of answers
 //! and GOAWAYs) is one implementation of a trait per protocol, in
-//! `protocol`: the native one and MessagePack-RPC. The shutdown's steps
-//! are the coordinator's, in [`crate::shutdown`]; the server carries them
-//! out. Every listener also serves the built-in health
-//! service, [`Health`].
+//! `protocol`: the native one, MessagePack-RPC and HTTP/1.1. The
+//! shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
+//! server carries them out. Every listener also serves the built-in health
+//! service, [`Health`], and the HTTP endpoints (`/healthz`, `/livez`,
+//! `/metrics`, `/`) of `endpoints`, whose metrics `telemetry` keeps.
 //!
 //! # A request's life
 //!
@@ -114,12 +115,14 @@ mod buffer_pool;
 mod builder;
 mod connection;
 mod dispatch;
+mod endpoints;
 mod event_loop;
 mod handler;
 mod health;
 mod pace;
 pub(crate) mod protocol;
 mod service;
+mod telemetry;
 mod threaded;
 
 use std::fmt;
@@ -132,6 +135,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, Protocol, Socket, Type};
 
 pub use builder::{Limits, Mode, ServerBuilder, ServerConfig, Timeouts};
+pub use endpoints::Endpoints;
 pub use handler::{RawHandler, UnaryHandler};
 pub use health::{
     Health, HealthCheckRequest, HealthCheckResponse, ServingStatus, HEALTH_CHECK_METHOD,
@@ -144,6 +148,7 @@ pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 
 use self::builder::{LifecycleSetup, ListenerSpec};
 use self::dispatch::{Dispatcher, ServerShared};
+use self::endpoints::EndpointState;
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
 use self::protocol::DecodeConfig;
@@ -210,6 +215,8 @@ struct Inner {
     shared: Arc<ServerShared>,
     driver: Driver,
     listeners: Vec<(SocketAddr, Vec<String>)>,
+    /// The listener of [`ServerBuilder::admin_on`], if any.
+    admin: Option<SocketAddr>,
     /// One count per open connection, in either mode.
     conns: Latch,
     health: Health,
@@ -268,7 +275,18 @@ impl Server {
                 .flat_map(|s| s.services.iter().map(|s| s.name()));
             Health::new(names.chain(setup.health.then_some(HEALTH_SERVICE)))
         };
+        // Before the first listener opens: a SIGTERM that comes as soon as
+        // the port accepts must start the shutdown, not kill the process
+        // with connections completed in the backlog. A signal that comes
+        // before the coordinator runs waits for it in the trigger queue.
+        let life = Lifecycle::new();
+        if setup.handle_signals {
+            life.handle_signals()?;
+        }
         let mut bound = Vec::with_capacity(specs.len());
+        let has_admin = specs.iter().any(|s| s.admin);
+        let mut endpoint_states = Vec::new();
+        let mut admin_addr = None;
         for mut spec in specs {
             let listener = bind_listener(&spec.addrs, config.backlog)
                 .map_err(|e| Error::io(&format!("cannot listen on {:?}", spec.addrs), e))?;
@@ -277,6 +295,14 @@ impl Server {
                 .map_err(|e| Error::io("cannot read the listen address", e))?;
             if setup.health && spec.services.iter().all(|s| s.name() != HEALTH_SERVICE) {
                 spec.services.push(health.service());
+            }
+            let endpoints = (spec.admin || !has_admin)
+                .then(|| EndpointState::new(config.endpoints, health.clone()));
+            if let Some(state) = &endpoints {
+                spec.services.push(state.service());
+            }
+            if spec.admin {
+                admin_addr = Some(addr);
             }
             let names: Vec<String> = spec.services.iter().map(|s| s.name().to_owned()).collect();
             let registry = Arc::new(Registry::new(spec.services, &filters, limits));
@@ -293,6 +319,7 @@ impl Server {
                     .or(config.msgpack_rpc_default_service.as_deref())
                     .map(Arc::from),
             };
+            endpoint_states.push((endpoints, registry.clone()));
             bound.push((listener, addr, names, registry, (protocols, decode)));
         }
         let pool = if config.inline_handlers {
@@ -317,6 +344,11 @@ impl Server {
         };
         let mode = config.mode;
         let shared = Arc::new(ServerShared::new(config, pool));
+        for (state, registry) in &endpoint_states {
+            if let Some(state) = state {
+                state.attach(&shared, registry);
+            }
+        }
         let conns = Latch::new();
         let listeners = bound
             .iter()
@@ -326,12 +358,8 @@ impl Server {
             bound
                 .into_iter()
                 .map(|(listener, _, _, registry, (protocols, decode))| {
-                    let dispatcher = Arc::new(Dispatcher {
-                        server: shared.clone(),
-                        registry,
-                        protocols,
-                        decode,
-                    });
+                    let dispatcher =
+                        Arc::new(Dispatcher::new(shared.clone(), registry, protocols, decode));
                     (listener, dispatcher)
                 });
         let (driver, started) = match mode {
@@ -352,9 +380,10 @@ impl Server {
             shared,
             driver,
             listeners,
+            admin: admin_addr,
             conns,
             health,
-            life: Lifecycle::new(),
+            life,
         });
         let fail = |e: Error, plan: Plan| {
             // Whatever started is stopped; the application's hooks are for
@@ -370,11 +399,6 @@ impl Server {
         };
         if let Err(e) = started {
             return fail(e, plan);
-        }
-        if setup.handle_signals {
-            if let Err(e) = inner.life.handle_signals() {
-                return fail(e, plan);
-            }
         }
         let name = format!("{}-shutdown", inner.shared.config.thread_name);
         let (target, slot) = (inner.clone(), Arc::new(Mutex::new(Some(plan))));
@@ -567,6 +591,12 @@ impl ServerHandle {
     /// Every listener's address with the services it serves.
     pub fn local_addrs(&self) -> &[(SocketAddr, Vec<String>)] {
         &self.inner.listeners
+    }
+
+    /// The address of the admin listener
+    /// ([`ServerBuilder::admin_on`]), if there is one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.inner.admin
     }
 
     /// The address `service` listens on.

@@ -210,6 +210,19 @@ fn intern(name: String) -> &'static str {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct MethodId(usize);
 
+impl MethodId {
+    /// The method at `index` of its registry.
+    #[cfg(test)]
+    pub(crate) fn new(index: usize) -> MethodId {
+        MethodId(index)
+    }
+
+    /// Its place in its registry.
+    pub(crate) fn index(self) -> usize {
+        self.0
+    }
+}
+
 /// The methods one listener serves, by full name.
 pub(crate) struct Registry {
     /// Each name's place in `entries`.
@@ -261,6 +274,22 @@ impl Registry {
             entries,
             services: names,
         }
+    }
+
+    /// Every method's full name, in [`MethodId`] order.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.iter().map(|e| e.full_name)
+    }
+
+    /// Every method's full name and whether it takes MessagePack (typed)
+    /// or raw bytes, in [`MethodId`] order.
+    pub(crate) fn describe(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+        self.entries.iter().map(|e| {
+            (
+                e.full_name,
+                e.endpoint.encoding() == crate::codec::Encoding::MsgPack,
+            )
+        })
     }
 
     /// The method `id` names.

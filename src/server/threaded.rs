@@ -537,6 +537,7 @@ impl Threaded {
         if count > self.max_conns {
             server.connections.fetch_sub(1, Ordering::SeqCst);
             log::debug!("refusing {peer}: {count} connections");
+            server.refused_connections.fetch_add(1, Ordering::Relaxed);
             refuse(&stream, dispatcher.protocols.initial(), &self.refusal);
             return;
         }
@@ -848,6 +849,8 @@ enum Decode {
     NeedBytes,
     /// A limit was reached with bytes left to decode.
     Full,
+    /// The peer's last message was read ([`ConnDecoder::is_done`]).
+    Ended,
     Failed(ProtocolError),
 }
 
@@ -1001,6 +1004,7 @@ impl Reader {
         match decoded {
             Decode::NeedBytes => {}
             Decode::Full => return Next::Full,
+            Decode::Ended => return Next::End,
             Decode::Failed(e) => {
                 log::debug!(
                     "conn {} ({:?}) protocol error: {e}",
@@ -1050,6 +1054,10 @@ impl Reader {
             }
             Ok(n) => {
                 self.last_activity = Instant::now();
+                self.t
+                    .server
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
                 self.chunk = if n < SMALL_READ {
                     SMALL_READ
                 } else {
@@ -1162,6 +1170,10 @@ impl Reader {
                 .decoder
                 .decode(&mut self.buf, &link.conn, &mut dispatch)
             {
+                Ok(true) if self.decoder.is_done() => {
+                    result = Decode::Ended;
+                    break;
+                }
                 Ok(true) => {}
                 Ok(false) => break,
                 Err(e) => {
@@ -1273,14 +1285,12 @@ impl Reader {
             }
             return true;
         }
-        if now.saturating_duration_since(self.last_activity) < t.idle {
+        let Some(since) = self.link.conn.lock().idle_since(self.last_activity) else {
             return true;
-        }
-        let idle = {
-            let st = self.link.conn.lock();
-            st.active() == 0 && st.is_flushed()
         };
-        if !idle {
+        // The next read timeout counts from the last answer, if later.
+        self.last_activity = since;
+        if now.saturating_duration_since(since) < t.idle {
             return true;
         }
         let msg = format!("idle for {} ms", t.idle.as_millis());

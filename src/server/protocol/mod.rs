@@ -4,8 +4,9 @@
 //! A connection speaks one wire protocol, chosen by its first byte (or
 //! pinned by its listener's [`Protocols`]). Each wire protocol is one
 //! implementation of [`Protocol`]: the native framing of
-//! `docs/protocol.md` ([`native::Native`]) and MessagePack-RPC of
-//! `docs/msgpack-rpc.md` ([`msgpack_rpc::MsgpackRpc`]). A protocol is
+//! `docs/protocol.md` ([`native::Native`]), MessagePack-RPC of
+//! `docs/msgpack-rpc.md` ([`msgpack_rpc::MsgpackRpc`]) and HTTP/1.1 with
+//! JSON of `docs/http.md` ([`http::Http`]). A protocol is
 //! stateless; it makes a [`MessageDecoder`] per connection, which cuts the
 //! connection's bytes into protocol-neutral [`Message`]s, and it encodes
 //! the answers: results, statuses, PONGs and GOAWAYs.
@@ -19,6 +20,7 @@
 //! Adding a wire protocol is one more implementation of [`Protocol`] and
 //! [`MessageDecoder`], and a way for [`Protocols`] to select it.
 
+pub(crate) mod http;
 pub(crate) mod msgpack_rpc;
 pub(crate) mod native;
 
@@ -52,14 +54,22 @@ use crate::trace::TraceId;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Protocols {
     /// Each connection in the protocol its first byte announces: `0x53`
-    /// (the native magic) or a MessagePack array header (MessagePack-RPC).
-    /// Any other first byte is a native protocol error. The default.
+    /// (the native magic), a MessagePack array header (MessagePack-RPC)
+    /// or an ASCII capital letter, the start of an HTTP method (HTTP/1.1,
+    /// `docs/http.md`). Any other first byte is a native protocol error.
+    /// The default.
     #[default]
+    All,
+    /// The native protocol or MessagePack-RPC, by the first byte; not
+    /// HTTP.
     Both,
     /// Only the native protocol of `docs/protocol.md`.
     Native,
     /// Only MessagePack-RPC.
     MsgpackRpc,
+    /// Only HTTP/1.1: what an admin listener speaks
+    /// ([`ServerBuilder::admin_on`](crate::server::ServerBuilder::admin_on)).
+    Http,
 }
 
 /// The native protocol, which a connection is taken to speak until its
@@ -69,17 +79,27 @@ pub(crate) const NATIVE: &dyn Protocol = &native::Native;
 /// MessagePack-RPC.
 const MSGPACK_RPC: &dyn Protocol = &msgpack_rpc::MsgpackRpc;
 
+/// HTTP/1.1.
+const HTTP: &dyn Protocol = &http::Http;
+
+/// Every protocol, in the order of [`Protocol::index`].
+pub(crate) const ALL: [&dyn Protocol; 3] = [NATIVE, MSGPACK_RPC, HTTP];
+
 impl Protocols {
     /// The protocols a connection may speak, the fallback first: the one
     /// whose decoder is given a first byte that no protocol claims.
     fn candidates(self) -> &'static [&'static dyn Protocol] {
+        const EVERY: &[&dyn Protocol] = &ALL;
         const BOTH: &[&dyn Protocol] = &[NATIVE, MSGPACK_RPC];
         const NATIVE_ONLY: &[&dyn Protocol] = &[NATIVE];
         const MSGPACK_RPC_ONLY: &[&dyn Protocol] = &[MSGPACK_RPC];
+        const HTTP_ONLY: &[&dyn Protocol] = &[HTTP];
         match self {
+            Protocols::All => EVERY,
             Protocols::Both => BOTH,
             Protocols::Native => NATIVE_ONLY,
             Protocols::MsgpackRpc => MSGPACK_RPC_ONLY,
+            Protocols::Http => HTTP_ONLY,
         }
     }
 
@@ -98,6 +118,22 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
     /// The protocol's name, for logs.
     fn name(&self) -> &'static str;
 
+    /// A short lowercase name, for metric labels: `native`,
+    /// `msgpack_rpc`, `http`.
+    fn label(&self) -> &'static str;
+
+    /// The protocol's place in [`ALL`], for per-protocol counts.
+    fn index(&self) -> usize;
+
+    /// How many requests of one connection may be in flight at once,
+    /// within the server's own limit. A protocol whose answers must go
+    /// out in request order and that has no ids to pair them (HTTP/1.1)
+    /// takes one at a time: the reader waits for each answer before it
+    /// decodes the next request.
+    fn max_in_flight(&self) -> usize {
+        usize::MAX
+    }
+
     /// Whether a connection whose first byte is `first` speaks this
     /// protocol.
     fn claims(&self, first: u8) -> bool;
@@ -106,8 +142,11 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
     fn decoder(&self, config: &DecodeConfig) -> Box<dyn MessageDecoder>;
 
     /// Appends the successful answer to request `id`, sent with `flags`.
-    /// Fails only if the answer cannot be encoded (metadata over 64 KiB);
-    /// the caller then answers `INTERNAL`.
+    /// `ending`: the connection closes once its answers are written (the
+    /// server is shutting down, or the connection is closing), which a
+    /// protocol may tell the client with the answer. Fails only if the
+    /// answer cannot be encoded (metadata over 64 KiB, a body the
+    /// protocol cannot show); the caller then answers `INTERNAL`.
     fn write_ok(
         &self,
         out: &mut Encoder,
@@ -115,9 +154,12 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
         flags: Flags,
         body: &[u8],
         md: Metadata,
+        ending: bool,
     ) -> Result<(), EncodeError>;
 
-    /// Appends the answer carrying `status` to request `id`.
+    /// Appends the answer carrying `status` to request `id`; `ending` as
+    /// for [`Protocol::write_ok`].
+    #[allow(clippy::too_many_arguments)]
     fn write_status(
         &self,
         out: &mut Encoder,
@@ -126,6 +168,7 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
         status: &Status,
         trace: Option<&TraceId>,
         md: Metadata,
+        ending: bool,
     );
 
     /// Appends the answer to a [`Message::Ping`].
@@ -162,6 +205,14 @@ pub(crate) trait MessageDecoder: Send + fmt::Debug {
         !buf.is_empty()
     }
 
+    /// True once the peer's last message was read: the connection reads
+    /// no more, and closes once that message is answered (an HTTP request
+    /// with `Connection: close`, or one refused in a way that leaves the
+    /// rest of the stream unreadable).
+    fn is_done(&self) -> bool {
+        false
+    }
+
     /// Called when the peer closed its sending side: an error if it
     /// stopped in the middle of a message.
     fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
@@ -193,6 +244,12 @@ pub(crate) struct RequestHead<'a> {
     pub any_encoding: bool,
 }
 
+/// The service whose methods stand for the built-in endpoints (an HTTP
+/// `GET /metrics` is a request for `/syncrpc.Endpoints/Metrics`): served
+/// by a built-in service over the server's own state, and routed, limited
+/// and answered like any request.
+pub(crate) const ENDPOINT_SERVICE: &str = "syncrpc.Endpoints";
+
 /// One message of the peer, in no particular protocol.
 #[derive(Debug)]
 pub(crate) enum Message<'a> {
@@ -202,6 +259,10 @@ pub(crate) enum Message<'a> {
     Cancel(RequestId),
     /// A liveness check, answered with the same token.
     Ping(RequestId),
+    /// An answer the protocol made itself, appended as is: one that
+    /// answers no request the dispatcher sees (an HTTP `405`, a `431`
+    /// before closing, a `100 Continue`).
+    Reply(Bytes),
     /// A request answered `status` without running: its head could not be
     /// read, or its body is over the limit.
     Refuse {
@@ -282,6 +343,14 @@ impl ConnDecoder {
         }
     }
 
+    /// See [`MessageDecoder::is_done`].
+    pub fn is_done(&self) -> bool {
+        match &self.state {
+            State::Decode(d) => d.is_done(),
+            State::Detect(..) => false,
+        }
+    }
+
     /// Called when the peer closed its sending side: an error if it
     /// stopped in the middle of a message.
     pub fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
@@ -299,6 +368,13 @@ fn choose(
     config: &DecodeConfig,
     conn: &ConnShared,
 ) -> Box<dyn MessageDecoder> {
-    conn.lock().protocol = protocol;
+    let mut st = conn.lock();
+    if !st.closed && !st.protocol_counted {
+        st.protocol_counted = true;
+        conn.server().open_by_protocol[protocol.index()]
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    st.protocol = protocol;
+    drop(st);
     protocol.decoder(config)
 }

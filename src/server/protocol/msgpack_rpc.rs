@@ -39,6 +39,14 @@ impl Protocol for MsgpackRpc {
         "MessagePack-RPC"
     }
 
+    fn label(&self) -> &'static str {
+        "msgpack_rpc"
+    }
+
+    fn index(&self) -> usize {
+        1
+    }
+
     fn claims(&self, first: u8) -> bool {
         is_array_header(first)
     }
@@ -56,6 +64,7 @@ impl Protocol for MsgpackRpc {
         flags: Flags,
         body: &[u8],
         _md: Metadata,
+        _ending: bool,
     ) -> Result<(), EncodeError> {
         let one_value = flags.encoding() == Ok(Encoding::MsgPack);
         write_result(out.buf_mut(), id, body, one_value);
@@ -72,6 +81,7 @@ impl Protocol for MsgpackRpc {
         status: &Status,
         _trace: Option<&TraceId>,
         _md: Metadata,
+        _ending: bool,
     ) {
         write_error(out.buf_mut(), id, status);
     }
@@ -226,7 +236,8 @@ fn parse(msg: Bytes) -> Result<Call, ProtocolError> {
         _ => return Err(ProtocolError::BadMessage("unknown message type")),
     };
     let n = {
-        // A string, or a binary: some clients send method names as bytes.
+        // A string, or a binary of UTF-8: some clients pack method names
+        // as bytes (`docs/msgpack-rpc.md`, "Method names").
         let method = r
             .str_bytes(true)
             .ok_or(ProtocolError::BadMessage("the method is not a string"))?;
@@ -429,6 +440,26 @@ mod tests {
     }
 
     #[test]
+    fn a_method_name_may_be_a_bin_of_utf8() {
+        // [0, 1, bin "a.B", [nil]]
+        let msg = [0x94, 0x00, 0x01, 0xc4, 0x03, b'a', b'.', b'B', 0x91, 0xc0];
+        let call = decoder()
+            .next_call(&mut BytesMut::from(&msg[..]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(call.method(), "a.B");
+        // The same, not UTF-8.
+        let msg = [0x94, 0x00, 0x01, 0xc4, 0x02, 0xff, 0xfe, 0x91, 0xc0];
+        let e = decoder()
+            .next_call(&mut BytesMut::from(&msg[..]))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "bad MessagePack-RPC message: the method is not UTF-8"
+        );
+    }
+
+    #[test]
     fn notification_with_two_params_keeps_the_array() {
         let msg = [0x93, 0x02, 0xa1, b'm', 0x92, 0x01, 0x02];
         let call = decoder()
@@ -458,6 +489,10 @@ mod tests {
             (
                 &[0x94, 0x00, 0x01, 0xa1, b'm', 0x01],
                 "bad MessagePack-RPC message: params is not an array",
+            ),
+            (
+                &[0x94, 0x00, 0x01, 0x07, 0x90],
+                "bad MessagePack-RPC message: the method is not a string",
             ),
             (
                 &[0x94, 0x00, 0x01, 0xc1],

@@ -24,6 +24,14 @@ impl Protocol for Native {
         "the native protocol"
     }
 
+    fn label(&self) -> &'static str {
+        "native"
+    }
+
+    fn index(&self) -> usize {
+        0
+    }
+
     fn claims(&self, first: u8) -> bool {
         first == MAGIC[0]
     }
@@ -45,6 +53,7 @@ impl Protocol for Native {
         flags: Flags,
         body: &[u8],
         md: Metadata,
+        _ending: bool,
     ) -> Result<(), EncodeError> {
         let meta = ResponseMeta {
             md,
@@ -62,6 +71,7 @@ impl Protocol for Native {
         status: &Status,
         trace: Option<&TraceId>,
         md: Metadata,
+        _ending: bool,
     ) {
         let message = status.message();
         let mut meta = ResponseMeta {
