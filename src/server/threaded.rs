@@ -957,7 +957,14 @@ impl Reader {
                     }
                     continue;
                 }
-                Next::End => break,
+                Next::End => {
+                    // Answered by the workers, or dropped as the connection
+                    // ends: never lost in between.
+                    if let Some(task) = self.kept.take() {
+                        self.dispatcher.submit(task);
+                    }
+                    break;
+                }
             }
             if let Some(task) = self.kept.take() {
                 self = self.run_kept(task);
@@ -1182,7 +1189,9 @@ impl Reader {
                 }
             }
         }
-        if !self.buf.is_empty() {
+        // Only a lone request stays for this thread: not one followed by
+        // more bytes, nor one before the connection's end or a limit.
+        if !self.buf.is_empty() || !matches!(result, Decode::NeedBytes) {
             if let Some(first) = self.kept.take() {
                 self.dispatcher.submit(first);
             }
