@@ -18,7 +18,7 @@
 //! 500 ms warm-up and `BENCH_SECS` (default 2) measured seconds;
 //! `BENCH_RUNS=N` repeats that N times, the servers taking turns, and
 //! keeps each server's median run (by rate). Every
-//! server is pinned to core 0 and the load (`benches/support/load.rs`,
+//! server is pinned to core 0 and the load (`cli/src/load/driver.rs`,
 //! one mio thread) to core 1 when the machine has two cores; syncrpc runs
 //! `BENCH_WORKERS` workers (default 1: one core, a handler that never
 //! blocks) and a work queue of 16384 (the default 4096 would refuse
@@ -43,7 +43,7 @@
 //! All traffic stays on 127.0.0.1. Nothing runs under `cargo test`: the
 //! measuring needs `--bench`, which only `cargo bench` passes.
 
-#[path = "support/load.rs"]
+#[path = "../cli/src/load/driver.rs"]
 mod load;
 #[path = "support/server_proc.rs"]
 mod server_proc;

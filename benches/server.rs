@@ -48,7 +48,7 @@
 //! two cores the load takes much of the second, so read ratios, not
 //! rates). Each table's heading says which way it ran.
 
-#[path = "support/load.rs"]
+#[path = "../cli/src/load/driver.rs"]
 mod load;
 #[path = "support/server_proc.rs"]
 mod server_proc;

@@ -1,4 +1,6 @@
-//! Calls `/echo.Echo/Say` once and prints the answer.
+//! Calls `/echo.Echo/Say` once, through the typed client that
+//! `syncrpc::service!` generates (`examples/echo_service/mod.rs`), and
+//! prints the answer.
 //!
 //! ```text
 //! cargo run --example echo_server -- --addr 127.0.0.1:7000
@@ -12,13 +14,10 @@ use std::error::Error as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
-use syncrpc::{CallOptions, Client, Context};
+mod echo_service;
 
-#[derive(Serialize, Deserialize)]
-struct Say {
-    text: String,
-}
+use echo_service::{EchoClient, Say};
+use syncrpc::Context;
 
 struct Args {
     addr: String,
@@ -64,7 +63,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let client = match Client::connect(&args.addr) {
+    let echo = match EchoClient::connect(&args.addr) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -74,9 +73,9 @@ fn main() -> ExitCode {
     // A top-level call: the background context, with the whole budget.
     let ctx = Context::background().with_timeout(args.timeout);
     let req = Say { text: args.text };
-    match client.call_with::<Say, Say>(&ctx, "/echo.Echo/Say", &req, &CallOptions::new()) {
+    match echo.say(&ctx, &req) {
         Ok(resp) => {
-            println!("{}", resp.body().text);
+            println!("{}", resp.text);
             ExitCode::SUCCESS
         }
         Err(e) => {

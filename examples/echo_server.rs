@@ -20,8 +20,13 @@
 //! MessagePack-RPC clients reach the same methods as `echo.Echo.Say` or
 //! just `Say` (`docs/msgpack-rpc.md`).
 //!
+//! The service is declared once, with `syncrpc::service!`, in
+//! `examples/echo_service/mod.rs`, which `examples/client.rs` shares.
+//!
 //! It also serves the built-in health service `/syncrpc.Health/Check`
-//! (for `examples/health_probe.rs`). Every limit and timeout has a flag
+//! (for `examples/health_probe.rs` and `syncrpc health`) and the
+//! reflection service `syncrpc.Reflection` (for `syncrpc list`,
+//! `describe` and `call`). Every limit and timeout has a flag
 //! whose default is the protocol's (`docs/protocol.md`, "Limits"). It logs
 //! through env_logger (`RUST_LOG`, default `info`), with one access-log
 //! line per call at `info` (failures at `warn`). SIGTERM or Ctrl-C shuts it
@@ -29,62 +34,45 @@
 //! counts and the shutdown report, and exits 0 after a clean drain, 1
 //! otherwise. It is the server `deploy/kubernetes.yaml` runs.
 
+mod echo_service;
+
 use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::de::IgnoredAny;
-use serde::{Deserialize, Serialize};
+use echo_service::{Anything, Echo, Empty, Fail, Say, Sleep};
 use syncrpc::filters::{AccessLog, Metrics};
 use syncrpc::server::{Mode, ServerConfig};
-use syncrpc::{Code, Context, Server, Service, Status};
+use syncrpc::{Code, Context, Server, Status};
 
-#[derive(Serialize, Deserialize)]
-struct Say {
-    text: String,
-}
+/// The implementation of `echo.Echo`.
+struct EchoServer;
 
-#[derive(Deserialize)]
-struct Sleep {
-    ms: u64,
-}
-
-/// `{}`: an empty map.
-#[derive(Serialize)]
-struct Empty {}
-
-#[derive(Deserialize)]
-struct Fail {
-    code: u32,
-    #[serde(default)]
-    message: String,
-}
-
-fn sleep(ctx: &Context, req: Sleep) -> Result<Empty, Status> {
-    ctx.wait_cancelled(Duration::from_millis(req.ms));
-    ctx.check()?;
-    Ok(Empty {})
-}
-
-fn fail(_: &Context, req: Fail) -> Result<Empty, Status> {
-    match Code::from(req.code) {
-        Code::OK => Ok(Empty {}),
-        code => Err(Status::new(code, req.message)),
+impl Echo for EchoServer {
+    fn say(&self, _: &Context, req: Say) -> Result<Say, Status> {
+        Ok(req)
     }
-}
 
-fn echo_service() -> Service {
-    Service::new("echo.Echo")
-        .method("Say", |_: &Context, req: Say| Ok::<_, Status>(req))
-        .method("Sleep", sleep)
-        .method("Fail", fail)
-        .method(
-            "Panic",
-            |_: &Context, _: IgnoredAny| -> Result<(), Status> {
-                panic!("echo.Echo/Panic was called")
-            },
-        )
-        .raw_method("Bytes", |_: &Context, body: Bytes| Ok::<_, Status>(body))
+    fn sleep(&self, ctx: &Context, req: Sleep) -> Result<Empty, Status> {
+        ctx.wait_cancelled(Duration::from_millis(req.ms));
+        ctx.check()?;
+        Ok(Empty {})
+    }
+
+    fn fail(&self, _: &Context, req: Fail) -> Result<Empty, Status> {
+        match Code::from(req.code) {
+            Code::OK => Ok(Empty {}),
+            code => Err(Status::new(code, req.message)),
+        }
+    }
+
+    fn panic(&self, _: &Context, _: Anything) -> Result<(), Status> {
+        panic!("echo.Echo/Panic was called")
+    }
+
+    fn bytes(&self, _: &Context, body: Bytes) -> Result<Bytes, Status> {
+        Ok(body)
+    }
 }
 
 /// The command line: where to listen and the whole server configuration.
@@ -102,9 +90,9 @@ fn usage() -> String {
         "\
 usage: echo_server [OPTIONS] [ADDR]
 
-Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes) and the health service
-until SIGTERM or Ctrl-C, then drains and exits 0 (1 if the drain was not
-clean). RUST_LOG sets the logging (default info: one access-log line per
+Serves echo.Echo (Say, Sleep, Fail, Panic, Bytes), the health service and
+reflection (for `syncrpc list`) until SIGTERM or Ctrl-C, then drains and
+exits 0 (1 if the drain was not clean). RUST_LOG sets the logging (default info: one access-log line per
 call; RUST_LOG=warn for load tests).
 
 The limits and timeouts default to the protocol's values (docs/protocol.md,
@@ -248,7 +236,7 @@ fn main() -> ExitCode {
         .handle_signals(true)
         .filter(AccessLog::new().to_writer(std::io::stderr()))
         .filter(metrics.clone())
-        .service(echo_service())
+        .service(EchoServer.into_service())
         .msgpack_rpc_default_service("echo.Echo")
         .bind(args.addr.as_str());
     let server = match server {

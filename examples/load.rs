@@ -1,6 +1,8 @@
 //! A load generator for any syncrpc server: C connections with D requests
 //! in flight on each, for T seconds; prints the rate, latency percentiles
-//! and every answer that was not OK.
+//! and every answer that was not OK. `syncrpc load` (the `cli/` crate)
+//! runs the same driver with a live progress line; this example stays for
+//! scripts that build only the library.
 //!
 //! ```text
 //! RUST_LOG=warn cargo run --release --example echo_server &
@@ -14,14 +16,16 @@
 //! every answer was OK, 1 when some were not or a connection was lost, and
 //! 2 for a bad command line or a server that cannot be reached.
 
-#[path = "../benches/support/load.rs"]
-mod load;
+#[path = "../cli/src/load/driver.rs"]
+mod driver;
+#[path = "../cli/src/load/report.rs"]
+mod report;
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use load::{Latency, Load, Wire};
+use driver::{Load, Wire};
 
 const USAGE: &str = "\
 usage: load [OPTIONS]
@@ -105,16 +109,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!(
-        "{} at {}: {} connections x {} in flight, {} B bodies, {} s after a {} ms warm-up",
-        load.method,
-        load.addr,
-        load.connections,
-        load.depth,
-        load.body_len,
-        load.duration.as_secs(),
-        load.warmup.as_millis()
-    );
+    println!("{}", report::plan(&load));
     let out = match load.run(|_| {}) {
         Ok(out) => out,
         Err(e) => {
@@ -122,45 +117,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!(
-        "requests  {} answered in {:.2} s: {:.0} req/s",
-        out.answered,
-        out.elapsed.as_secs_f64(),
-        out.rate()
-    );
-    if out.answered > 0 {
-        println!(
-            "latency   p50 {}  p99 {}  p999 {}  max {}",
-            Latency(out.quantile(0.5)),
-            Latency(out.quantile(0.99)),
-            Latency(out.quantile(0.999)),
-            Latency(Duration::from_nanos(out.latency.max()))
-        );
+    let stdout = std::io::stdout();
+    if let Err(e) = report::write(&mut stdout.lock(), &load, &out) {
+        eprintln!("error: cannot write the report: {e}");
+        return ExitCode::FAILURE;
     }
-    println!("non-OK    {}", out.failures());
-    for (code, n) in &out.failed {
-        println!("          {n} {code}");
-    }
-    for g in &out.goaways {
-        println!("GOAWAY    {g}");
-    }
-    if !out.lost_connections.is_empty() {
-        println!(
-            "lost      {} connections, {} requests in flight on them; first: {}",
-            out.lost_connections.len(),
-            out.lost_requests,
-            out.lost_connections[0]
-        );
-    }
-    if out.answered > 0 && out.failures() == out.answered {
-        println!(
-            "hint      no answer was OK: does the server serve {} with raw bodies?",
-            load.method
-        );
-    }
-    if out.failures() > 0 || !out.lost_connections.is_empty() {
-        ExitCode::FAILURE
-    } else {
+    if report::all_ok(&out) {
         ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }

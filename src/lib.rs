@@ -15,6 +15,12 @@
 //! [`shutdown`] says how, and `docs/kubernetes.md` how that fits a
 //! Kubernetes pod.
 //!
+//! A service is best declared once with [`service!`], which gives the
+//! server a trait to implement and clients a typed stub, so that a wrong
+//! method name or type is a compile error on either side (its page has the
+//! whole example). Underneath, a service is a [`Service`] of named
+//! handlers, which the macro builds and which can be built by hand:
+//!
 //! ```
 //! use syncrpc::{Context, Server, Service, Status};
 //!
@@ -108,6 +114,10 @@
 //!   by its first byte; its decoder hands the dispatcher neutral requests,
 //!   and it encodes the answers, so services, filters, the pool, deadlines
 //!   and shutdown never see which wire a request came on.
+//! - [`service!`] and [`descriptor`]: one declaration per service, its
+//!   methods described for [`server::reflection`], the built-in service
+//!   that tells tools (the `syncrpc` command line of the `cli/` crate)
+//!   what a listener serves.
 //! - [`pool`]: the fixed [`WorkerPool`](pool::WorkerPool). A full queue
 //!   answers `RESOURCE_EXHAUSTED` at once; a request whose deadline passed
 //!   in the queue is answered `DEADLINE_EXCEEDED` unrun; a panic is caught.
@@ -129,6 +139,7 @@
 pub mod client;
 pub mod codec;
 mod context;
+pub mod descriptor;
 mod error;
 mod filter;
 pub mod filters;
@@ -140,6 +151,7 @@ mod latch;
 mod metadata;
 pub mod pool;
 pub mod server;
+mod service_macro;
 pub mod shutdown;
 mod spare;
 mod status;
@@ -157,3 +169,11 @@ pub use shutdown::{ShutdownHandle, ShutdownReport};
 pub use status::{Code, Status};
 pub use task_group::{TaskError, TaskGroup, TaskHandle};
 pub use trace::TraceId;
+
+/// What [`service!`]'s expansion names, whatever the user's crate depends
+/// on.
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use serde;
+}

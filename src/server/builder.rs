@@ -353,6 +353,7 @@ pub(crate) struct LifecycleSetup {
     pub hooks: Vec<Hook>,
     pub handle_signals: bool,
     pub health: bool,
+    pub reflection: bool,
 }
 
 impl Default for ServerBuilder {
@@ -376,6 +377,7 @@ impl ServerBuilder {
                 hooks: Vec::new(),
                 handle_signals: false,
                 health: true,
+                reflection: true,
             },
         }
     }
@@ -625,6 +627,19 @@ impl ServerBuilder {
         self
     }
 
+    /// Serves the built-in reflection service (`syncrpc.Reflection`, see
+    /// [`reflection`](super::reflection)) on every listener: the names,
+    /// kinds, timeouts and types of the listener's methods, for tools such
+    /// as the `syncrpc` command line. Default true, as a server's methods
+    /// are what any client of it is written against anyway; turn it off
+    /// where the list itself is not to be shown. A listener where the
+    /// application registers a service named `syncrpc.Reflection` itself
+    /// serves that one instead.
+    pub fn reflection_service(mut self, serve: bool) -> ServerBuilder {
+        self.lifecycle.reflection = serve;
+        self
+    }
+
     /// Replaces the whole configuration.
     pub fn config(mut self, config: ServerConfig) -> ServerBuilder {
         self.config = config;
@@ -743,6 +758,7 @@ impl fmt::Debug for ServerBuilder {
             .field("hooks", &self.lifecycle.hooks.len())
             .field("handle_signals", &self.lifecycle.handle_signals)
             .field("health", &self.lifecycle.health)
+            .field("reflection", &self.lifecycle.reflection)
             .finish()
     }
 }

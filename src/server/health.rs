@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
 
 use super::service::Service;
 use crate::context::Context;
+use crate::descriptor::{no_schema, BodyKind, MethodDescriptor, MethodKind};
 use crate::status::Status;
 
 /// The name of the health service.
@@ -217,6 +218,17 @@ impl Health {
         Service::new(HEALTH_SERVICE)
             .method("Check", move |_ctx: &Context, req: HealthCheckRequest| {
                 health.check(&req.service)
+            })
+            .describe(MethodDescriptor {
+                service: HEALTH_SERVICE,
+                name: "Check",
+                path: HEALTH_CHECK_METHOD,
+                kind: MethodKind::Unary,
+                body: BodyKind::Typed,
+                request_type: "HealthCheckRequest",
+                response_type: "HealthCheckResponse",
+                request_schema: no_schema,
+                response_schema: no_schema,
             })
     }
 }

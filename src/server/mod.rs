@@ -32,8 +32,9 @@
 //! `protocol`: the native one, MessagePack-RPC and HTTP/1.1. The
 //! shutdown's steps are the coordinator's, in [`crate::shutdown`]; the
 //! server carries them out. Every listener also serves the built-in health
-//! service, [`Health`], and the HTTP endpoints (`/healthz`, `/livez`,
-//! `/metrics`, `/`) of `endpoints`, whose metrics `telemetry` keeps.
+//! service, [`Health`], the reflection service, [`reflection`], and the
+//! HTTP endpoints (`/healthz`, `/livez`, `/metrics`, `/`) of `endpoints`,
+//! whose metrics `telemetry` keeps.
 //!
 //! # A request's life
 //!
@@ -121,6 +122,7 @@ mod handler;
 mod health;
 mod pace;
 pub(crate) mod protocol;
+pub mod reflection;
 mod service;
 mod telemetry;
 mod threaded;
@@ -142,7 +144,8 @@ pub use health::{
     HEALTH_SERVICE,
 };
 pub use protocol::Protocols;
-pub use service::Service;
+pub use reflection::REFLECTION_SERVICE;
+pub use service::{MethodName, Service};
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 
@@ -152,6 +155,7 @@ use self::endpoints::EndpointState;
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
 use self::protocol::DecodeConfig;
+use self::reflection::{Catalog, Reflection as _};
 use self::service::Registry;
 use self::threaded::Threaded;
 use crate::codec::FrameLimits;
@@ -273,7 +277,11 @@ impl Server {
             let names = specs
                 .iter()
                 .flat_map(|s| s.services.iter().map(|s| s.name()));
-            Health::new(names.chain(setup.health.then_some(HEALTH_SERVICE)))
+            Health::new(
+                names
+                    .chain(setup.health.then_some(HEALTH_SERVICE))
+                    .chain(setup.reflection.then_some(REFLECTION_SERVICE)),
+            )
         };
         // Before the first listener opens: a SIGTERM that comes as soon as
         // the port accepts must start the shutdown, not kill the process
@@ -295,6 +303,12 @@ impl Server {
                 .map_err(|e| Error::io("cannot read the listen address", e))?;
             if setup.health && spec.services.iter().all(|s| s.name() != HEALTH_SERVICE) {
                 spec.services.push(health.service());
+            }
+            // Reflection lists what callers call: the application's
+            // services, health and itself, not the HTTP endpoints' plumbing.
+            if setup.reflection && spec.services.iter().all(|s| s.name() != REFLECTION_SERVICE) {
+                let infos = spec.services.iter().map(|s| s.info(true)).collect();
+                spec.services.push(Catalog::new(infos).into_service());
             }
             let endpoints = (spec.admin || !has_admin)
                 .then(|| EndpointState::new(config.endpoints, health.clone()));

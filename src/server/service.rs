@@ -11,6 +11,8 @@ use serde::Serialize;
 
 use super::handler::{BodyLimits, Raw, RawHandler, Typed, UnaryHandler};
 use super::pace::Pace;
+use super::reflection::{MethodInfo, ServiceInfo};
+use crate::descriptor::{no_schema, BodyKind, Method, MethodDescriptor, MethodKind, SchemaFn};
 use crate::filter::{Endpoint, Filter};
 use crate::hash::FastHash;
 use crate::status::Status;
@@ -21,6 +23,87 @@ struct MethodDef {
     name: String,
     timeout: Option<Duration>,
     make: MakeEndpoint,
+    shape: Shape,
+}
+
+/// What reflection says of a method, apart from its name and timeout.
+#[derive(Clone, Copy)]
+struct Shape {
+    kind: MethodKind,
+    body: BodyKind,
+    request_type: &'static str,
+    response_type: &'static str,
+    request_schema: SchemaFn,
+    response_schema: SchemaFn,
+}
+
+impl Shape {
+    fn typed<Req, Resp>() -> Shape {
+        Shape {
+            kind: MethodKind::Unary,
+            body: BodyKind::Typed,
+            request_type: std::any::type_name::<Req>(),
+            response_type: std::any::type_name::<Resp>(),
+            request_schema: no_schema,
+            response_schema: no_schema,
+        }
+    }
+
+    fn raw() -> Shape {
+        Shape {
+            kind: MethodKind::Unary,
+            body: BodyKind::Raw,
+            request_type: "bytes",
+            response_type: "bytes",
+            request_schema: no_schema,
+            response_schema: no_schema,
+        }
+    }
+}
+
+/// Names a method of a [`Service`] for its options: the name (`"Say"`),
+/// or the typed descriptor [`service!`](crate::service!) generates
+/// (`EchoClient::Say`), which cannot name a method the service lacks.
+pub trait MethodName {
+    /// The method's name within its service.
+    fn method_name(&self) -> &str;
+
+    /// The service it belongs to, when known.
+    fn service_name(&self) -> Option<&str> {
+        None
+    }
+}
+
+impl MethodName for &str {
+    fn method_name(&self) -> &str {
+        self
+    }
+}
+
+impl MethodName for String {
+    fn method_name(&self) -> &str {
+        self
+    }
+}
+
+impl MethodName for MethodDescriptor {
+    fn method_name(&self) -> &str {
+        self.name
+    }
+
+    fn service_name(&self) -> Option<&str> {
+        Some(self.service)
+    }
+}
+
+impl<S, Req, Resp> MethodName for Method<S, Req, Resp> {
+    fn method_name(&self) -> &str {
+        self.descriptor().name
+    }
+
+    fn service_name(&self) -> Option<&str> {
+        Some(self.descriptor().service)
+    }
 }
 
 /// A named group of methods, reached as `/{service}/{method}`.
@@ -85,7 +168,7 @@ impl Service {
         self.methods.iter().map(|m| m.name.as_str())
     }
 
-    fn add(mut self, name: String, make: MakeEndpoint) -> Service {
+    fn add(mut self, name: String, make: MakeEndpoint, shape: Shape) -> Service {
         check_name("method", &name);
         assert!(
             self.methods.iter().all(|m| m.name != name),
@@ -96,6 +179,7 @@ impl Service {
             name,
             timeout: None,
             make,
+            shape,
         });
         self
     }
@@ -115,6 +199,7 @@ impl Service {
         self.add(
             name.into(),
             Box::new(move |limits| Arc::new(Typed::new(handler, limits))),
+            Shape::typed::<Req, Resp>(),
         )
     }
 
@@ -128,25 +213,96 @@ impl Service {
         self.add(
             name.into(),
             Box::new(move |limits| Arc::new(Raw::new(handler, limits))),
+            Shape::raw(),
         )
     }
 
     /// Sets a timeout for one method, counted from when the request was
     /// read. The effective deadline is the earliest of the caller's, the
-    /// method's and the service's.
+    /// method's and the service's. The method is named by its name or by
+    /// its typed descriptor (see [`MethodName`]).
     ///
     /// # Panics
     ///
-    /// If the service has no method `method`.
-    pub fn method_timeout(mut self, method: &str, timeout: Duration) -> Service {
-        let service = &self.name;
-        let def = self
-            .methods
-            .iter_mut()
-            .find(|m| m.name == method)
-            .unwrap_or_else(|| panic!("service {service:?} has no method {method:?}"));
-        def.timeout = Some(timeout);
+    /// If the service has no method `method`, or `method` is a descriptor
+    /// of another service.
+    pub fn method_timeout(mut self, method: impl MethodName, timeout: Duration) -> Service {
+        self.def_mut(&method).timeout = Some(timeout);
         self
+    }
+
+    /// States what reflection reports of the method `descriptor` names:
+    /// its kind, body and type names, and its types' JSON Schemas.
+    /// [`service!`](crate::service!) does this for every method it
+    /// registers; [`Service::method`] and [`Service::raw_method`] alone
+    /// report a unary method with the Rust names of its types.
+    ///
+    /// # Panics
+    ///
+    /// If the service has no method `descriptor.name`, or the descriptor
+    /// is of another service, or states a raw body for a typed method or
+    /// the other way round.
+    pub fn describe(mut self, descriptor: MethodDescriptor) -> Service {
+        let def = self.def_mut(&descriptor);
+        assert!(
+            def.shape.body == descriptor.body,
+            "method {:?} has {} bodies, not {} as its descriptor says",
+            descriptor.name,
+            def.shape.body,
+            descriptor.body
+        );
+        def.shape = Shape {
+            kind: descriptor.kind,
+            body: descriptor.body,
+            request_type: descriptor.request_type,
+            response_type: descriptor.response_type,
+            request_schema: descriptor.request_schema,
+            response_schema: descriptor.response_schema,
+        };
+        self
+    }
+
+    fn def_mut(&mut self, method: &dyn MethodName) -> &mut MethodDef {
+        let service = &self.name;
+        if let Some(other) = method.service_name().filter(|s| s != service) {
+            panic!(
+                "method {other}/{} is not a method of service {service:?}",
+                method.method_name()
+            );
+        }
+        let name = method.method_name();
+        self.methods
+            .iter_mut()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("service {service:?} has no method {name:?}"))
+    }
+
+    /// What reflection reports of this service: each method's name, kind,
+    /// body, timeout and types, with their schemas when `schemas`.
+    pub(crate) fn info(&self, schemas: bool) -> ServiceInfo {
+        let methods = self
+            .methods
+            .iter()
+            .map(|m| {
+                let s = &m.shape;
+                MethodInfo {
+                    name: m.name.clone(),
+                    path: format!("/{}/{}", self.name, m.name),
+                    kind: s.kind,
+                    body: s.body,
+                    timeout_ms: min_timeout(m.timeout, self.timeout)
+                        .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+                    request_type: s.request_type.to_owned(),
+                    response_type: s.response_type.to_owned(),
+                    request_schema: if schemas { (s.request_schema)() } else { None },
+                    response_schema: if schemas { (s.response_schema)() } else { None },
+                }
+            })
+            .collect();
+        ServiceInfo {
+            name: self.name.clone(),
+            methods,
+        }
     }
 
     /// Sets a timeout for every method of the service. No timeout by

@@ -1,5 +1,5 @@
-//! The load driver behind `examples/load.rs`, `benches/server.rs` and
-//! `benches/modes.rs`: `connections` connections with `depth` requests in
+//! The load driver behind `syncrpc load`, `examples/load.rs`,
+//! `benches/server.rs` and `benches/modes.rs`: `connections` connections with `depth` requests in
 //! flight on each, all driven by one mio thread, for a warm-up and then a
 //! measured window.
 //!
@@ -105,7 +105,18 @@ impl Load {
     ///
     /// Fails only if a connection cannot be opened or the poll fails; what
     /// the server answers is in the [`Outcome`].
-    pub fn run(&self, mut mark: impl FnMut(Mark)) -> io::Result<Outcome> {
+    pub fn run(&self, mark: impl FnMut(Mark)) -> io::Result<Outcome> {
+        self.run_with_progress(mark, Duration::MAX, |_| {})
+    }
+
+    /// [`Load::run`], calling `progress` about every `every` (from the
+    /// start of the warm-up) with the counts so far, for a live display.
+    pub fn run_with_progress(
+        &self,
+        mut mark: impl FnMut(Mark),
+        every: Duration,
+        mut progress: impl FnMut(&Progress),
+    ) -> io::Result<Outcome> {
         if self.depth == 0 || self.depth > u32::MAX as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -162,8 +173,22 @@ impl Load {
         let measure_from = Instant::now() + self.warmup;
         let end = measure_from + self.duration;
         let mut started = measure_from;
+        let mut next_report = Instant::now().checked_add(every);
         loop {
             let now = Instant::now();
+            if next_report.is_some_and(|at| now >= at) {
+                next_report = now.checked_add(every);
+                progress(&Progress {
+                    measuring: run.measuring,
+                    elapsed: if run.measuring {
+                        now.duration_since(started)
+                    } else {
+                        Duration::ZERO
+                    },
+                    outcome: &run.outcome,
+                    open: run.open,
+                });
+            }
             if !run.measuring && now >= measure_from {
                 mark(Mark::Start);
                 started = Instant::now();
@@ -253,6 +278,25 @@ fn msgpack_rpc_answer(msg: &[u8]) -> Option<(usize, Code)> {
         _ => Code::UNKNOWN,
     };
     Some((id as usize, code))
+}
+
+/// A run's counts so far, for [`Load::run_with_progress`].
+pub struct Progress<'a> {
+    /// False during the warm-up, when nothing is counted yet.
+    pub measuring: bool,
+    /// Time since the measured window started.
+    pub elapsed: Duration,
+    /// The answers counted so far (its `elapsed` is not set yet).
+    pub outcome: &'a Outcome,
+    /// Connections still in the run.
+    pub open: usize,
+}
+
+impl Progress<'_> {
+    /// Answers per second so far in the window.
+    pub fn rate(&self) -> f64 {
+        self.outcome.answered as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
 }
 
 /// Where a run is, for [`Load::run`]'s `mark`.

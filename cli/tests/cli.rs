@@ -1,0 +1,619 @@
+//! The `syncrpc` binary run as a user runs it, against the example echo
+//! server (`examples/echo_server.rs`, built on `service!`) and, where a
+//! test needs another setup, a server started here.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use syncrpc::{Context, Server, Service, Status};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// What a run of the tool printed and how it exited.
+struct Out {
+    code: i32,
+    stdout: Vec<u8>,
+    stderr: String,
+}
+
+impl Out {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// Runs `syncrpc ARGS` with `stdin`, to its end.
+#[track_caller]
+fn syncrpc(args: &[&str], stdin: &[u8]) -> Out {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncrpc"))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run syncrpc");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).expect("write stdin");
+    drop(input);
+    let out = child.wait_with_output().expect("syncrpc runs to its end");
+    let out = Out {
+        code: out.status.code().expect("an exit code, not a signal"),
+        stdout: out.stdout,
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    // Whatever happened, a user never sees a Rust panic or backtrace.
+    for sign in ["panicked at", "stack backtrace", "RUST_BACKTRACE"] {
+        assert!(!out.stderr.contains(sign), "{args:?}: {}", out.stderr);
+    }
+    out
+}
+
+/// The example server's binary: next to this test's target directory,
+/// where `cargo test --workspace` builds it; built here if it is not.
+fn echo_server_path() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let bin = PathBuf::from(env!("CARGO_BIN_EXE_syncrpc"));
+        let path = bin
+            .parent()
+            .expect("target dir")
+            .join("examples")
+            .join(format!("echo_server{}", std::env::consts::EXE_SUFFIX));
+        if !path.exists() {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+            let ok = Command::new(cargo)
+                .args(["build", "-p", "syncrpc", "--example", "echo_server"])
+                .status()
+                .expect("run cargo build")
+                .success();
+            assert!(ok, "cannot build examples/echo_server");
+        }
+        path
+    })
+    .clone()
+}
+
+/// The example server on a free port; killed when dropped.
+struct EchoServer {
+    child: Child,
+    addr: String,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let mut child = Command::new(echo_server_path())
+            .args(["--addr", "127.0.0.1:0"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start examples/echo_server");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = mpsc::channel();
+        // Reads the log to its end, so that the server never blocks on it.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let addr = rest.split_whitespace().next().unwrap_or("").to_owned();
+                    let _ = tx.send(addr);
+                }
+            }
+        });
+        let mut server = EchoServer {
+            child,
+            addr: String::new(),
+        };
+        server.addr = rx
+            .recv_timeout(WAIT)
+            .expect("the echo server logs its address");
+        server
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn list_shows_echo_and_its_five_methods() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["list", &echo.addr], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    assert!(text.starts_with("echo.Echo\n"), "{text}");
+    for line in [
+        "  Say    unary typed  Say -> Say",
+        "  Sleep  unary typed  Sleep -> Empty",
+        "  Fail   unary typed  Fail -> Empty",
+        "  Panic  unary typed  Anything -> ()",
+        "  Bytes  unary raw  bytes -> bytes",
+        "syncrpc.Health",
+        "syncrpc.Reflection",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    let out = syncrpc(&["list", &echo.addr, "echo.Echo", "--json"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let services = out.json();
+    let methods: Vec<&str> = services[0]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(services.as_array().unwrap().len(), 1);
+    assert_eq!(methods, ["Say", "Sleep", "Fail", "Panic", "Bytes"]);
+    let out = syncrpc(&["list", &echo.addr, "no.Such"], b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains("NOT_FOUND: unknown service \"no.Such\""),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn describe_shows_kind_body_timeout_and_types() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["describe", &echo.addr, "echo.Echo.Sleep"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    for line in [
+        "/echo.Echo/Sleep",
+        "  kind:      unary",
+        "  timeout:   none",
+        "  request:   Sleep",
+        "  response:  Empty",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    let out = syncrpc(&["describe", &echo.addr, "/echo.Echo/Bytes", "--json"], b"");
+    let info = out.json();
+    assert_eq!(info["body"], "raw");
+    assert_eq!(info["kind"], "unary");
+    // With the schemars feature the example's types carry their schema.
+    let sleep = syncrpc(&["describe", &echo.addr, "/echo.Echo/Sleep", "--json"], b"").json();
+    if let Some(schema) = sleep["request_schema"].as_object() {
+        assert!(schema["properties"]["ms"].is_object(), "{schema:?}");
+    }
+    // A service name describes the service.
+    let out = syncrpc(&["describe", &echo.addr, "echo.Echo"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text().starts_with("echo.Echo\n  Say "),
+        "{}",
+        out.text()
+    );
+    let out = syncrpc(&["describe", &echo.addr, "/echo.Echo/Shout"], b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains(
+            "unknown method /echo.Echo/Shout; echo.Echo has: Say, Sleep, Fail, Panic, Bytes"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn call_transcodes_json_both_ways() {
+    let echo = EchoServer::start();
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Say", r#"{"text":"hi"}"#],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "hi"}));
+    // From stdin, from a file, with every call option.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "echo.Echo/Say",
+            "-",
+            "--md",
+            "tenant=acme",
+            "--trace-id",
+            "cli-test-1",
+            "--compress",
+            "gzip",
+            "--timeout",
+            "5s",
+        ],
+        br#"{"text": "from stdin"}"#,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "from stdin"}));
+    let file = std::env::temp_dir().join(format!("syncrpc-cli-{}.json", std::process::id()));
+    std::fs::write(&file, r#"{"text": "from a file"}"#).unwrap();
+    let at = format!("@{}", file.display());
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Say", &at], b"");
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(out.json(), json!({"text": "from a file"}));
+    // The default body is {}.
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Fail", r#"{"code":0}"#],
+        b"",
+    );
+    assert_eq!(out.json(), json!({}));
+    // MessagePack-RPC reaches the same method.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "/echo.Echo/Say",
+            r#"{"text":"rpc"}"#,
+            "--protocol",
+            "msgpack-rpc",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "rpc"}));
+}
+
+#[test]
+fn json_that_does_not_fit_gets_the_servers_invalid_argument() {
+    let echo = EchoServer::start();
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Say", r#"{"txt":"hi"}"#],
+        b"",
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .starts_with("ERROR: INVALID_ARGUMENT: invalid body: missing field `text`"),
+        "{}",
+        out.stderr
+    );
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Sleep", r#"{"ms":"soon"}"#],
+        b"",
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .starts_with("ERROR: INVALID_ARGUMENT: invalid body: "),
+        "{}",
+        out.stderr
+    );
+    // A status the handler chose, with its code and message.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "/echo.Echo/Fail",
+            r#"{"code":5,"message":"no such note"}"#,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.starts_with("ERROR: NOT_FOUND: no such note"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn json_that_is_not_json_fails_before_connecting() {
+    // A listener that nobody accepts from: any connection attempt would
+    // be waiting in its backlog.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let out = syncrpc(
+        &["call", &addr, "/echo.Echo/Say", "{\n \"text\": hi\n}"],
+        b"",
+    );
+    assert_eq!(out.code, 2);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "the body is not JSON: expected value at line 2 column 10"
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the tool connected"
+    );
+}
+
+#[test]
+fn an_unknown_method_is_unimplemented_with_the_services_methods() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Shout", "{}"], b"");
+    assert_ne!(out.code, 0);
+    let mut lines = out.stderr.lines();
+    assert_eq!(
+        lines.next(),
+        Some("ERROR: UNIMPLEMENTED: unknown method /echo.Echo/Shout")
+    );
+    assert!(
+        out.stderr.contains(
+            "echo.Echo has: /echo.Echo/Say, /echo.Echo/Sleep, /echo.Echo/Fail, /echo.Echo/Panic, /echo.Echo/Bytes"
+        ),
+        "{}",
+        out.stderr
+    );
+    let out = syncrpc(&["call", &echo.addr, "/no.Such/Say", "{}"], b"");
+    assert!(
+        out.stderr.contains(
+            "no service no.Such; the server has: echo.Echo, syncrpc.Health, syncrpc.Reflection"
+        ),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn raw_bodies_pass_through_stdin_to_stdout() {
+    let echo = EchoServer::start();
+    let body: Vec<u8> = (0..=255u8).rev().chain([0, 0xff, b'\n']).collect();
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Bytes", "--raw"], &body);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, body);
+    // A typed body for a raw method: the server refuses it, the tool hints.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Bytes", "{}"], b"");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("call it with --raw"), "{}", out.stderr);
+    // A raw body sent to a typed method is the server's to refuse.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Say", "--raw"], b"abc");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("INVALID_ARGUMENT"), "{}", out.stderr);
+}
+
+#[test]
+fn a_server_without_reflection_still_answers_call() {
+    let svc = Service::new("plain.Plain").method("Add", |_: &Context, (a, b): (i64, i64)| {
+        Ok::<_, Status>(a + b)
+    });
+    let server = Server::builder()
+        .service(svc)
+        .reflection_service(false)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let out = syncrpc(&["call", &addr, "/plain.Plain/Add", "[2, 40]"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!(42));
+    let out = syncrpc(&["call", &addr, "/plain.Plain/Sub", "[2, 40]"], b"");
+    assert_eq!(out.code, 1);
+    assert_eq!(
+        out.stderr.lines().next(),
+        Some("ERROR: UNIMPLEMENTED: unknown method /plain.Plain/Sub")
+    );
+    // Without reflection there is no method list to add.
+    assert!(!out.stderr.contains(" has: "), "{}", out.stderr);
+    let out = syncrpc(&["list", &addr], b"");
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("does not serve reflection"),
+        "{}",
+        out.stderr
+    );
+    server.shutdown();
+}
+
+#[test]
+fn call_options_reach_the_handler() {
+    #[derive(serde::Serialize)]
+    struct Shown {
+        tenant: Option<String>,
+        trace_id: Option<String>,
+        deadline_ms: Option<u64>,
+    }
+    let (tx, rx) = mpsc::channel::<String>();
+    let tx = std::sync::Mutex::new(tx);
+    // The filter sees the body as sent, so it knows its compression.
+    let compression = move |ctx: &Context, req: syncrpc::Request, next: syncrpc::Next<'_>| {
+        let _ = tx.lock().unwrap().send(format!("{:?}", req.compression()));
+        next.run(ctx, req)
+    };
+    let svc = Service::new("meta.Meta").method("Show", |ctx: &Context, _: Value| {
+        Ok::<_, Status>(Shown {
+            tenant: ctx.metadata().get_str("tenant").map(str::to_owned),
+            trace_id: ctx.trace_id().map(|t| t.to_string()),
+            deadline_ms: ctx.remaining().map(|d| d.as_millis() as u64),
+        })
+    });
+    let server = Server::builder()
+        .service(svc)
+        .filter(compression)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "meta.Meta.Show",
+            "{}",
+            "--md",
+            "tenant=acme",
+            "--trace-id",
+            "cli-7",
+            "--timeout",
+            "3s",
+            "--compress",
+            "zlib",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let shown = out.json();
+    assert_eq!(shown["tenant"], "acme");
+    assert_eq!(shown["trace_id"], "cli-7");
+    let left = shown["deadline_ms"]
+        .as_u64()
+        .expect("the call carries its deadline");
+    assert!(left > 0 && left <= 3000, "{left}");
+    assert_eq!(rx.recv_timeout(WAIT).unwrap(), "Zlib");
+    server.shutdown();
+}
+
+#[test]
+fn health_exits_0_only_when_serving() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["health", &echo.addr], b"");
+    assert_eq!((out.code, out.text().trim()), (0, "SERVING"));
+    let out = syncrpc(&["health", &echo.addr, "echo.Echo"], b"");
+    assert_eq!((out.code, out.text().trim()), (0, "SERVING"));
+    let out = syncrpc(&["health", &echo.addr, "no.Such"], b"");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains("NOT_FOUND"), "{}", out.stderr);
+
+    let server = Server::builder().bind("127.0.0.1:0").unwrap();
+    server.health().set_serving("", false);
+    let out = syncrpc(&["health", &server.local_addr().to_string()], b"");
+    assert_eq!((out.code, out.text().trim()), (1, "NOT_SERVING"));
+    server.shutdown();
+}
+
+#[test]
+fn failures_exit_by_class() {
+    let echo = EchoServer::start();
+    // Usage: nothing is sent.
+    for args in [
+        vec!["call"],
+        vec!["call", &echo.addr, "Say"],
+        vec!["call", &echo.addr, "/echo.Echo/Say", "--md", "novalue"],
+        vec!["call", &echo.addr, "/echo.Echo/Say", "--timeout", "never"],
+        vec![
+            "call",
+            &echo.addr,
+            "/echo.Echo/Say",
+            "--md",
+            "k=v",
+            "--protocol",
+            "msgpack-rpc",
+        ],
+        vec!["frobnicate"],
+    ] {
+        let out = syncrpc(&args, b"");
+        assert_eq!(out.code, 2, "{args:?}: {}", out.stderr);
+    }
+    // Not run: nobody listens there.
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let out = syncrpc(&["call", &free, "/echo.Echo/Say", "{}"], b"");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: UNAVAILABLE"),
+        "{}",
+        out.stderr
+    );
+    // May have run: the deadline passed while the server worked on it.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "/echo.Echo/Sleep",
+            r#"{"ms": 5000}"#,
+            "--timeout",
+            "100ms",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: DEADLINE_EXCEEDED"),
+        "{}",
+        out.stderr
+    );
+    // The handler panicked on the server: an error answer, and no panic here.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Panic", "null"], b"");
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.starts_with("ERROR: INTERNAL"), "{}", out.stderr);
+    // Help is not a failure.
+    let out = syncrpc(&["--help"], b"");
+    assert_eq!(out.code, 0);
+    assert!(out.text().contains("Exit status"), "{}", out.text());
+}
+
+#[test]
+fn a_short_load_reports_rate_and_latency() {
+    let echo = EchoServer::start();
+    let out = syncrpc(
+        &[
+            "load",
+            &echo.addr,
+            "/echo.Echo/Bytes",
+            "-c",
+            "2",
+            "-d",
+            "2",
+            "-t",
+            "1",
+            "--warmup-ms",
+            "100",
+            "--progress-every",
+            "200ms",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+    let report = out.text();
+    let line = |prefix: &str| -> String {
+        report
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .unwrap_or_else(|| panic!("no {prefix:?} line in\n{report}"))
+            .to_owned()
+    };
+    // "requests  N answered in S s: R req/s"
+    let requests = line("requests  ");
+    let words: Vec<&str> = requests.split_whitespace().collect();
+    let answered: u64 = words[1].parse().unwrap();
+    let rate: f64 = words[words.len() - 2].parse().unwrap();
+    assert!(answered > 0 && rate > 0.0, "{requests}");
+    assert_eq!(line("non-OK    "), "non-OK    0");
+    let latency = line("latency   ");
+    assert!(
+        latency.contains(" p50 ") && latency.contains(" p99 "),
+        "{latency}"
+    );
+    // The progress line, one per redraw when stderr is not a terminal.
+    assert!(
+        out.stderr
+            .lines()
+            .any(|l| l.starts_with("progress  ") && l.contains("req/s")),
+        "{}",
+        out.stderr
+    );
+    // Calls that all fail are counted and make the exit status 1.
+    let out = syncrpc(
+        &[
+            "load",
+            &echo.addr,
+            "/echo.Echo/Say",
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "--warmup-ms",
+            "0",
+            "--quiet",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 1, "{}", out.text());
+    assert!(out.text().contains("INVALID_ARGUMENT"), "{}", out.text());
+}
