@@ -76,6 +76,10 @@ fn an_answer_is_sent_before_the_worker_starts_a_slow_handler(mode: Mode) {
         // Answered while the slow call still waits for its release (it
         // gives up with ABORTED if never released).
         assert_eq!(server.stats().requests_in_flight, 1);
+        // Held well past the pace rule's quick bound, so the server knows
+        // the method as slow from the first round on: a method timed as
+        // quick is run without flushing first (see `pace`).
+        std::thread::sleep(Duration::from_millis(2));
         g.release(1);
         let r = c.response();
         assert_eq!(r.id, slow);
