@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! cargo bench --bench server                   # every row, 3 runs of 2 s
-//! BENCH_ONLY=tls cargo bench --features tls --bench server   # TLS rows only
+//! cargo bench --features tls --bench server -- tls   # TLS rows only
 //! BENCH_RUNS=5 BENCH_SECS=3 BENCH_WORKERS=2 cargo bench --bench server
 //! BENCH_ONLY_LOG=1 cargo bench --bench server 2>/dev/null  # access log on/off only
 //! # profiling: a server by hand, then load only
@@ -29,9 +29,25 @@
 //! columns run the same server with inline handlers
 //! (`ServerConfig::inline_handlers`): the event loop runs the handler
 //! itself, with no hand-off to a worker.
-//! A second table runs the same server and handler over MessagePack-RPC
+//!
+//! The `thread` table runs thread mode, with its worker pool, against the
+//! blocking ceiling (one thread per connection that cuts frames by their
+//! headers and echoes them) and against a thread-per-connection server
+//! that runs the handler on the connection's thread, as Apache Thrift's
+//! threaded server does (`tpc-inline`, see `support/server_proc.rs`).
+//!
+//! A last table runs the same server and handler over MessagePack-RPC
 //! beside the native protocol. `benches/modes.rs` compares event mode
-//! with thread mode.
+//! with thread mode over more shapes of load.
+//!
+//! Name tables to run only those: `cargo bench --bench server -- thread`
+//! (`event`, `thread`, `log`, `msgpack`, `tls`).
+//!
+//! `BENCH_SHARED=1` gives the server every core instead of one, with the
+//! load unpinned beside it, and two workers by default: the many-CPU paths
+//! of the pool and the loops, measured on a machine the load shares (on
+//! two cores the load takes much of the second, so read ratios, not
+//! rates). Each table's heading says which way it ran.
 //!
 //! With the `tls` feature (`cargo bench --features tls --bench server`), a
 //! third table runs TLS beside plaintext, in both modes, at 64 B and
@@ -54,8 +70,8 @@ use server_proc::{env_usize, ServerProc};
 const BODY_LEN: usize = 64;
 
 fn main() {
-    if server_proc::bench_args().is_some() {
-        drive();
+    if let Some(args) = server_proc::bench_args() {
+        drive(&args);
     }
 }
 
@@ -66,6 +82,16 @@ struct Row {
     p99: Duration,
     cpu_us: f64,
     allocs: f64,
+}
+
+/// Workers of the syncrpc servers: one per core the server gets.
+fn workers() -> usize {
+    env_usize("BENCH_WORKERS", if shared() { 2 } else { 1 })
+}
+
+/// `BENCH_SHARED=1`: the server is not pinned to one core.
+fn shared() -> bool {
+    env_usize("BENCH_SHARED", 0) == 1
 }
 
 fn run_row(kind: &str, wire: Wire, pin: bool, conns: usize, depth: usize, dur: Duration) -> Row {
@@ -83,7 +109,7 @@ fn run_load(
     (conns, depth, body): (usize, usize, usize),
     dur: Duration,
 ) -> Row {
-    let workers = env_usize("BENCH_WORKERS", 1).to_string();
+    let workers = workers().to_string();
     let mut args = vec!["--workers".to_owned(), workers];
     let kind = match kind.strip_suffix("+log") {
         Some(kind) => {
@@ -153,15 +179,128 @@ fn median_rows<const N: usize>(
     })
 }
 
-fn drive() {
+fn drive(args: &[String]) {
     let secs = env_usize("BENCH_SECS", 2) as u64;
     let runs = env_usize("BENCH_RUNS", 3).max(1);
     let dur = Duration::from_secs(secs);
-    let pin = server_proc::pin_load();
+    let only: Vec<&str> = args
+        .iter()
+        .map(String::as_str)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let only_log = std::env::var_os("BENCH_ONLY_LOG").is_some();
+    let wants = |part: &str| {
+        if only_log {
+            part == "log"
+        } else {
+            only.is_empty() || only.contains(&part)
+        }
+    };
+    let pin = !shared() && server_proc::pin_load();
+    let placement = if pin {
+        "server pinned to core 0, load to core 1".to_owned()
+    } else if shared() {
+        format!(
+            "SHARED: server on every core ({}), load unpinned beside it",
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        )
+    } else {
+        "nothing pinned (no taskset, or one core)".to_owned()
+    };
     println!(
-        "server pinned to core 0, load to core 1: {pin}; {secs} s per run, median of {runs}; body {BODY_LEN} B raw echo; syncrpc workers {}",
-        env_usize("BENCH_WORKERS", 1)
+        "{}; load average {}; {placement}; {secs} s per run, median of {runs} interleaved; body {BODY_LEN} B raw echo; syncrpc workers {}",
+        now(),
+        load_average(),
+        workers()
     );
+    if wants("event") {
+        event_table(pin, runs, dur);
+    }
+    if wants("thread") {
+        thread_table(pin, runs, dur);
+    }
+    if wants("log") {
+        log_table(pin, runs, dur);
+    }
+    if wants("msgpack") {
+        msgpack_table(pin, runs, dur);
+    }
+    if wants("tls") {
+        #[cfg(feature = "tls")]
+        tls::table(runs, pin, dur);
+        #[cfg(not(feature = "tls"))]
+        println!("(TLS rows: cargo bench --features tls --bench server -- tls)");
+    }
+    println!("finished {}; load average {}", now(), load_average());
+}
+
+/// The date and time, UTC, to the minute.
+fn now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Thread mode with its workers, the blocking ceiling, and the
+/// thread-per-connection server with handlers inline.
+fn thread_table(pin: bool, runs: usize, dur: Duration) {
+    println!(
+        "{:>5} {:>6} | {:>10} {:>7} | {:>10} {:>8} {:>8} {:>7} {:>7} | {:>10} {:>7} | {:>8} {:>8}",
+        "conns",
+        "depth",
+        "block req/s",
+        "cpu/req",
+        "thread",
+        "p50",
+        "p99",
+        "cpu/req",
+        "allocs",
+        "tpc-inline",
+        "cpu/req",
+        "thr/blk",
+        "thr/tpc"
+    );
+    for (conns, depth) in [(1usize, 1usize), (16, 1), (128, 1), (16, 32)] {
+        let [b, t, i] = median_rows(
+            [
+                ("blocking", Wire::Native),
+                ("thread", Wire::Native),
+                ("tpc-inline", Wire::Native),
+            ],
+            runs,
+            |kind, wire| run_row(kind, wire, pin, conns, depth, dur),
+        );
+        println!(
+            "{:>5} {:>6} | {:>10.0} {:>5.1}us | {:>10.0} {:>8} {:>8} {:>5.1}us {:>7.2} | {:>10.0} {:>5.1}us | {:>8.2} {:>8.2}",
+            conns,
+            depth,
+            b.rps,
+            b.cpu_us,
+            t.rps,
+            Latency(t.p50),
+            Latency(t.p99),
+            t.cpu_us,
+            t.allocs,
+            i.rps,
+            i.cpu_us,
+            t.rps / b.rps,
+            t.rps / i.rps
+        );
+    }
+}
+
+fn event_table(pin: bool, runs: usize, dur: Duration) {
     println!(
         "{:>5} {:>6} | {:>10} {:>8} {:>8} {:>8} | {:>10} {:>8} {:>8} {:>8} {:>7} {:>5} | {:>10} {:>8} {:>8} {:>7} {:>5}",
         "conns",
@@ -182,17 +321,8 @@ fn drive() {
         "allocs",
         "ratio"
     );
-    if std::env::var("BENCH_ONLY").is_ok_and(|t| t == "tls") {
-        #[cfg(feature = "tls")]
-        tls::table(runs, pin, dur);
-        return;
-    }
-    let only_log = std::env::var_os("BENCH_ONLY_LOG").is_some();
     for depth in [1usize, 32] {
         for conns in [1usize, 16, 128] {
-            if only_log {
-                break;
-            }
             let [c, s, i] = median_rows(
                 [
                     ("ceiling", Wire::Native),
@@ -224,6 +354,11 @@ fn drive() {
             );
         }
     }
+}
+
+/// The access log at info, written off the request path: what it costs
+/// beside the same server without it.
+fn log_table(pin: bool, runs: usize, dur: Duration) {
     // The access log at info, written off the request path: what it
     // costs beside the same server without it.
     println!(
@@ -249,9 +384,9 @@ fn drive() {
             l.rps / n.rps
         );
     }
-    if only_log {
-        return;
-    }
+}
+
+fn msgpack_table(pin: bool, runs: usize, dur: Duration) {
     // The same server and handler over MessagePack-RPC: what the
     // protocol seam and the other framing cost, beside the native rows.
     println!(
@@ -279,10 +414,6 @@ fn drive() {
             );
         }
     }
-    #[cfg(feature = "tls")]
-    tls::table(runs, pin, dur);
-    #[cfg(not(feature = "tls"))]
-    println!("(TLS rows: cargo bench --features tls --bench server)");
 }
 
 /// TLS beside plaintext, and handshakes per second.

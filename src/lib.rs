@@ -105,7 +105,9 @@
 //! - [`server`]: services of typed or raw handlers, a [`Filter`] chain,
 //!   and two I/O modes that share everything but the sockets: *event mode*
 //!   (a few mio loops; many connections, few threads) and *thread mode*
-//!   (blocking reads and writes, two threads per connection). Per-request
+//!   (blocking reads and writes, two threads per connection; a
+//!   connection's thread runs a lone request of a quick method itself,
+//!   and answers are written by whichever thread makes them). Per-request
 //!   work lives in one mode-independent dispatcher, so limits, status codes
 //!   and deadlines are identical in both. The dispatcher is also
 //!   protocol-independent: each wire protocol (native, MessagePack-RPC,

@@ -13,7 +13,14 @@
 //!   connection's or the event loop, instead of the workers);
 //! - `ceiling`: a minimal mio server for the same protocol that cuts frames
 //!   by their headers and echoes bodies, with no pool and no meta or body
-//!   decoding: the most a server of this shape could do on this machine.
+//!   decoding: the most a server of this shape could do on this machine;
+//! - `blocking`: the same with one blocking thread per connection that
+//!   reads, cuts frames by their headers and echoes: thread mode's ceiling;
+//! - `tpc-inline`: a thread-per-connection server that runs the handler on
+//!   the connection's thread, as Apache Thrift's threaded server does: it
+//!   decodes each frame and its meta with `syncrpc::codec`, routes the
+//!   method by name, calls the handler and encodes the answer, with no
+//!   pool, deadlines, cancellation or limits.
 #![allow(dead_code)] // each binary that includes this uses a different part
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -79,11 +86,13 @@ pub fn serve(kind: &str, args: &[String]) {
             .and_then(|v| v.parse::<usize>().ok())
     };
     let mode = match kind {
-        "ceiling" => None,
+        "ceiling" | "blocking" | "tpc-inline" => None,
         "event" => Some(Mode::Event),
         "thread" => Some(Mode::Thread),
         other => {
-            eprintln!("--serve: unknown server {other:?} (event, thread, ceiling)");
+            eprintln!(
+                "--serve: unknown server {other:?} (event, thread, ceiling, blocking, tpc-inline)"
+            );
             std::process::exit(2);
         }
     };
@@ -117,12 +126,31 @@ pub fn serve(kind: &str, args: &[String]) {
     });
     let addr = match &server {
         Some(s) => s.local_addr(),
-        None => {
+        None if kind == "ceiling" => {
             let listener = TcpListener::bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let addr = listener.local_addr().unwrap();
             std::thread::Builder::new()
                 .name("ceiling".into())
                 .spawn(move || ceiling(listener))
+                .unwrap();
+            addr
+        }
+        None => {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let serve_conn: fn(std::net::TcpStream) = if kind == "blocking" {
+                blocking_echo
+            } else {
+                inline_thread
+            };
+            std::thread::Builder::new()
+                .name(kind.into())
+                .spawn(move || {
+                    for s in listener.incoming().flatten() {
+                        s.set_nodelay(true).unwrap();
+                        std::thread::spawn(move || serve_conn(s));
+                    }
+                })
                 .unwrap();
             addr
         }
@@ -269,6 +297,115 @@ fn ceiling(mut listener: TcpListener) {
             if closed {
                 conns[slot] = None;
             }
+        }
+    }
+}
+
+/// The response meta of every answer the ceilings write: `{code: 0}`.
+const OK_META: &[u8] = b"\x81\xa4code\x00";
+
+/// Appends to `out` the RESPONSE for the REQUEST `h`, echoing `body`.
+fn echo_frame(h: &Header, body: &[u8], out: &mut BytesMut) {
+    let mut head = [0u8; HEADER_LEN];
+    Header {
+        frame_type: FrameType::Response,
+        flags: h.flags,
+        meta_len: OK_META.len() as u16,
+        request_id: h.request_id,
+        body_len: body.len() as u32,
+    }
+    .encode(&mut head);
+    out.extend_from_slice(&head);
+    out.extend_from_slice(OK_META);
+    out.extend_from_slice(body);
+}
+
+/// The blocking ceiling's connection thread: read, cut every whole frame
+/// by its header, answer each REQUEST with its body, write, read again.
+fn blocking_echo(mut s: std::net::TcpStream) {
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut wbuf = BytesMut::with_capacity(64 * 1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rbuf.extend_from_slice(&scratch[..n]),
+        }
+        while rbuf.len() >= HEADER_LEN {
+            let Ok(h) = Header::decode(&rbuf) else {
+                return;
+            };
+            let total = HEADER_LEN + h.meta_len as usize + h.body_len as usize;
+            if rbuf.len() < total {
+                break;
+            }
+            let frame = rbuf.split_to(total);
+            if h.frame_type == FrameType::Request {
+                echo_frame(&h, &frame[HEADER_LEN + h.meta_len as usize..], &mut wbuf);
+            }
+        }
+        if !wbuf.is_empty() {
+            if s.write_all(&wbuf).is_err() {
+                return;
+            }
+            wbuf.clear();
+        }
+    }
+}
+
+/// The thread-per-connection server's connection thread: decode each
+/// frame and its meta, route the method, run the handler here, encode the
+/// answer, write once per read.
+fn inline_thread(mut s: std::net::TcpStream) {
+    use syncrpc::codec::{Decoded, Decoder, Encoder, FrameLimits, RequestMeta, ResponseMeta, Side};
+    let handler = |body: &[u8]| -> Result<Vec<u8>, Status> { Ok(body.to_vec()) };
+    let mut dec = Decoder::new(Side::Server, FrameLimits::default());
+    let mut enc = Encoder::new();
+    let mut rbuf = BytesMut::with_capacity(64 * 1024);
+    let mut scratch = vec![0u8; 64 * 1024];
+    loop {
+        match s.read(&mut scratch) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => rbuf.extend_from_slice(&scratch[..n]),
+        }
+        loop {
+            let frame = match dec.decode(&mut rbuf) {
+                Ok(Some(Decoded::Frame(f))) => f,
+                Ok(None) => break,
+                Ok(Some(Decoded::BodyTooLarge { .. })) | Err(_) => return,
+            };
+            if frame.frame_type() != FrameType::Request {
+                continue;
+            }
+            let Ok(meta) = RequestMeta::decode(&frame.meta) else {
+                return;
+            };
+            let reply = if meta.method == super::load::ECHO_BYTES {
+                handler(&frame.body)
+            } else {
+                Err(Status::unimplemented(meta.method.to_owned()))
+            };
+            let id = frame.request_id();
+            let flags = frame.header.flags;
+            let written = match reply {
+                Ok(body) => enc.response(id, flags, &ResponseMeta::new(syncrpc::Code::OK), &body),
+                Err(status) => {
+                    let meta = ResponseMeta {
+                        message: Some(status.message()),
+                        ..ResponseMeta::new(status.code())
+                    };
+                    enc.response(id, flags, &meta, &[])
+                }
+            };
+            if written.is_err() {
+                return;
+            }
+        }
+        if !enc.is_empty() {
+            if s.write_all(enc.as_slice()).is_err() {
+                return;
+            }
+            enc.clear();
         }
     }
 }

@@ -253,8 +253,11 @@ pub struct ServerConfig {
     /// run as many loops ([`ServerConfig::event_loops`]) as cores.
     pub inline_handlers: bool,
     /// Stack size of the connection threads of [`Mode::Thread`], or the
-    /// platform's default (`None`, the default). With inline handlers,
-    /// leave room for them.
+    /// platform's default (`None`, the default). Handlers run on these
+    /// threads too: all of them with inline handlers, and without, a lone
+    /// request of a method that lately returned within 50 µs (the
+    /// connection's thread runs it rather than wake a worker). Leave room
+    /// for them.
     pub connection_stack_size: Option<usize>,
     /// The wire protocols connections may speak. Default
     /// [`Protocols::All`]: each connection is served in the protocol its

@@ -13,6 +13,12 @@
 //! a worker about to go idle writes what it and others appended meanwhile
 //! (many responses in one `write`); when the socket's buffer is full the
 //! rest waits for the driver, which resumes once the socket is writable.
+//! Those writes never wait, even on thread mode's blocking sockets (see
+//! [`send_now`]); only the driver's own write may block, which in thread
+//! mode is bounded by the write-stall timeout.
+//!
+//! Every byte a connection writes goes through [`ConnShared::flush`], and
+//! from there through [`write_out`]: the one place that writes a socket.
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::fmt;
@@ -47,6 +53,14 @@ pub(crate) trait Wake: Send + Sync {
     /// block), the driver writes everything and is woken for each batch.
     fn workers_write(&self) -> bool {
         true
+    }
+
+    /// Whether the driver must be woken to finish a write that another
+    /// thread left blocked on a full socket buffer. Event mode's loop
+    /// learns that the socket became writable from its poll; thread mode's
+    /// writing thread sleeps until told.
+    fn wake_when_blocked(&self) -> bool {
+        false
     }
 }
 
@@ -167,6 +181,8 @@ pub(crate) struct ConnState {
     pub closing: bool,
     /// The server is shutting down: new requests are answered UNAVAILABLE.
     pub draining: bool,
+    /// See [`Wake::wake_when_blocked`].
+    wake_when_blocked: bool,
     /// The protocol the connection speaks, answers included: the native
     /// one until the first byte says otherwise.
     pub protocol: &'static dyn Protocol,
@@ -233,7 +249,10 @@ impl ConnState {
         }
         let wanted = self.read_paused
             || self.write_failed
-            || (self.closing && self.active() == 0 && self.is_flushed());
+            || (self.closing && self.active() == 0 && self.is_flushed())
+            || (self.wake_when_blocked
+                && self.write_blocked_since.is_some()
+                && !self.writer_active);
         if wanted {
             self.notified = true;
         }
@@ -305,6 +324,7 @@ impl ConnShared {
     ) -> ConnShared {
         let drain = dispatcher.server.requests.clone();
         let transport = Transport::new(id, &dispatcher.transport, &dispatcher.server.handshakes);
+        let wake_when_blocked = waker.wake_when_blocked();
         ConnShared {
             id,
             slot,
@@ -331,6 +351,7 @@ impl ConnShared {
                 read_paused: false,
                 closing: false,
                 draining: false,
+                wake_when_blocked,
                 protocol: NATIVE,
                 protocol_counted: false,
                 answered_at: Instant::now(),
@@ -427,6 +448,10 @@ impl ConnShared {
     /// another thread is writing (it will pick up what was appended) or
     /// the socket is known to be full and `writable` is false (only the
     /// driver, told the socket became writable, resumes then).
+    ///
+    /// `writable` also says who calls: the driver, whose write may wait
+    /// for room on a blocking socket (thread mode's writing thread, within
+    /// the socket's write timeout). Any other thread's write never waits.
     pub fn flush(&self, writable: bool) -> Flush {
         let mut st = self.lock();
         if st.closed || st.write_failed {
@@ -463,7 +488,7 @@ impl ConnShared {
             } {
                 Ok(mut chunk) => {
                     let before = chunk.len();
-                    let result = write_nonblocking(&self.stream, &mut chunk);
+                    let result = write_out(&self.stream, &mut chunk, writable);
                     self.server()
                         .bytes_written
                         .fetch_add((before - chunk.len()) as u64, Ordering::Relaxed);
@@ -542,10 +567,22 @@ const KEEP_OUTPUT: usize = 256 * 1024;
 
 /// Writes `buf` until done or the socket would block, advancing `buf`
 /// past what was written. Returns (done, whether any byte was written).
-fn write_nonblocking(mut stream: &TcpStream, buf: &mut BytesMut) -> io::Result<(bool, bool)> {
+/// Unless `may_wait`, a blocking socket is written as if it did not block.
+///
+/// This is the one place a connection's bytes reach its socket.
+fn write_out(
+    mut stream: &TcpStream,
+    buf: &mut BytesMut,
+    may_wait: bool,
+) -> io::Result<(bool, bool)> {
     let mut progressed = false;
     while !buf.is_empty() {
-        match stream.write(buf) {
+        let written = if may_wait {
+            stream.write(buf)
+        } else {
+            send_now(stream, buf)
+        };
+        match written {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => {
                 buf.advance(n);
@@ -557,6 +594,42 @@ fn write_nonblocking(mut stream: &TcpStream, buf: &mut BytesMut) -> io::Result<(
         }
     }
     Ok((true, progressed))
+}
+
+/// `send(2)` flags that make one call return rather than wait for room,
+/// whatever the socket's mode, and never raise `SIGPIPE`; `None` where the
+/// platform has no such flag, and only non-blocking sockets may be written
+/// by threads other than their driver.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+pub(crate) const SEND_NOW: Option<std::os::raw::c_int> = Some(0x40 | 0x4000); // MSG_DONTWAIT | MSG_NOSIGNAL
+#[cfg(any(
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+))]
+pub(crate) const SEND_NOW: Option<std::os::raw::c_int> = Some(0x80); // MSG_DONTWAIT
+#[cfg(not(any(
+    target_os = "linux",
+    target_os = "android",
+    target_os = "macos",
+    target_os = "ios",
+    target_os = "freebsd",
+    target_os = "netbsd",
+    target_os = "openbsd",
+    target_os = "dragonfly"
+)))]
+pub(crate) const SEND_NOW: Option<std::os::raw::c_int> = None;
+
+/// One write that does not wait for room in the socket's buffer
+/// (`WouldBlock` instead), on a blocking socket too.
+fn send_now(mut stream: &TcpStream, buf: &[u8]) -> io::Result<usize> {
+    match SEND_NOW {
+        Some(flags) => socket2::SockRef::from(stream).send_with_flags(buf, flags),
+        None => stream.write(buf),
+    }
 }
 
 impl fmt::Debug for ConnShared {

@@ -26,6 +26,7 @@ use bytes::Bytes;
 use super::buffer_pool;
 use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
+use super::pace::LONG;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
 use super::service::{MethodEntry, MethodId, Registry};
 use super::telemetry::{MethodMetrics, Telemetry};
@@ -270,7 +271,7 @@ impl Dispatcher {
         read_at: Instant,
         timers: &mut DeadlineQueue,
     ) {
-        if let Some(task) = self.on_message_deferred(conn, msg, read_at, timers) {
+        if let Some(task) = self.on_message_deferred(conn, msg, read_at, timers, false) {
             task.run_inline();
         }
     }
@@ -278,16 +279,21 @@ impl Dispatcher {
     /// As [`Dispatcher::on_message`], but a request that a server without
     /// workers runs inline is handed back, for the driver to run once it
     /// has let go of `timers`.
+    ///
+    /// With `keep_quick`, a REQUEST of a [quick](super::pace) method is
+    /// handed back too, counted in flight with its deadline set, for the
+    /// driver to run itself or [`Dispatcher::submit`].
     pub fn on_message_deferred(
         &self,
         conn: &Arc<ConnShared>,
         msg: Message<'_>,
         read_at: Instant,
         timers: &mut DeadlineQueue,
+        keep_quick: bool,
     ) -> Option<RequestTask> {
         match msg {
             Message::Request { head, body } => {
-                return self.start(conn, head, body, read_at, timers)
+                return self.start(conn, head, body, read_at, timers, keep_quick)
             }
             Message::Cancel(id) => cancel(conn, id),
             Message::Ping(token) => {
@@ -323,6 +329,7 @@ impl Dispatcher {
         body: Bytes,
         read_at: Instant,
         timers: &mut DeadlineQueue,
+        keep_quick: bool,
     ) -> Option<RequestTask> {
         let RequestHead {
             id, flags, oneway, ..
@@ -430,37 +437,46 @@ impl Dispatcher {
             body,
             oneway_count: oneway.then(|| self.server.requests.guard()),
         };
-        let Some(pool) = &self.server.pool else {
-            // Inline: the driver runs it, and the timer can end it meanwhile.
-            if let (Some(at), false) = (deadline, oneway) {
-                timers.push(at, conn, id, seq);
-            }
-            return Some(task);
-        };
-        match pool.try_submit(task) {
-            Ok(()) => {
-                if let (Some(at), false) = (deadline, oneway) {
-                    timers.push(at, conn, id, seq);
-                }
-            }
-            Err(e) => {
-                let status = match &e {
-                    SubmitError::Full(_) => Status::resource_exhausted(format!(
-                        "work queue full ({} requests waiting)",
-                        self.server.config.queue_capacity
-                    )),
-                    SubmitError::Closed(_) => {
-                        if !oneway {
-                            self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Status::unavailable("the server is shutting down; the request was not run")
-                    }
-                };
-                log::debug!("conn {}: request {id} not queued: {status}", conn.id);
-                e.into_inner().finish(Err(status), false);
-            }
+        if let (Some(at), false) = (deadline, oneway) {
+            timers.push(at, conn, id, seq);
         }
+        let kept = keep_quick && !oneway && method.pace.is_quick();
+        if self.server.pool.is_none() || kept {
+            // The driver runs it, and the timer can end it meanwhile.
+            return Some(task);
+        }
+        self.submit(task);
         None
+    }
+
+    /// Queues a request [`Dispatcher::on_message_deferred`] handed back on
+    /// the workers; one that cannot be queued is answered at once.
+    pub fn submit(&self, task: RequestTask) {
+        let Some(pool) = &self.server.pool else {
+            task.run_inline();
+            return;
+        };
+        if let Err(e) = pool.try_submit(task) {
+            let status = match &e {
+                SubmitError::Full(_) => Status::resource_exhausted(format!(
+                    "work queue full ({} requests waiting)",
+                    self.server.config.queue_capacity
+                )),
+                SubmitError::Closed(task) => {
+                    if !task.is_oneway() {
+                        self.server.shutdown_refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Status::unavailable("the server is shutting down; the request was not run")
+                }
+            };
+            let task = e.into_inner();
+            log::debug!(
+                "conn {}: request {} not queued: {status}",
+                task.conn.id,
+                task.id
+            );
+            task.finish(Err(status), false);
+        }
     }
 }
 
@@ -596,7 +612,7 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
 
 /// Writes a connection's output from this thread (the driver takes over if
 /// the socket is full), and wakes the driver if it must act.
-fn flush(conn: &Arc<ConnShared>) {
+pub(crate) fn flush(conn: &Arc<ConnShared>) {
     conn.flush(false);
     let wake = conn.lock().should_wake();
     if wake {
@@ -644,7 +660,7 @@ fn flush_later(conn: &Arc<ConnShared>) {
 }
 
 /// Writes every connection [`flush_later`] noted on this thread.
-fn flush_unflushed() {
+pub(crate) fn flush_unflushed() {
     // `flush` never notes a connection, so the list can stay borrowed.
     UNFLUSHED.with(|u| {
         let mut u = u.borrow_mut();
@@ -868,27 +884,8 @@ impl RequestTask {
 }
 
 impl Task for RequestTask {
-    fn run(mut self) {
-        if !self.claim() {
-            if self.is_oneway() {
-                self.finish(Err(Status::cancelled("not run")), false);
-            } else {
-                self.drop_result(Err(Status::cancelled("not run")), false);
-            }
-            return;
-        }
-        // Answers held back for the next write must not wait for a
-        // handler that may take long.
-        let method = self.method();
-        if !method.pace.is_quick() {
-            flush_unflushed();
-        }
-        let started = method.pace.sample().then(Instant::now);
-        let reply = self.call();
-        if let Some(at) = started {
-            self.method().pace.record(at.elapsed());
-        }
-        self.finish(reply, true);
+    fn run(self) {
+        self.run_sampled(false);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -915,6 +912,58 @@ impl Task for RequestTask {
 
     fn idle() {
         flush_unflushed();
+    }
+}
+
+impl RequestTask {
+    /// Runs the request on a connection's own thread, which took it
+    /// because its method is quick: timed every time, so that a call that
+    /// turns out long ([`LONG`]) stops the next ones from being taken, and
+    /// written from this thread before it returns.
+    pub fn run_on_connection_thread(self) {
+        let now = Instant::now();
+        if self.ctx.deadline().is_some_and(|d| now >= d) {
+            self.expire(Duration::ZERO);
+        } else if let Err(payload) =
+            panic::catch_unwind(AssertUnwindSafe(|| self.run_sampled(true)))
+        {
+            log::error!(
+                "request task panicked on {}: {}",
+                std::thread::current().name().unwrap_or("connection thread"),
+                panic_message(&*payload)
+            );
+        }
+        flush_unflushed();
+    }
+
+    /// Runs the request unless it is no longer wanted, timing the handler
+    /// if `always_time` or it is this call's turn to be sampled.
+    fn run_sampled(mut self, always_time: bool) {
+        if !self.claim() {
+            if self.is_oneway() {
+                self.finish(Err(Status::cancelled("not run")), false);
+            } else {
+                self.drop_result(Err(Status::cancelled("not run")), false);
+            }
+            return;
+        }
+        // Answers held back for the next write must not wait for a
+        // handler that may take long.
+        let method = self.method();
+        if !method.pace.is_quick() {
+            flush_unflushed();
+        }
+        let sampled = method.pace.sample();
+        let started = (always_time || sampled).then(Instant::now);
+        let reply = self.call();
+        if let Some(at) = started {
+            let took = at.elapsed();
+            // An unsampled call still counts when it was long.
+            if sampled || took >= LONG {
+                self.method().pace.record(took);
+            }
+        }
+        self.finish(reply, true);
     }
 }
 

@@ -14,7 +14,9 @@
 //! ```
 //!
 //! Thread mode: an acceptor thread, and per connection a reading thread and
-//! a writing thread with blocking I/O; handlers run on the same worker pool.
+//! a writing thread with blocking I/O; handlers run on the same worker pool,
+//! except that a connection's thread runs a lone request of a quick method
+//! itself (see `threaded`).
 //!
 //! In either mode, handlers that never block can instead run inline on the
 //! thread that read their request, the event loop or the connection's
@@ -101,8 +103,10 @@
 //! not lately returned within 50 µs) it writes every connection it noted,
 //! many responses in one `write`, and the loop is not woken at all. The loop
 //! writes the answers it makes itself (refusals, PONG) and what a full
-//! socket left behind, once it is writable again. In thread mode the connection's writing thread writes
-//! them, so a client that does not read never blocks a worker. A response
+//! socket left behind, once it is writable again. In thread mode workers and the
+//! connection's thread write the same way, with sends that never wait on
+//! the blocking socket; the connection's writing thread writes what a full
+//! socket left, so a client that does not read never blocks a worker. A response
 //! never reaches another connection: it is tied to its connection's state,
 //! not to a slot or descriptor number, and dropped if that connection
 //! closed.

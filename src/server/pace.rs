@@ -14,6 +14,12 @@ use std::time::Duration;
 /// A handler that lately returned within this is quick.
 pub(crate) const QUICK: Duration = Duration::from_micros(50);
 
+/// A call that took this long is recorded even when it was not sampled:
+/// no wait for a busy CPU explains it, so the method has turned slow.
+/// Shorter unsampled calls are not recorded, since on a loaded machine a
+/// quick handler's thread often waits longer than [`QUICK`] for a CPU.
+pub(crate) const LONG: Duration = Duration::from_millis(10);
+
 /// One call in this many is timed once a method's pace is known.
 pub(crate) const SAMPLE_EVERY: u32 = 16;
 

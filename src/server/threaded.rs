@@ -1,21 +1,55 @@
 //! Thread mode: an acceptor thread, and per connection a thread that reads
-//! with blocking calls and a thread that writes.
+//! with blocking calls and a thread that writes what the others could not.
 //!
 //! ```text
 //!              accept                 spawn
-//! listeners ─────────▶ acceptor ─────────────────▶ conn-N (reads, decodes, dispatches)
-//!                      (mio poll,                       │  ▲ waits for room (condvar)
-//!                       woken at shutdown)              ▼  │
-//!                                   worker pool ─▶ connection output ─▶ conn-N-w (writes,
-//!                                   (or inline on conn-N)     notify      fires deadlines)
+//! listeners ─────────▶ acceptor ─────────────────▶ conn-N (reads, decodes, dispatches;
+//!                      (mio poll; watches          │  ▲   runs a lone quick request
+//!                       conn threads that run      │  │   itself and writes its answer)
+//!                       a request themselves)      ▼  │ waits for room (condvar)
+//!                                   worker pool ─▶ send now ─▶ socket
+//!                                                  │ socket full, deadline, closing
+//!                                                  ▼
+//!                                               conn-N-w (blocking writes, fires
+//!                                                 deadlines, reads for conn-N
+//!                                                 while its request runs long)
 //! ```
 //!
 //! The per-request logic is `dispatch`'s, exactly as in event mode; only
-//! the moving of bytes differs. The reading thread cannot write while it
-//! is blocked in `read`, so each connection has a writing thread too: the
-//! connection's wake hook, which event mode uses to wake its loop,
-//! notifies a condition variable here. A client that stops reading blocks
-//! that writing thread, never a worker.
+//! the moving of bytes differs. A request costs as few thread wake-ups as
+//! its shape allows:
+//!
+//! - **Answers are written by whoever makes them**, a worker or the
+//!   connection's thread, with a send that never waits, even though the
+//!   socket blocks (`connection::SEND_NOW`); one thread writes at a time,
+//!   the others append. What a full socket buffer leaves wakes the writing
+//!   thread, whose write may wait, bounded by the write-stall timeout. So
+//!   a client that stops reading blocks the writing thread, never a
+//!   worker, and the writing thread is otherwise asleep.
+//! - **A lone quick request runs on the connection's thread.** When a read
+//!   brings one request, with nothing after it, of a method whose sampled
+//!   calls lately returned within 50 µs (`pace`), handing it to a worker
+//!   would cost a wake-up while this thread has nothing to do until its
+//!   next read: it runs it itself, after the batch of any other requests
+//!   is sent. Pipelined requests, ONEWAYs and methods not known to be
+//!   quick go to the workers, which bound how many handlers run at once.
+//!   Every guarantee of the workers holds: the request is in the in-flight
+//!   table, its deadline fires from the writing thread, CANCEL, shutdown
+//!   and close forbid its start or drop its late answer.
+//! - **A quick method's call that runs long does not stop the reading.**
+//!   While the connection's thread runs a request, its reading side (the
+//!   buffer, the decoder, the timers of the read) is lent to the writing
+//!   thread. The acceptor looks every 5 ms while connection threads run
+//!   requests (it sleeps when none has for a few seconds); at a handler
+//!   that has run 10 ms, it has the writing thread read in the connection
+//!   thread's place, sending every request to the workers and firing
+//!   deadlines between reads, until the handler returns and the
+//!   connection's thread takes its reading side back. The call, timed
+//!   and that long, makes its method slow, so its next calls go to the
+//!   workers.
+//!
+//! Reading happens in one place, [`Reader::read`]; writing in one,
+//! `ConnShared::flush` (and below it `connection::write_out`).
 //!
 //! Every limit holds as in event mode. The reading thread does not call
 //! `read` while the connection is at its in-flight or pending-bytes limit
@@ -31,7 +65,7 @@
 use std::collections::HashMap;
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -41,8 +75,8 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accept::{AcceptBackoff, AcceptError};
 use super::builder::{Limits, Timeouts};
-use super::connection::{ConnShared, ConnState, Flush, Received, Wake};
-use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
+use super::connection::{ConnShared, ConnState, Flush, Received, Wake, SEND_NOW};
+use super::dispatch::{self, DeadlineQueue, Dispatcher, RequestTask, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use super::protocol::{ConnDecoder, Message, Protocol};
 use crate::codec::{Encoder, ProtocolError};
@@ -81,6 +115,21 @@ const MAPS_PER_CONNECTION: usize = 8;
 /// A refused connection's GOAWAY gets this long to reach the socket when
 /// there is no writing thread.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// While connection threads run requests themselves, the acceptor looks
+/// this often for one whose handler runs long...
+const WATCH_TICK: Duration = Duration::from_millis(5);
+/// ...and has the writing thread read in its place once its handler has
+/// run this long. That is 200 times what counts as quick
+/// (`pace::QUICK`), so that a thread merely waiting for a busy CPU is not
+/// taken for one whose handler runs long.
+const COVER_AFTER: Duration = super::pace::LONG;
+/// While it covers, the writing thread reads with at most this timeout:
+/// how long the connection's thread may wait to take its reading side
+/// back once its handler returned.
+const COVER_READ: Duration = Duration::from_millis(2);
+/// The acceptor stops looking after this many looks without a request run
+/// by a connection thread, until the next one wakes it.
+const WATCH_IDLE_TICKS: u32 = 500;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Critical sections move buffers and table entries only.
@@ -111,6 +160,14 @@ pub(crate) struct Threaded {
     refusal: String,
     /// Granularity of the idle and whole-frame timeouts.
     tick: Duration,
+    /// The origin of [`Threaded::clock`].
+    epoch: Instant,
+    /// A connection thread ran a request itself since the acceptor last
+    /// looked.
+    inline_seen: AtomicBool,
+    /// The acceptor no longer looks (see [`WATCH_IDLE_TICKS`]): the next
+    /// request a connection thread runs wakes it.
+    watch_asleep: AtomicBool,
 }
 
 /// Wakes a connection's threads: the wake hook of its [`ConnShared`].
@@ -123,9 +180,15 @@ impl Wake for Notify {
         self.cond.notify_all();
     }
 
-    /// The socket blocks: only the writing thread may write it.
+    /// Whoever has an answer writes it, with sends that never wait (see
+    /// `connection::SEND_NOW`); the writing thread takes over only what a
+    /// full socket buffer left.
     fn workers_write(&self) -> bool {
-        false
+        SEND_NOW.is_some()
+    }
+
+    fn wake_when_blocked(&self) -> bool {
+        true
     }
 }
 
@@ -145,9 +208,55 @@ struct Link {
     writer_alive: AtomicBool,
     reader_name: String,
     writer_name: String,
+    /// The reading side, while the connection's thread runs a request
+    /// itself: the writing thread may take it to read meanwhile.
+    lent: Mutex<Option<Reader>>,
+    /// Notified when the writing thread gives the reading side back.
+    returned: Condvar,
+    /// When ([`Threaded::clock`]) the connection's thread started the
+    /// request it runs itself; 0 when it runs none.
+    inline_since: AtomicU64,
+    /// The `inline_since` the acceptor already asked the writing thread to
+    /// cover.
+    cover_asked: AtomicU64,
+    /// The acceptor asks the writing thread to read in the connection
+    /// thread's place.
+    cover_wanted: AtomicBool,
+    /// The connection's thread wants its reading side back.
+    owner_back: AtomicBool,
 }
 
 impl Link {
+    /// Takes the reading side back once the request this thread ran is
+    /// done, waiting for the writing thread's current read if it covers.
+    fn take_back(&self) -> Reader {
+        let mut lent = lock(&self.lent);
+        loop {
+            if let Some(reader) = lent.take() {
+                self.owner_back.store(false, Ordering::SeqCst);
+                return reader;
+            }
+            self.owner_back.store(true, Ordering::SeqCst);
+            lent = self.returned.wait(lent).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The writing thread: reads in the connection thread's place, if the
+    /// reading side is still lent.
+    fn cover(&self) {
+        let Some(reader) = lock(&self.lent).take() else {
+            return;
+        };
+        log::debug!(
+            "conn {}: a quick method's handler runs long on the connection's thread; \
+             its writing thread reads meanwhile",
+            self.conn.id
+        );
+        let reader = reader.cover();
+        *lock(&self.lent) = Some(reader);
+        self.returned.notify_all();
+    }
+
     fn wait<'a>(
         &self,
         st: MutexGuard<'a, ConnState>,
@@ -169,6 +278,12 @@ impl Link {
         self.notify.cond.notify_all();
     }
 
+    /// Writes what is pending from this thread, without waiting; the
+    /// writing thread is woken for what the socket would not take.
+    fn flush(&self) {
+        dispatch::flush(&self.conn);
+    }
+
     /// Appends a GOAWAY unless the connection is closed.
     fn goaway(&self, code: Code, message: &str) {
         {
@@ -178,6 +293,7 @@ impl Link {
                 return;
             }
         }
+        self.flush();
         self.poke();
     }
 
@@ -190,10 +306,13 @@ impl Link {
             }
             st.draining = true;
             // Without a GOAWAY, the writer closes the connection once
-            // nothing is in flight.
+            // nothing is in flight: the last answer wakes it.
             let protocol = st.protocol;
-            protocol.write_goaway(&mut st.out, Code::UNAVAILABLE, "server shutting down");
+            if !protocol.write_goaway(&mut st.out, Code::UNAVAILABLE, "server shutting down") {
+                st.closing = true;
+            }
         }
+        self.flush();
         self.poke();
     }
 
@@ -246,6 +365,9 @@ impl Threaded {
             accept_paused: AtomicBool::new(false),
             prefix,
             tick,
+            epoch: Instant::now(),
+            inline_seen: AtomicBool::new(false),
+            watch_asleep: AtomicBool::new(true),
         });
         let name = format!("{}-accept", threaded.prefix);
         let acceptor = Acceptor {
@@ -254,6 +376,7 @@ impl Threaded {
             listeners: entries,
             backoff: AcceptBackoff::new(),
             resume: None,
+            idle_looks: 0,
         };
         let alive = threaded.acceptor_alive.guard();
         let handle = thread::Builder::new().name(name.clone()).spawn(move || {
@@ -266,6 +389,68 @@ impl Threaded {
 
     fn phase(&self) -> u8 {
         self.phase.load(Ordering::SeqCst)
+    }
+
+    /// Nanoseconds since the server started, never 0.
+    fn clock(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64 + 1
+    }
+
+    /// A connection thread is about to run a request itself: the acceptor
+    /// must be watching.
+    fn note_inline(&self) {
+        if !self.inline_seen.load(Ordering::Relaxed) {
+            self.inline_seen.store(true, Ordering::SeqCst);
+        }
+        if self.watch_asleep.load(Ordering::SeqCst)
+            && self.watch_asleep.swap(false, Ordering::SeqCst)
+        {
+            if let Err(e) = self.waker.wake() {
+                log::error!("cannot wake the acceptor: {e}");
+            }
+        }
+    }
+
+    /// The acceptor's look at connection threads running requests
+    /// themselves: one whose handler has run for [`COVER_AFTER`] gets its
+    /// writing thread to read in its place. `idle` counts the looks that
+    /// found none. Returns how long until the next look, or `None` once
+    /// there has been nothing to watch for a while.
+    fn watch_inline(&self, idle: &mut u32) -> Option<Duration> {
+        if self.watch_asleep.load(Ordering::SeqCst) {
+            return None;
+        }
+        if self.inline_seen.swap(false, Ordering::SeqCst) {
+            *idle = 0;
+        } else {
+            *idle += 1;
+        }
+        let now = self.clock();
+        let after = COVER_AFTER.as_nanos() as u64;
+        let mut running = false;
+        for link in lock(&self.links).values() {
+            let since = link.inline_since.load(Ordering::SeqCst);
+            if since == 0 {
+                continue;
+            }
+            running = true;
+            if now.saturating_sub(since) >= after
+                && link.cover_asked.swap(since, Ordering::SeqCst) != since
+            {
+                link.cover_wanted.store(true, Ordering::SeqCst);
+                link.poke();
+            }
+        }
+        if running || *idle < WATCH_IDLE_TICKS {
+            return Some(WATCH_TICK);
+        }
+        self.watch_asleep.store(true, Ordering::SeqCst);
+        // A connection thread that saw the watch awake just now.
+        if self.inline_seen.load(Ordering::SeqCst) {
+            self.watch_asleep.store(false, Ordering::SeqCst);
+            return Some(WATCH_TICK);
+        }
+        None
     }
 
     fn links(&self) -> Vec<Arc<Link>> {
@@ -389,6 +574,12 @@ impl Threaded {
             writer_alive: AtomicBool::new(false),
             writer_name: format!("{reader_name}-w"),
             reader_name,
+            lent: Mutex::new(None),
+            returned: Condvar::new(),
+            inline_since: AtomicU64::new(0),
+            cover_asked: AtomicU64::new(0),
+            cover_wanted: AtomicBool::new(false),
+            owner_back: AtomicBool::new(false),
         });
         log::trace!("conn {id} from {peer}");
         lock(&self.links).insert(id, link.clone());
@@ -495,6 +686,8 @@ struct Acceptor {
     listeners: Vec<(mio::net::TcpListener, Arc<Dispatcher>)>,
     backoff: AcceptBackoff,
     resume: Option<Instant>,
+    /// Looks at the connection threads that found none running a request.
+    idle_looks: u32,
 }
 
 impl Acceptor {
@@ -502,10 +695,15 @@ impl Acceptor {
     /// returns.
     fn run(mut self) {
         let mut events = Events::with_capacity(64);
+        let mut watch = None;
         while self.threaded.phase() == RUNNING {
-            let timeout = self
+            let resume = self
                 .resume
                 .map(|at| at.saturating_duration_since(Instant::now()));
+            let timeout = match (resume, watch) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -516,6 +714,7 @@ impl Acceptor {
             if self.threaded.phase() != RUNNING {
                 break;
             }
+            watch = self.threaded.watch_inline(&mut self.idle_looks);
             // A closed connection freed a descriptor (it wakes us), or the
             // pause is over: accepting may work again.
             let woken = events.iter().any(|e| e.token() == WAKER);
@@ -600,12 +799,13 @@ fn serve_conn(t: Arc<Threaded>, link: Arc<Link>, dispatcher: Arc<Dispatcher>) {
             if t.phase() != RUNNING {
                 link.go_away_draining();
             }
-            let mut reader = Reader::new(&t, &link, &dispatcher);
-            reader.run();
+            let reader = Reader::new(&t, &link, &dispatcher).run();
             counted = reader.counted;
             {
-                let _st = link.conn.lock();
+                let mut st = link.conn.lock();
                 link.reading_done.store(true, Ordering::SeqCst);
+                // The last answer wakes the writer to close.
+                st.closing = true;
             }
             link.poke();
             let _ = writer.join();
@@ -654,12 +854,15 @@ enum Decode {
     Failed(ProtocolError),
 }
 
-struct Reader<'a> {
-    t: &'a Threaded,
-    link: &'a Link,
-    dispatcher: &'a Dispatcher,
-    limits: &'a Limits,
-    timeouts: &'a Timeouts,
+/// A connection's reading side: its buffer, its decoder and its timers.
+/// The connection's thread owns it, and lends it to the writing thread
+/// while it runs a request itself (see [`Reader::run_kept`]).
+struct Reader {
+    t: Arc<Threaded>,
+    link: Arc<Link>,
+    dispatcher: Arc<Dispatcher>,
+    limits: Limits,
+    timeouts: Timeouts,
     decoder: ConnDecoder,
     /// Bytes read and not yet cut into frames.
     buf: BytesMut,
@@ -672,16 +875,38 @@ struct Reader<'a> {
     /// How much the next read may take: [`READ_CHUNK`] while reads come
     /// back full, [`SMALL_READ`] after a short one.
     chunk: usize,
+    /// The first request of this read, when its method is quick: if it
+    /// stays the read's only message, this thread runs it (see
+    /// [`Reader::decode`]); otherwise it goes to the workers.
+    kept: Option<RequestTask>,
+    /// Reading is over: the peer closed, a timeout or an error ended the
+    /// connection, or the server stops.
+    ended: bool,
 }
 
-/// Hands a message of `link`'s connection to `dispatcher`, and runs the
-/// request there and then if handlers run inline.
-fn dispatch(link: &Link, dispatcher: &Dispatcher, msg: Message<'_>, now: Instant) {
+/// What [`Reader::decode_step`] leaves to do.
+enum Next {
+    Read,
+    /// A limit is reached: wait for room before reading.
+    Full,
+    End,
+}
+
+/// Hands a message of `link`'s connection to `dispatcher`. A request of a
+/// quick method is handed back if `keep_quick`, for the caller to run or
+/// submit; so is every request when handlers run inline.
+fn dispatch(
+    link: &Link,
+    dispatcher: &Dispatcher,
+    msg: Message<'_>,
+    now: Instant,
+    keep_quick: bool,
+) -> Option<RequestTask> {
     let conn = &link.conn;
     let (task, earlier) = {
         let mut timers = lock(&link.timers);
         let before = timers.next();
-        let task = dispatcher.on_message_deferred(conn, msg, now, &mut timers);
+        let task = dispatcher.on_message_deferred(conn, msg, now, &mut timers, keep_quick);
         let after = timers.next();
         let earlier = match (before, after) {
             (None, Some(_)) => true,
@@ -697,20 +922,18 @@ fn dispatch(link: &Link, dispatcher: &Dispatcher, msg: Message<'_>, now: Instant
         }
         link.poke();
     }
-    if let Some(task) = task {
-        task.run_inline();
-    }
+    task
 }
 
-impl<'a> Reader<'a> {
-    fn new(t: &'a Threaded, link: &'a Link, dispatcher: &'a Dispatcher) -> Reader<'a> {
+impl Reader {
+    fn new(t: &Arc<Threaded>, link: &Arc<Link>, dispatcher: &Arc<Dispatcher>) -> Reader {
         let config = &t.server.config;
         Reader {
-            t,
-            link,
-            dispatcher,
-            limits: &config.limits,
-            timeouts: &config.timeouts,
+            t: t.clone(),
+            link: link.clone(),
+            dispatcher: dispatcher.clone(),
+            limits: config.limits.clone(),
+            timeouts: config.timeouts.clone(),
             decoder: dispatcher.decoder(&link.conn),
             buf: BytesMut::new(),
             counted: 0,
@@ -719,103 +942,216 @@ impl<'a> Reader<'a> {
             frame_started: link.conn.is_handshaking().then(Instant::now),
             armed: None,
             chunk: SMALL_READ,
+            kept: None,
+            ended: false,
         }
     }
 
-    fn run(&mut self) {
+    /// Reads until the connection ends.
+    fn run(mut self) -> Reader {
         loop {
-            // The requests of one read go to the workers in one batch.
-            let server = self.t.server.clone();
-            let decoded = match &server.pool {
-                Some(pool) => pool.batch(|| self.decode()),
-                None => self.decode(),
-            };
-            match decoded {
-                Decode::NeedBytes => {}
-                Decode::Full => {
+            match self.decode_step(true) {
+                Next::Read => {}
+                Next::Full => {
                     if !self.wait_for_room() {
-                        return;
+                        break;
                     }
                     continue;
                 }
-                Decode::Ended => return,
-                Decode::Failed(e) => {
-                    log::debug!(
-                        "conn {} ({:?}) protocol error: {e}",
-                        self.link.conn.id,
-                        self.link.conn.peer
-                    );
-                    self.link.goaway(Code::INTERNAL, &e.to_string());
-                    return;
-                }
-            }
-            if self.t.phase() == STOPPING || self.link.conn.lock().closed {
-                return;
-            }
-            if !self.arm() {
-                return;
-            }
-            // Into the frame buffer, which only holds memory while it
-            // holds bytes (see `account`), through the transport.
-            match self.link.conn.read_blocking(&mut self.buf, self.chunk) {
-                Ok(Received::Eof) => {
-                    self.peer_closed();
-                    return;
-                }
-                Ok(Received::Failed(e)) => {
-                    log::debug!(
-                        "conn {} ({:?}): {e}",
-                        self.link.conn.id,
-                        self.link.conn.peer
-                    );
-                    // The writer sends what the transport has left to
-                    // say (a TLS alert), then closes.
-                    return;
-                }
-                Ok(Received::Bytes(n)) => {
-                    self.last_activity = Instant::now();
-                    self.t
-                        .server
-                        .bytes_read
-                        .fetch_add(n as u64, Ordering::Relaxed);
-                    self.chunk = if n < SMALL_READ {
-                        SMALL_READ
-                    } else {
-                        READ_CHUNK
-                    };
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    if !self.on_timeout() {
-                        return;
+                Next::End => {
+                    // Answered by the workers, or dropped as the connection
+                    // ends: never lost in between.
+                    if let Some(task) = self.kept.take() {
+                        self.dispatcher.submit(task);
                     }
+                    break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if self.t.phase() != STOPPING {
-                        log::debug!("conn {} read: {e}", self.link.conn.id);
-                    }
+            }
+            if let Some(task) = self.kept.take() {
+                self = self.run_kept(task);
+                if self.ended {
+                    break;
+                }
+                // The writing thread may have read meanwhile.
+                continue;
+            }
+            if !self.read(None) {
+                break;
+            }
+        }
+        self.ended = true;
+        self
+    }
+
+    /// Runs `task`, a lone request of a quick method, on this thread. The
+    /// reading side is lent to the writing thread meanwhile: should the
+    /// handler run long after all, the acceptor's watch
+    /// ([`Threaded::watch_inline`]) has the writing thread read in this
+    /// thread's place, so that the connection's other requests, CANCEL
+    /// and PING are still read, and its deadlines still fire.
+    fn run_kept(self, task: RequestTask) -> Reader {
+        let link = self.link.clone();
+        let t = self.t.clone();
+        link.inline_since.store(t.clock(), Ordering::SeqCst);
+        t.note_inline();
+        *lock(&link.lent) = Some(self);
+        task.run_on_connection_thread();
+        link.inline_since.store(0, Ordering::SeqCst);
+        link.take_back()
+    }
+
+    /// Decodes and dispatches what the buffer holds, the requests of one
+    /// read in one batch. With `keep`, a lone quick request is left in
+    /// `kept`.
+    fn decode_step(&mut self, keep: bool) -> Next {
+        let server = self.t.server.clone();
+        let decoded = match &server.pool {
+            Some(pool) => pool.batch(|| self.decode(keep)),
+            None => self.decode(keep),
+        };
+        match decoded {
+            Decode::NeedBytes => {}
+            Decode::Full => return Next::Full,
+            Decode::Ended => return Next::End,
+            Decode::Failed(e) => {
+                log::debug!(
+                    "conn {} ({:?}) protocol error: {e}",
+                    self.link.conn.id,
+                    self.link.conn.peer
+                );
+                self.link.goaway(Code::INTERNAL, &e.to_string());
+                return Next::End;
+            }
+        }
+        if self.t.phase() == STOPPING || self.link.conn.lock().closed {
+            return Next::End;
+        }
+        Next::Read
+    }
+
+    /// Reads once from the socket, waiting at most `wait` if given, else
+    /// until the idle or whole-frame timeout. False if reading is over.
+    ///
+    /// This is the one place thread mode reads a socket.
+    fn read(&mut self, wait: Option<Duration>) -> bool {
+        match wait {
+            Some(wait) => {
+                self.armed = None;
+                if let Err(e) = self.link.stream().set_read_timeout(Some(wait)) {
+                    log::debug!("conn {}: set_read_timeout: {e}", self.link.conn.id);
                     self.link.close_hard();
-                    return;
+                    return false;
+                }
+            }
+            None => {
+                if !self.arm() {
+                    return false;
                 }
             }
         }
+        // Into the frame buffer, which only holds memory while it holds
+        // bytes (see `account`), through the transport.
+        match self.link.conn.read_blocking(&mut self.buf, self.chunk) {
+            Ok(Received::Eof) => {
+                self.peer_closed();
+                false
+            }
+            Ok(Received::Failed(e)) => {
+                log::debug!(
+                    "conn {} ({:?}): {e}",
+                    self.link.conn.id,
+                    self.link.conn.peer
+                );
+                // The writer sends what the transport has left to say (a
+                // TLS alert), then closes.
+                false
+            }
+            Ok(Received::Bytes(n)) => {
+                self.last_activity = Instant::now();
+                self.t
+                    .server
+                    .bytes_read
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                self.chunk = if n < SMALL_READ {
+                    SMALL_READ
+                } else {
+                    READ_CHUNK
+                };
+                true
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                self.on_timeout()
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => true,
+            Err(e) => {
+                if self.t.phase() != STOPPING {
+                    log::debug!("conn {} read: {e}", self.link.conn.id);
+                }
+                self.link.close_hard();
+                false
+            }
+        }
+    }
+
+    /// The writing thread reads in the place of the connection's thread,
+    /// whose handler runs long, until that thread wants its reading side
+    /// back: every request goes to the workers, and deadlines fire
+    /// between reads.
+    fn cover(mut self) -> Reader {
+        let tick = self.t.tick.min(COVER_READ);
+        while !self.ended && !self.link.owner_back.load(Ordering::SeqCst) {
+            let next_timer = {
+                let mut timers = lock(&self.link.timers);
+                timers.expire_due(Instant::now(), |_| {});
+                timers.next()
+            };
+            self.link.flush();
+            match self.decode_step(false) {
+                Next::Read => {}
+                // The connection's thread waits for room itself.
+                Next::Full => break,
+                Next::End => {
+                    self.ended = true;
+                    break;
+                }
+            }
+            let wait = next_timer.map_or(tick, |at| {
+                at.saturating_duration_since(Instant::now())
+                    .clamp(Duration::from_millis(1), tick)
+            });
+            if !self.read(Some(wait)) {
+                self.ended = true;
+            }
+        }
+        // The connection's thread sets its own read timeout again.
+        self.armed = None;
+        self
     }
 
     /// Whether another request may be read now.
     fn has_room(&self) -> bool {
-        !self.link.conn.lock().is_full(self.limits) && self.t.server.has_read_budget()
+        !self.link.conn.lock().is_full(&self.limits) && self.t.server.has_read_budget()
     }
 
     /// Cuts messages off the buffer and dispatches them until more bytes
     /// are needed or a limit is reached.
-    fn decode(&mut self) -> Decode {
+    ///
+    /// A read that brought one request alone, of a quick method, leaves it
+    /// in `kept`, for this thread to run once the batch is sent: handing
+    /// it to a worker would cost a thread wake-up for no gain, since this
+    /// thread has nothing else to do until the next read. Anything else
+    /// (a second request, bytes of another frame) sends it to the workers
+    /// in its turn, so no request read waits behind a handler here.
+    fn decode(&mut self, keep: bool) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
+        let inline_all = self.t.server.pool.is_none();
+        let mut requests = 0usize;
         loop {
             if self.buf.is_empty() && !self.decoder.is_mid_message(&self.buf) {
                 break;
@@ -824,8 +1160,26 @@ impl<'a> Reader<'a> {
                 result = Decode::Full;
                 break;
             }
-            let (link, dispatcher) = (self.link, self.dispatcher);
-            let mut dispatch = |msg: Message<'_>| dispatch(link, dispatcher, msg, now);
+            let (link, dispatcher) = (&*self.link, &*self.dispatcher);
+            let kept = &mut self.kept;
+            let requests = &mut requests;
+            let mut dispatch = |msg: Message<'_>| {
+                let is_request = matches!(msg, Message::Request { .. });
+                if is_request {
+                    *requests += 1;
+                    if let Some(first) = kept.take() {
+                        dispatcher.submit(first);
+                    }
+                }
+                let keep = keep && is_request && *requests == 1 && !inline_all;
+                if let Some(task) = dispatch(link, dispatcher, msg, now, keep) {
+                    if inline_all {
+                        task.run_inline();
+                    } else {
+                        *kept = Some(task);
+                    }
+                }
+            };
             match self
                 .decoder
                 .decode(&mut self.buf, &link.conn, &mut dispatch)
@@ -842,11 +1196,18 @@ impl<'a> Reader<'a> {
                 }
             }
         }
+        // Only a lone request stays for this thread: not one followed by
+        // more bytes, nor one before the connection's end or a limit.
+        if !self.buf.is_empty() || !matches!(result, Decode::NeedBytes) {
+            if let Some(first) = self.kept.take() {
+                self.dispatcher.submit(first);
+            }
+        }
         self.account(now);
         // Errors, PONGs and refusals went straight into the output, and
         // the transport may have something to send (a TLS handshake).
         if !self.link.conn.lock().is_flushed() {
-            self.link.poke();
+            self.link.flush();
         }
         result
     }
@@ -871,7 +1232,7 @@ impl<'a> Reader<'a> {
 
     /// Waits until a limit clears; false if the connection is ending.
     fn wait_for_room(&mut self) -> bool {
-        let limits = self.limits;
+        let limits = &self.limits;
         let mut st = self.link.conn.lock();
         loop {
             if st.closed || self.t.phase() == STOPPING {
@@ -929,7 +1290,7 @@ impl<'a> Reader<'a> {
     /// False if the connection is ending.
     fn on_timeout(&mut self) -> bool {
         let now = Instant::now();
-        let t = self.timeouts;
+        let t = &self.timeouts;
         if let Some(at) = self.frame_started {
             let limit = self.frame_limit();
             if now.saturating_duration_since(at) >= limit {
@@ -989,6 +1350,8 @@ enum WriterEnd {
 
 enum Step {
     Write,
+    /// Read in the place of the connection's thread (see `Link::cover`).
+    Cover,
     /// A deadline is due, or an earlier one came in.
     Timers,
     End(WriterEnd),
@@ -1048,6 +1411,7 @@ impl Writer {
                     }
                 },
                 Step::Timers => {}
+                Step::Cover => self.link.cover(),
                 Step::End(end) => return end,
             }
         }
@@ -1102,6 +1466,9 @@ impl Writer {
             }
             if link.timers_changed.swap(false, Ordering::SeqCst) {
                 return Step::Timers;
+            }
+            if link.cover_wanted.swap(false, Ordering::SeqCst) {
+                return Step::Cover;
             }
             if next_timer.is_some_and(|at| now >= at) {
                 return Step::Timers;
