@@ -789,6 +789,18 @@ fn tls_server_name_verifies_a_certificate_that_does_not_name_the_ip() {
     let by_host = format!("localhost:{}", port_of(&echo.addr));
     let out = syncrpc(&["call", &by_host, SAY, hi, "--tls-ca", &files.ca], b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // The load driver verifies the same name.
+    let load = |extra: &[&str]| {
+        let mut args = vec!["load", &echo.addr, "-c", "1", "-t", "1", "--warmup-ms", "0"];
+        args.extend(["--quiet", "--tls-ca", &files.ca]);
+        args.extend(extra);
+        syncrpc(&args, b"")
+    };
+    let out = load(&[]);
+    assert_eq!(out.code, 3, "{}\n{}", out.text(), out.stderr);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    let out = load(&["--tls-server-name", "localhost"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
 }
 
 #[test]
