@@ -1,5 +1,5 @@
 //! What every command that calls a server shares: the address, the
-//! protocol, the deadline, and how a method is named.
+//! protocol, the deadline, TLS and the token, and how a method is named.
 
 use std::time::Duration;
 
@@ -8,6 +8,7 @@ use syncrpc::client::ClientProtocol;
 use syncrpc::{Client, Context};
 
 use crate::exit::Failure;
+use crate::security::{Security, TOKEN_ENV};
 
 /// The server and how to talk to it.
 #[derive(Args, Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Target {
     /// The wire protocol to speak.
     #[arg(long, value_enum, default_value_t = Protocol::Native)]
     pub protocol: Protocol,
+    #[command(flatten)]
+    pub security: Security,
 }
 
 /// The wire protocols the tool speaks.
@@ -39,18 +42,30 @@ impl Target {
             Protocol::Native => ClientProtocol::Native,
             Protocol::MsgpackRpc => ClientProtocol::MsgpackRpc,
         };
-        Client::builder()
+        let mut builder = Client::builder()
             .addr(&self.addr)
             .protocol(protocol)
-            .connect_timeout(self.timeout)
-            .build()
-            .map_err(|e| {
-                Failure::usage(format!(
-                    "bad address {:?}: {}",
-                    self.addr,
-                    e.status().message()
-                ))
-            })
+            .connect_timeout(self.timeout);
+        if let Some(token) = self.security.token()? {
+            if self.protocol == Protocol::MsgpackRpc {
+                // Refused rather than dropped without a word.
+                return Err(Failure::usage(format!(
+                    "--token (or {TOKEN_ENV}) cannot be sent over MessagePack-RPC, \
+                     which has no place for it"
+                )));
+            }
+            builder = builder.bearer_token(token);
+        }
+        if let Some(tls) = self.security.client_tls()? {
+            builder = builder.tls(tls);
+        }
+        builder.build().map_err(|e| {
+            Failure::usage(format!(
+                "bad address {:?}: {}",
+                self.addr,
+                e.status().message()
+            ))
+        })
     }
 
     /// The context of a call: the background one with the deadline.

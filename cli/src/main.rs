@@ -13,6 +13,7 @@ mod health;
 mod json;
 mod list;
 mod load;
+mod security;
 
 use std::process::ExitCode;
 

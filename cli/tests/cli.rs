@@ -2,6 +2,9 @@
 //! server (`examples/echo_server.rs`, built on `service!`) and, where a
 //! test needs another setup, a server started here.
 
+#[path = "../../tests/tls_util/mod.rs"]
+mod tls_util;
+
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -35,8 +38,17 @@ impl Out {
 /// Runs `syncrpc ARGS` with `stdin`, to its end.
 #[track_caller]
 fn syncrpc(args: &[&str], stdin: &[u8]) -> Out {
+    syncrpc_env(args, stdin, &[])
+}
+
+/// [`syncrpc`] with these environment variables (and no token from the
+/// caller's environment).
+#[track_caller]
+fn syncrpc_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Out {
     let mut child = Command::new(env!("CARGO_BIN_EXE_syncrpc"))
         .args(args)
+        .env_remove("SYNCRPC_TOKEN")
+        .envs(env.iter().copied())
         .env("RUST_BACKTRACE", "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -73,7 +85,15 @@ fn echo_server_path() -> PathBuf {
         if !path.exists() {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
             let ok = Command::new(cargo)
-                .args(["build", "-p", "syncrpc", "--example", "echo_server"])
+                .args([
+                    "build",
+                    "-p",
+                    "syncrpc",
+                    "--features",
+                    "tls",
+                    "--example",
+                    "echo_server",
+                ])
                 .status()
                 .expect("run cargo build")
                 .success();
@@ -92,8 +112,14 @@ struct EchoServer {
 
 impl EchoServer {
     fn start() -> EchoServer {
+        EchoServer::start_with(&[])
+    }
+
+    /// The example server with these flags too (`--tls-cert`, `--token`...).
+    fn start_with(args: &[&str]) -> EchoServer {
         let mut child = Command::new(echo_server_path())
             .args(["--addr", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -616,4 +642,316 @@ fn a_short_load_reports_rate_and_latency() {
     );
     assert_eq!(out.code, 1, "{}", out.text());
     assert!(out.text().contains("INVALID_ARGUMENT"), "{}", out.text());
+}
+
+/// PEM files for a TLS echo server: a CA, a server certificate signed by
+/// it for `names`, and a client certificate.
+struct TlsFiles {
+    /// Holds the files' directory until the test ends.
+    _pki: tls_util::Pki,
+    ca: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl TlsFiles {
+    fn new(test: &str, names: &[&str]) -> TlsFiles {
+        let pki = tls_util::Pki::new(test);
+        let server = pki.leaf("echo", names, &[], false);
+        let client = pki.client("cli", "spiffe://test/cli");
+        let path = |p: PathBuf| p.to_str().expect("a UTF-8 path").to_owned();
+        TlsFiles {
+            ca: path(pki.write("ca.pem", &pki.ca_pem)),
+            server_cert: path(pki.write("server.pem", &server.cert)),
+            server_key: path(pki.write("server.key", &server.key)),
+            client_cert: path(pki.write("client.pem", &client.cert)),
+            client_key: path(pki.write("client.key", &client.key)),
+            _pki: pki,
+        }
+    }
+
+    /// The echo server's flags to serve TLS only with these files.
+    fn server_flags(&self) -> Vec<&str> {
+        vec![
+            "--tls-cert",
+            &self.server_cert,
+            "--tls-key",
+            &self.server_key,
+            "--tls-only",
+        ]
+    }
+}
+
+const SAY: &str = "/echo.Echo/Say";
+
+/// The port of `127.0.0.1:PORT`.
+fn port_of(addr: &str) -> &str {
+    addr.rsplit(':').next().expect("HOST:PORT")
+}
+
+#[test]
+fn call_over_tls_verifies_the_server_against_tls_ca() {
+    let files = TlsFiles::new("cli-ca", &["localhost", "127.0.0.1"]);
+    let echo = EchoServer::start_with(&files.server_flags());
+    let hi = r#"{"text":"over tls"}"#;
+
+    let out = syncrpc(&["call", &echo.addr, SAY, hi, "--tls-ca", &files.ca], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "over tls"}));
+    // The other commands speak TLS too.
+    let out = syncrpc(&["health", &echo.addr, "--tls-ca", &files.ca], b"");
+    assert_eq!(
+        (out.code, out.text().trim()),
+        (0, "SERVING"),
+        "{}",
+        out.stderr
+    );
+    let out = syncrpc(&["list", &echo.addr, "--tls-ca", &files.ca], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.text().contains("echo.Echo"), "{}", out.text());
+
+    // A CA that did not sign the server's certificate: refused, not run.
+    let other = TlsFiles::new("cli-other-ca", &["localhost"]);
+    let out = syncrpc(&["call", &echo.addr, SAY, hi, "--tls-ca", &other.ca], b"");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: UNAVAILABLE") && out.stderr.contains("certificate"),
+        "{}",
+        out.stderr
+    );
+
+    // Plaintext to the TLS-only server: a failure that says TLS.
+    let out = syncrpc(&["call", &echo.addr, SAY, hi], b"");
+    assert_ne!(out.code, 0, "{}", out.stderr);
+    assert!(
+        [3, 4].contains(&out.code) && out.stderr.contains("TLS"),
+        "{}: {}",
+        out.code,
+        out.stderr
+    );
+
+    // An unreadable CA file is bad usage: nothing is sent.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            SAY,
+            hi,
+            "--tls-ca",
+            "/nonexistent/ca.pem",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("/nonexistent/ca.pem"), "{}", out.stderr);
+}
+
+#[test]
+fn tls_to_a_plaintext_server_says_so_and_is_not_run() {
+    let files = TlsFiles::new("cli-plain", &["localhost", "127.0.0.1"]);
+    let echo = EchoServer::start();
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            SAY,
+            r#"{"text":"x"}"#,
+            "--tls-ca",
+            &files.ca,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("plaintext"), "{}", out.stderr);
+}
+
+#[test]
+fn tls_server_name_verifies_a_certificate_that_does_not_name_the_ip() {
+    let files = TlsFiles::new("cli-name", &["localhost"]);
+    let echo = EchoServer::start_with(&files.server_flags());
+    let hi = r#"{"text":"by name"}"#;
+    let base = ["call", &echo.addr, SAY, hi, "--tls-ca", &files.ca];
+    // 127.0.0.1 is not in the certificate.
+    let out = syncrpc(&base, b"");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    let with_name: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--tls-server-name", "localhost"])
+        .collect();
+    let out = syncrpc(&with_name, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "by name"}));
+    // Reached by the name the certificate carries, no flag is needed.
+    let by_host = format!("localhost:{}", port_of(&echo.addr));
+    let out = syncrpc(&["call", &by_host, SAY, hi, "--tls-ca", &files.ca], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The load driver verifies the same name.
+    let load = |extra: &[&str]| {
+        let mut args = vec!["load", &echo.addr, "-c", "1", "-t", "1", "--warmup-ms", "0"];
+        args.extend(["--quiet", "--tls-ca", &files.ca]);
+        args.extend(extra);
+        syncrpc(&args, b"")
+    };
+    let out = load(&[]);
+    assert_eq!(out.code, 3, "{}\n{}", out.text(), out.stderr);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    let out = load(&["--tls-server-name", "localhost"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+}
+
+#[test]
+fn mutual_tls_presents_the_client_certificate() {
+    let files = TlsFiles::new("cli-mtls", &["localhost", "127.0.0.1"]);
+    let mut flags = files.server_flags();
+    flags.extend(["--tls-client-ca", files.ca.as_str()]);
+    let echo = EchoServer::start_with(&flags);
+    let hi = r#"{"text":"mutual"}"#;
+    let base = ["call", &echo.addr, SAY, hi, "--tls-ca", &files.ca];
+    let with_cert: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain([
+            "--tls-cert",
+            &files.client_cert,
+            "--tls-key",
+            &files.client_key,
+        ])
+        .collect();
+    let out = syncrpc(&with_cert, b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "mutual"}));
+    // Without a certificate the server refuses the handshake.
+    let out = syncrpc(&base, b"");
+    assert!([3, 4].contains(&out.code), "{}: {}", out.code, out.stderr);
+    assert!(out.stderr.contains("TLS"), "{}", out.stderr);
+    // --tls-cert without --tls-key is bad usage.
+    let half: Vec<&str> = base
+        .iter()
+        .copied()
+        .chain(["--tls-cert", &files.client_cert])
+        .collect();
+    let out = syncrpc(&half, b"");
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // The load driver presents it too.
+    let out = syncrpc(
+        &[
+            "load",
+            &echo.addr,
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "--warmup-ms",
+            "0",
+            "--quiet",
+            "--tls-ca",
+            &files.ca,
+            "--tls-cert",
+            &files.client_cert,
+            "--tls-key",
+            &files.client_key,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+    assert!(out.text().contains("non-OK    0"), "{}", out.text());
+}
+
+#[test]
+fn token_is_sent_from_the_flag_or_the_environment() {
+    let echo = EchoServer::start_with(&["--token", "t0ken"]);
+    let hi = r#"{"text":"authorized"}"#;
+    let out = syncrpc(&["call", &echo.addr, SAY, hi, "--token", "t0ken"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"text": "authorized"}));
+    let out = syncrpc_env(
+        &["call", &echo.addr, SAY, hi],
+        b"",
+        &[("SYNCRPC_TOKEN", "t0ken")],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = syncrpc_env(&["list", &echo.addr], b"", &[("SYNCRPC_TOKEN", "t0ken")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    for (what, args) in [
+        (
+            "wrong",
+            vec!["call", &echo.addr, SAY, hi, "--token", "guess"],
+        ),
+        ("missing", vec!["call", &echo.addr, SAY, hi]),
+        ("missing", vec!["list", &echo.addr]),
+    ] {
+        let out = syncrpc(&args, b"");
+        assert_eq!(out.code, 1, "{what}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("ERROR: UNAUTHENTICATED"),
+            "{what}: {}",
+            out.stderr
+        );
+    }
+    // MessagePack-RPC has no place for a token: refused, not dropped.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            SAY,
+            hi,
+            "--token",
+            "t0ken",
+            "--protocol",
+            "msgpack-rpc",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    // The token never shows in --help.
+    let out = syncrpc_env(&["call", "--help"], b"", &[("SYNCRPC_TOKEN", "s3cret")]);
+    assert_eq!(out.code, 0);
+    assert!(
+        out.text().contains("SYNCRPC_TOKEN") && !out.text().contains("s3cret"),
+        "{}",
+        out.text()
+    );
+}
+
+#[test]
+fn load_over_tls_sends_the_token() {
+    let files = TlsFiles::new("cli-load", &["localhost", "127.0.0.1"]);
+    let mut flags = files.server_flags();
+    flags.extend(["--token", "t0ken"]);
+    let echo = EchoServer::start_with(&flags);
+    let load = |extra: &[&str]| {
+        let mut args = vec![
+            "load",
+            &echo.addr,
+            "-c",
+            "1",
+            "-t",
+            "1",
+            "--warmup-ms",
+            "0",
+            "--quiet",
+        ];
+        args.extend(extra);
+        syncrpc(&args, b"")
+    };
+    let out = load(&["--tls-ca", &files.ca, "--token", "t0ken"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+    assert!(out.text().contains("non-OK    0"), "{}", out.text());
+    let out = load(&["--tls-ca", &files.ca, "--token", "guess"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.text(), out.stderr);
+    assert!(out.text().contains("UNAUTHENTICATED"), "{}", out.text());
+    // A certificate the load cannot verify: nothing runs.
+    let other = TlsFiles::new("cli-load-other", &["localhost"]);
+    let out = load(&["--tls-ca", &other.ca, "--token", "t0ken"]);
+    assert_eq!(out.code, 3, "{}\n{}", out.text(), out.stderr);
+    assert!(out.stderr.contains("certificate"), "{}", out.stderr);
+    // Plaintext to the TLS-only server: the report says why.
+    let out = load(&["--token", "t0ken"]);
+    assert_ne!(out.code, 0, "{}\n{}", out.text(), out.stderr);
+    assert!(out.text().contains("TLS"), "{}", out.text());
 }

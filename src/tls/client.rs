@@ -109,6 +109,26 @@ impl ClientTls {
         Ok(self)
     }
 
+    /// The rustls configuration these settings make (roots, client
+    /// certificate; no ALPN ids), for a program that drives rustls itself
+    /// on its own sockets, such as a load generator. Connections made
+    /// with it must verify the name [`ClientTls::server_name`] gave, if
+    /// any, or the server's host.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use syncrpc::tls::ClientTls;
+    ///
+    /// let tls = ClientTls::with_ca_file("ca.pem")?;
+    /// let name = "localhost".try_into().expect("a DNS name");
+    /// let conn = rustls::ClientConnection::new(tls.rustls_config(), name);
+    /// # Ok::<(), syncrpc::Error>(())
+    /// ```
+    pub fn rustls_config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     /// A client connection to `host`, offering `alpn`.
     pub(crate) fn connect(
         &self,

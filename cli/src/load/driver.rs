@@ -81,8 +81,12 @@ pub struct Load {
     pub warmup: Duration,
     /// The measured window.
     pub duration: Duration,
-    /// TLS with this configuration (server name `localhost`), or plain TCP.
+    /// TLS with this configuration, or plain TCP.
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    /// The name the server's certificate is verified against, with TLS.
+    pub server_name: String,
+    /// Sent as `authorization: Bearer <token>` with every native request.
+    pub token: Option<String>,
 }
 
 impl Load {
@@ -99,6 +103,8 @@ impl Load {
             warmup: Duration::from_millis(300),
             duration: Duration::from_secs(2),
             tls: None,
+            server_name: "localhost".to_owned(),
+            token: None,
         }
     }
 
@@ -129,7 +135,10 @@ impl Load {
             ));
         }
         let (template, id_at) = match self.wire {
-            Wire::Native => (request_frame(&self.method, self.body_len)?, 8),
+            Wire::Native => (
+                request_frame_with(&self.method, self.token.as_deref(), self.body_len)?,
+                8,
+            ),
             Wire::MsgpackRpc => (msgpack_rpc_request(&self.method, self.body_len), 3),
         };
         let mut poll = Poll::new()?;
@@ -143,7 +152,12 @@ impl Load {
             })?;
             std.set_nodelay(true)?;
             let tls = match &self.tls {
-                Some(config) => Some(handshake(config, &std)?),
+                Some(config) => Some(handshake(config, &self.server_name, &std).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("connection {} to {}: {e}", i + 1, self.addr),
+                    )
+                })?),
                 None => None,
             };
             std.set_nonblocking(true)?;
@@ -161,6 +175,7 @@ impl Load {
                 wbuf: BytesMut::with_capacity(64 * 1024),
                 sent: vec![None; self.depth],
                 open: true,
+                heard: false,
                 tls,
             });
         }
@@ -321,11 +336,21 @@ pub enum Mark {
 /// A REQUEST frame with id 0 and a raw body of `len` bytes; the id is
 /// patched in place (bytes 8 to 11) for each request.
 pub fn request_frame(method: &str, len: usize) -> io::Result<Vec<u8>> {
+    request_frame_with(method, None, len)
+}
+
+/// [`request_frame`], carrying `authorization: Bearer <token>` when a
+/// token is given.
+pub fn request_frame_with(method: &str, token: Option<&str>, len: usize) -> io::Result<Vec<u8>> {
+    let mut meta = RequestMeta::new(method);
+    if let Some(token) = token {
+        meta.md.insert("authorization", format!("Bearer {token}"));
+    }
     let mut enc = Encoder::new();
     enc.request(
         RequestId(0),
         Flags::new(Compression::None, Encoding::Raw),
-        &RequestMeta::new(method),
+        &meta,
         &vec![0x2a; len],
     )
     .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -342,26 +367,60 @@ struct Conn {
     /// When each request id was sent; `None` when it is not in flight.
     sent: Vec<Option<Instant>>,
     open: bool,
+    /// True once the server has sent a byte.
+    heard: bool,
     tls: Option<rustls::ClientConnection>,
 }
 
-/// A finished TLS handshake over the blocking `stream`.
+/// How long a TLS handshake may take before the load gives up on it.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A finished TLS handshake over the blocking `stream`, the server's
+/// certificate verified against `name`.
 fn handshake(
     config: &Arc<rustls::ClientConfig>,
+    name: &str,
     stream: &std::net::TcpStream,
 ) -> io::Result<rustls::ClientConnection> {
-    let name = "localhost".try_into().expect("a valid name");
+    let name = rustls::pki_types::ServerName::try_from(name.to_owned()).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("TLS server name {name:?}: {e}"),
+        )
+    })?;
     let mut conn = rustls::ClientConnection::new(config.clone(), name)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     // Requests in flight are bounded by the depth; rustls must queue them.
     conn.set_buffer_limit(None);
+    stream.set_read_timeout(Some(HANDSHAKE_TIMEOUT))?;
+    stream.set_write_timeout(Some(HANDSHAKE_TIMEOUT))?;
     let mut s = stream;
-    while conn.is_handshaking() {
-        conn.complete_io(&mut s)?;
-    }
-    while conn.wants_write() {
-        conn.write_tls(&mut s)?;
-    }
+    let done = (|| {
+        while conn.is_handshaking() {
+            conn.complete_io(&mut s)?;
+        }
+        while conn.wants_write() {
+            conn.write_tls(&mut s)?;
+        }
+        Ok::<(), io::Error>(())
+    })();
+    stream.set_read_timeout(None)?;
+    stream.set_write_timeout(None)?;
+    done.map_err(|e| {
+        let why = match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => {
+                "the server did not answer the ClientHello (is it a TLS server?)".to_owned()
+            }
+            io::ErrorKind::UnexpectedEof => {
+                "the server closed the connection (is it a TLS server?)".to_owned()
+            }
+            _ if e.to_string().contains("InvalidContentType") => {
+                format!("{e}: the server answered in plaintext (is its listener TLS?)")
+            }
+            _ => e.to_string(),
+        };
+        io::Error::new(e.kind(), format!("TLS handshake failed: {why}"))
+    })?;
     Ok(conn)
 }
 
@@ -397,6 +456,7 @@ impl Run {
                     break;
                 }
                 Ok(n) => {
+                    c.heard = true;
                     if let Err(e) = receive(c, &self.scratch[..n]) {
                         self.lose(c, format!("TLS: {e}"));
                         return;
@@ -421,10 +481,15 @@ impl Run {
         }
         if eof {
             let in_flight = c.sent.iter().flatten().count();
-            self.lose(
-                c,
-                format!("closed by the server with {in_flight} in flight"),
-            );
+            let why = if !c.heard && c.tls.is_none() {
+                format!(
+                    "closed by the server with {in_flight} in flight before answering \
+                     anything; a TLS-only server does this to plaintext (is TLS needed?)"
+                )
+            } else {
+                format!("closed by the server with {in_flight} in flight")
+            };
+            self.lose(c, why);
             return;
         }
         self.flush(c);

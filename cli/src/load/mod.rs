@@ -13,6 +13,7 @@ use clap::{Args, ValueEnum};
 
 use crate::connect::method_path;
 use crate::exit::{self, Failure};
+use crate::security::{Security, TOKEN_ENV};
 use driver::{Load, Wire, ECHO_BYTES};
 
 #[derive(Args, Debug)]
@@ -47,6 +48,8 @@ pub struct LoadArgs {
     /// No progress line.
     #[arg(long)]
     quiet: bool,
+    #[command(flatten)]
+    security: Security,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -63,6 +66,19 @@ pub fn load(args: LoadArgs) -> Result<ExitCode, Failure> {
         .map_err(|e| Failure::usage(format!("bad address {:?}: {e}", args.addr)))?
         .next()
         .ok_or_else(|| Failure::usage(format!("{:?} resolves to no address", args.addr)))?;
+    let token = args.security.token()?.map(str::to_owned);
+    if token.is_some() && matches!(args.protocol, LoadProtocol::MsgpackRpc) {
+        return Err(Failure::usage(format!(
+            "--token (or {TOKEN_ENV}) cannot be sent over MessagePack-RPC, \
+             which has no place for it"
+        )));
+    }
+    let tls = args.security.client_tls()?.map(|t| t.rustls_config());
+    let server_name = args
+        .security
+        .tls_server_name
+        .clone()
+        .unwrap_or_else(|| host_of(&args.addr).to_owned());
     let load = Load {
         addr,
         wire: match args.protocol {
@@ -75,7 +91,9 @@ pub fn load(args: LoadArgs) -> Result<ExitCode, Failure> {
         body_len: args.size as usize,
         warmup: Duration::from_millis(args.warmup_ms),
         duration: Duration::from_secs(args.duration),
-        tls: None,
+        tls,
+        server_name,
+        token,
     };
     println!("{}", report::plan(&load));
     // On a terminal the line redraws in place; in a log, one line each.
@@ -116,4 +134,23 @@ pub fn load(args: LoadArgs) -> Result<ExitCode, Failure> {
     } else {
         ExitCode::from(exit::FAILED)
     })
+}
+
+/// The host of `HOST:PORT` (`[::1]:7000` gives `::1`), the name a server's
+/// certificate is verified against.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    #[test]
+    fn hosts_of_addresses() {
+        assert_eq!(host_of("localhost:7000"), "localhost");
+        assert_eq!(host_of("127.0.0.1:7000"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:7000"), "::1");
+    }
 }
