@@ -359,54 +359,23 @@ fn a_certificate_reload_under_load_fails_no_call(mode: Mode) {
         assert!(failures.is_empty(), "{failures:?}");
     }
     // A new handshake gets the last certificate.
-    assert_eq!(served_cert(&pki, addr), pem_der(&last.cert));
+    let last_der = rustls_pemfile::certs(&mut last.cert.as_bytes())
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(served_cert(&pki, addr), last_der.to_vec());
     server.shutdown();
 }
 
 /// The DER of the certificate a new TLS connection to `addr` is shown.
 fn served_cert(pki: &Pki, addr: std::net::SocketAddr) -> Vec<u8> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(rustls::pki_types::CertificateDer::from(pem_der(
-            &pki.ca_pem,
-        )))
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    let mut conn = tls_util::raw_client(Some(&pki.ca_der), &[]);
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(WAIT)).unwrap();
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).unwrap();
     }
     conn.peer_certificates().unwrap()[0].to_vec()
-}
-
-fn pem_der(pem: &str) -> Vec<u8> {
-    let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
-    base64_decode(&body)
-}
-
-fn base64_decode(s: &str) -> Vec<u8> {
-    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for c in s.bytes().filter(|&c| c != b'=') {
-        let v = T.iter().position(|&t| t == c).expect("base64") as u32;
-        acc = (acc << 6) | v;
-        bits += 6;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-        }
-    }
-    out
 }
 
 fn the_shutdown_loses_nothing_over_tls(mode: Mode) {
@@ -479,23 +448,7 @@ fn alpn_advertises_what_the_listener_serves() {
         .bind("127.0.0.1:0")
         .unwrap();
     let handshake = |alpn: &[&[u8]]| {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(pem_der(
-                &pki.ca_pem,
-            )))
-            .unwrap();
-        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        let mut conn =
-            rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
-                .unwrap();
+        let mut conn = tls_util::raw_client(Some(&pki.ca_der), alpn);
         let mut sock = TcpStream::connect(server.local_addr()).unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
         while conn.is_handshaking() {
@@ -526,21 +479,7 @@ fn close_notify_ends_the_stream_after_the_answers() {
             .tls(pki.default_server_tls())
             .bind("127.0.0.1:0")
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(rustls::pki_types::CertificateDer::from(pem_der(
-                &pki.ca_pem,
-            )))
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let conn = rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap())
-            .unwrap();
+        let conn = tls_util::raw_client(Some(&pki.ca_der), &[]);
         let sock = TcpStream::connect(server.local_addr()).unwrap();
         sock.set_read_timeout(Some(WAIT)).unwrap();
         let mut tls = rustls::StreamOwned::new(conn, sock);

@@ -28,6 +28,8 @@ pub struct Pki {
     ca_params: CertificateParams,
     ca_key: KeyPair,
     pub ca_pem: String,
+    /// The CA's certificate, DER-encoded, for raw rustls clients.
+    pub ca_der: Vec<u8>,
 }
 
 impl Pki {
@@ -46,12 +48,13 @@ impl Pki {
             .distinguished_name
             .push(DnType::CommonName, format!("{name} test CA"));
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_pem = ca_params.self_signed(&ca_key).unwrap().pem();
+        let ca_cert = ca_params.self_signed(&ca_key).unwrap();
         Pki {
             dir,
             ca_params,
             ca_key,
-            ca_pem,
+            ca_pem: ca_cert.pem(),
+            ca_der: ca_cert.der().to_vec(),
         }
     }
 
@@ -118,19 +121,30 @@ impl Drop for Pki {
     }
 }
 
-/// A TCP connection that has sent a real ClientHello and nothing more.
-pub fn stalled_handshake(addr: SocketAddr) -> TcpStream {
+/// A raw rustls client for tests that drive a handshake by hand: it
+/// trusts `ca_der` (nothing if `None`), offers `alpn`, presents no
+/// certificate, and checks the name `localhost`.
+pub fn raw_client(ca_der: Option<&[u8]>, alpn: &[&[u8]]) -> rustls::ClientConnection {
     let mut roots = rustls::RootCertStore::empty();
-    let _ = &mut roots;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    if let Some(der) = ca_der {
+        roots
+            .add(rustls::pki_types::CertificateDer::from(der.to_vec()))
+            .unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .unwrap()
     .with_root_certificates(roots)
     .with_no_client_auth();
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    rustls::ClientConnection::new(Arc::new(config), "localhost".try_into().unwrap()).unwrap()
+}
+
+/// A TCP connection that has sent a real ClientHello and nothing more.
+pub fn stalled_handshake(addr: SocketAddr) -> TcpStream {
+    let mut conn = raw_client(None, &[]);
     let mut hello = Vec::new();
     while conn.wants_write() {
         conn.write_tls(&mut hello).unwrap();
