@@ -36,13 +36,15 @@ use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::builder::ClientProtocol;
 use super::slot::{Kind, Reply, Slot, Wait};
+use super::stream_state::{Failure, Received, StreamState};
 use crate::codec::msgpack::Scanner;
 use crate::codec::{
     Decoded, Decoder, EncodeError, Encoder, Flags, FrameLimits, FrameType, GoawayMeta,
-    ProtocolError, RequestId, RequestMeta, ResponseMeta, Side,
+    ProtocolError, RequestId, RequestMeta, ResponseMeta, Side, WindowMeta,
 };
 use crate::context::{CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};
+use crate::flow_control::FlowControlError;
 use crate::hash::FastHash;
 use crate::server::protocol::msgpack_rpc;
 use crate::status::{Code, Status};
@@ -92,6 +94,8 @@ pub(crate) enum Broken {
     Eof,
     /// The server broke the protocol.
     Protocol(ProtocolError),
+    /// The server broke a stream's flow control.
+    FlowControl(FlowControlError),
     /// Queued bytes found no room in the socket for this long.
     WriteStall(Duration),
     /// Closed after a GOAWAY, once nothing was in flight.
@@ -112,6 +116,7 @@ impl fmt::Display for Broken {
             Broken::Io(e) => fmt::Display::fmt(e, f),
             Broken::Eof => f.write_str("the server closed the connection"),
             Broken::Protocol(e) => write!(f, "protocol error: {e}"),
+            Broken::FlowControl(e) => write!(f, "protocol error: {e}"),
             Broken::WriteStall(d) => {
                 write!(f, "the server accepted no bytes for {} ms", d.as_millis())
             }
@@ -132,6 +137,7 @@ impl StdError for Broken {
         match self {
             Broken::Io(e) => Some(&**e),
             Broken::Protocol(e) => Some(e),
+            Broken::FlowControl(e) => Some(e),
             _ => None,
         }
     }
@@ -140,7 +146,7 @@ impl StdError for Broken {
 impl Broken {
     fn kind(&self) -> ErrorKind {
         match self {
-            Broken::Protocol(_) => ErrorKind::Protocol,
+            Broken::Protocol(_) | Broken::FlowControl(_) => ErrorKind::Protocol,
             _ => ErrorKind::Io,
         }
     }
@@ -169,10 +175,13 @@ enum State {
 }
 
 type Calls = HashMap<u32, Arc<Slot>, FastHash>;
+type Streams = HashMap<u32, Arc<StreamState>, FastHash>;
 
 struct Pending {
     state: State,
     calls: Calls,
+    /// Open streams, until their RESPONSE arrives or the connection ends.
+    streams: Streams,
     next_id: u32,
 }
 
@@ -182,10 +191,15 @@ impl Pending {
         loop {
             let id = self.next_id;
             self.next_id = self.next_id.wrapping_add(1);
-            if id != 0 && !self.calls.contains_key(&id) {
+            if id != 0 && !self.calls.contains_key(&id) && !self.streams.contains_key(&id) {
                 return id;
             }
         }
+    }
+
+    /// Calls and streams waiting for their RESPONSE.
+    fn in_flight(&self) -> usize {
+        self.calls.len() + self.streams.len()
     }
 
     /// The error for a request that cannot start on this connection.
@@ -378,6 +392,7 @@ impl Connection {
             pending: Mutex::new(Pending {
                 state: State::Open,
                 calls: Calls::default(),
+                streams: Streams::default(),
                 next_id: 1,
             }),
             writer: Mutex::new(Writer {
@@ -441,9 +456,9 @@ impl Connection {
         }
     }
 
-    /// Calls waiting for a response.
+    /// Calls and streams waiting for a response.
     pub(crate) fn in_flight(&self) -> usize {
-        lock(&self.shared.pending).calls.len()
+        lock(&self.shared.pending).in_flight()
     }
 
     /// Responses delivered so far.
@@ -507,6 +522,62 @@ impl Connection {
             .map_err(|e| self.send_error(e))
     }
 
+    /// Opens a stream: registers `stream` under a new id and queues its
+    /// REQUEST, followed by whatever `more` appends (its first message and
+    /// END, for a server stream), in one go. A refusal, or a frame that
+    /// could not be queued, did not run.
+    pub(crate) fn open_stream(
+        &self,
+        out: &Outgoing<'_>,
+        stream: &Arc<StreamState>,
+        more: impl FnOnce(&mut Encoder, RequestId) -> Result<(), EncodeError>,
+    ) -> Result<RequestId, Error> {
+        let shared = &self.shared;
+        let id = {
+            let mut p = lock(&shared.pending);
+            if let Some(err) = p.refusal(shared.peer) {
+                return Err(err);
+            }
+            let id = p.next_free_id();
+            p.streams.insert(id, stream.clone());
+            shared.in_flight.store(p.in_flight(), Ordering::Relaxed);
+            id
+        };
+        let sent = shared.send(|enc| {
+            let start = enc.len();
+            let r = enc
+                .frame(out.frame_type, out.flags, RequestId(id), out.meta, out.body)
+                .and_then(|()| more(enc, RequestId(id)));
+            if r.is_err() {
+                // Nothing of a stream that cannot be encoded goes out.
+                enc.buf_mut().truncate(start);
+            }
+            r
+        });
+        match sent {
+            Ok(()) => Ok(RequestId(id)),
+            // close() has failed the stream with the in-flight error.
+            Err(SendError::Broken(b)) => Err(b.in_flight_error(shared.peer)),
+            Err(e) => {
+                let mut p = lock(&shared.pending);
+                p.streams.remove(&id);
+                shared.in_flight.store(p.in_flight(), Ordering::Relaxed);
+                drop(p);
+                Err(self.send_error(e))
+            }
+        }
+    }
+
+    /// Queues a frame of an open stream (MESSAGE, END, WINDOW, CANCEL).
+    /// When the connection is or becomes closed, it has failed the stream
+    /// already; the error says why.
+    pub(crate) fn stream_frame(
+        &self,
+        write: impl FnOnce(&mut Encoder) -> Result<(), EncodeError>,
+    ) -> Result<(), Error> {
+        self.shared.send(write).map_err(|e| self.send_error(e))
+    }
+
     fn send_error(&self, e: SendError) -> Error {
         match e {
             SendError::Encode(e) => Error::usage(e.to_string()),
@@ -536,7 +607,7 @@ impl Connection {
             }
             let id = p.next_free_id();
             p.calls.insert(id, slot.clone());
-            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+            shared.in_flight.store(p.in_flight(), Ordering::Relaxed);
             id
         };
         match shared.send(|enc| write(enc, RequestId(id))) {
@@ -546,7 +617,7 @@ impl Connection {
             Err(e) => {
                 let mut p = lock(&shared.pending);
                 p.calls.remove(&id);
-                shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                shared.in_flight.store(p.in_flight(), Ordering::Relaxed);
                 drop(p);
                 return Err(self.send_error(e));
             }
@@ -590,7 +661,7 @@ impl Connection {
         let drained = {
             let mut p = lock(&shared.pending);
             let removed = p.calls.remove(&id);
-            shared.in_flight.store(p.calls.len(), Ordering::Relaxed);
+            shared.in_flight.store(p.in_flight(), Ordering::Relaxed);
             if removed.is_none() {
                 drop(p);
                 // The IO thread took the slot and is filling it now.
@@ -770,7 +841,7 @@ impl Shared {
     /// Closes the connection and fails every call in flight. Only the
     /// first call has an effect.
     fn close(&self, why: Broken) {
-        let calls = {
+        let (calls, streams) = {
             let mut p = lock(&self.pending);
             if matches!(p.state, State::Closed(_)) {
                 return;
@@ -778,7 +849,7 @@ impl Shared {
             p.state = State::Closed(why.clone());
             self.usable.store(false, Ordering::Release);
             self.in_flight.store(0, Ordering::Relaxed);
-            std::mem::take(&mut p.calls)
+            (std::mem::take(&mut p.calls), std::mem::take(&mut p.streams))
         };
         {
             let mut w = lock(&self.writer);
@@ -789,15 +860,22 @@ impl Shared {
         match &why {
             Broken::Drained | Broken::Dropped => debug!("connection to {}: {why}", self.peer),
             _ => debug!(
-                "connection to {} failed with {} calls in flight: {why}",
+                "connection to {} failed with {} calls and {} streams in flight: {why}",
                 self.peer,
-                calls.len()
+                calls.len(),
+                streams.len()
             ),
         }
         let _ = self.stream.shutdown(Shutdown::Both);
         let _ = self.waker.wake();
         for slot in calls.into_values() {
             slot.complete(Err(why.in_flight_error(self.peer)));
+        }
+        if !streams.is_empty() {
+            let failure = Failure::from(&why.in_flight_error(self.peer));
+            for stream in streams.into_values() {
+                stream.on_closed(failure.clone());
+            }
         }
     }
 
@@ -809,7 +887,7 @@ impl Shared {
     fn is_drained(&self) -> bool {
         {
             let p = lock(&self.pending);
-            if !matches!(p.state, State::Draining { .. }) || !p.calls.is_empty() {
+            if !matches!(p.state, State::Draining { .. }) || p.in_flight() != 0 {
                 return false;
             }
         }
@@ -824,7 +902,7 @@ impl Shared {
             match p.calls.get(&id.0) {
                 Some(s) if s.kind() == kind => {
                     let slot = p.calls.remove(&id.0);
-                    self.in_flight.store(p.calls.len(), Ordering::Relaxed);
+                    self.in_flight.store(p.in_flight(), Ordering::Relaxed);
                     slot
                 }
                 _ => None,
@@ -837,6 +915,31 @@ impl Shared {
             }
             // A call that gave up (deadline, cancel) or a confused server.
             None => debug!("{}: ignoring {kind:?} reply for id {id}", self.peer),
+        }
+    }
+
+    /// The stream `id`, if it is open.
+    fn stream(&self, id: RequestId) -> Option<Arc<StreamState>> {
+        lock(&self.pending).streams.get(&id.0).cloned()
+    }
+
+    /// Removes the stream `id`, which its RESPONSE ends, if it is open.
+    fn end_stream(&self, id: RequestId) -> Option<Arc<StreamState>> {
+        let mut p = lock(&self.pending);
+        let stream = p.streams.remove(&id.0)?;
+        self.in_flight.store(p.in_flight(), Ordering::Relaxed);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+        Some(stream)
+    }
+
+    /// Sends CANCEL from the IO thread.
+    fn send_cancel(&self, id: RequestId) -> Result<(), Broken> {
+        match self.send(|enc| {
+            enc.cancel(id);
+            Ok(())
+        }) {
+            Err(SendError::Broken(b)) => Err(b),
+            _ => Ok(()),
         }
     }
 
@@ -880,7 +983,10 @@ impl Shared {
                     body_too_large: body.is_none().then_some(header.body_len),
                     body: body.unwrap_or_default(),
                 };
-                self.deliver(header.request_id, Kind::Call, reply);
+                match self.end_stream(header.request_id) {
+                    Some(stream) => stream.on_response(reply),
+                    None => self.deliver(header.request_id, Kind::Call, reply),
+                }
             }
             FrameType::Pong => self.deliver(header.request_id, Kind::Ping, Reply::pong()),
             FrameType::Ping => {
@@ -896,14 +1002,31 @@ impl Shared {
                 let meta = GoawayMeta::decode(&meta).map_err(bad_meta)?;
                 self.goaway(meta.code(), meta.message);
             }
-            // This client opens no streams, so a MESSAGE or WINDOW names an
-            // id that is not an open stream: ignored, as the protocol says,
-            // since it may have crossed the stream's RESPONSE. A WINDOW's
-            // meta was checked by the frame decoder.
-            FrameType::Message | FrameType::Window => debug!(
-                "{}: ignoring {} for id {}, not an open stream",
-                self.peer, header.frame_type, header.request_id
-            ),
+            // A MESSAGE or WINDOW for an id that is not an open stream is
+            // ignored, as the protocol says: it may have crossed the
+            // stream's RESPONSE. A WINDOW's meta was checked by the frame
+            // decoder.
+            FrameType::Message | FrameType::Window => {
+                let Some(stream) = self.stream(header.request_id) else {
+                    debug!(
+                        "{}: ignoring {} for id {}, not an open stream",
+                        self.peer, header.frame_type, header.request_id
+                    );
+                    return Ok(());
+                };
+                if header.frame_type == FrameType::Window {
+                    let grant = WindowMeta::decode(&meta)
+                        .map_err(|e| Broken::Protocol(ProtocolError::BadWindow(e)))?;
+                    stream.on_window(grant).map_err(Broken::FlowControl)?;
+                } else {
+                    let got = stream
+                        .on_message(header.flags, body, header.body_len)
+                        .map_err(Broken::FlowControl)?;
+                    if got == Received::Cancel {
+                        self.send_cancel(header.request_id)?;
+                    }
+                }
+            }
             // The client-side decoder refuses these before they get here.
             other => return Err(Broken::Protocol(ProtocolError::WrongDirection(other))),
         }

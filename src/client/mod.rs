@@ -31,6 +31,9 @@ mod endpoint;
 mod options;
 mod retry;
 mod slot;
+mod stream;
+mod stream_call;
+mod stream_state;
 
 use std::borrow::Cow;
 use std::cell::RefCell;
@@ -47,6 +50,7 @@ use serde::Serialize;
 pub use builder::{Backoff, ClientBuilder, ClientConfig, ClientProtocol, Credentials, Timeouts};
 pub use options::{CallOptions, Response};
 pub use retry::RetryPolicy;
+pub use stream::{ClientStream, ServerStream, StreamReceiver, StreamSender};
 
 use balancer::Balancer;
 use connection::Outgoing;
@@ -57,6 +61,7 @@ use crate::codec::{self, Compression, DecompressError, Encoding, Flags, FrameTyp
 use crate::context::{CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};
 use crate::status::{Code, Status};
+use crate::trace::TraceId;
 
 /// A client for one service: a set of server addresses and the
 /// connections to them.
@@ -493,39 +498,15 @@ impl Client {
         frame_type: FrameType,
     ) -> Result<(Reply, SocketAddr), Error> {
         let config = &self.inner.config;
-        check_method(method)?;
-        let start = Instant::now();
-        let deadline = self.deadline(ctx, opts, start);
-        check_live(ctx, deadline, start)?;
+        let plan = self.plan(ctx, method, opts)?;
+        let deadline = plan.deadline;
+        let trace_id = plan.trace_id;
         if body.len() > config.max_body {
             return Err(too_large("request body", body.len(), config.max_body));
         }
-        let compression = match config.protocol {
-            ClientProtocol::Native => opts.get_compression().unwrap_or(config.compression),
-            // The protocol has no way to say a body is compressed.
-            ClientProtocol::MsgpackRpc => Compression::None,
-        };
-        let compressed;
-        let (body, compression) = if compression != Compression::None
-            && body.len() >= opts.compress_min_size_or(config.compress_min_size)
-        {
-            let mut out = Vec::with_capacity(body.len() / 2 + 64);
-            codec::compress(compression, body, &mut out);
-            compressed = out;
-            (&compressed[..], compression)
-        } else {
-            (body, Compression::None)
-        };
-        let trace_id = opts.get_trace_id().or_else(|| ctx.trace_id());
-        let mut meta = RequestMeta {
-            method,
-            timeout_ms: 0,
-            trace_id: trace_id.as_ref().map(|t| t.as_str()),
-            caller: config.caller.as_deref(),
-            md: with_credentials(opts.get_metadata(), config.credentials.as_ref()),
-            stream: false,
-        };
-        check_meta_size(&meta, config.max_meta)?;
+        let (body, compression) = plan.compress(body);
+        let body = &body[..];
+        let mut meta = self.request_meta(method, &plan, opts, false)?;
         let flags = Flags::new(compression, encoding);
         let mut budget = RetryBudget::new(opts.retry_or(config.retry));
         let mut avoid = None;
@@ -569,6 +550,49 @@ impl Client {
         }
     }
 
+    /// Checks a call's method and deadline and resolves its deadline,
+    /// trace id and compression: what unary calls and streams share.
+    fn plan(&self, ctx: &Context, method: &str, opts: &CallOptions) -> Result<Plan, Error> {
+        let config = &self.inner.config;
+        check_method(method)?;
+        let start = Instant::now();
+        let deadline = self.deadline(ctx, opts, start);
+        check_live(ctx, deadline, start)?;
+        let compression = match config.protocol {
+            ClientProtocol::Native => opts.get_compression().unwrap_or(config.compression),
+            // The protocol has no way to say a body is compressed.
+            ClientProtocol::MsgpackRpc => Compression::None,
+        };
+        Ok(Plan {
+            deadline,
+            trace_id: opts.get_trace_id().or_else(|| ctx.trace_id()),
+            compression,
+            compress_min_size: opts.compress_min_size_or(config.compress_min_size),
+        })
+    }
+
+    /// The meta of a call's REQUEST (its `timeout_ms` is set per attempt),
+    /// refused if the server would not take it.
+    fn request_meta<'a>(
+        &'a self,
+        method: &'a str,
+        plan: &'a Plan,
+        opts: &CallOptions,
+        stream: bool,
+    ) -> Result<RequestMeta<'a>, Error> {
+        let config = &self.inner.config;
+        let meta = RequestMeta {
+            method,
+            timeout_ms: 0,
+            trace_id: plan.trace_id.as_ref().map(|t| t.as_str()),
+            caller: config.caller.as_deref(),
+            md: with_credentials(opts.get_metadata(), config.credentials.as_ref()),
+            stream,
+        };
+        check_meta_size(&meta, config.max_meta)?;
+        Ok(meta)
+    }
+
     /// A non-OK answer as an error; an answer whose body was too large to
     /// read as an error too.
     fn check_reply(&self, method: &str, reply: Reply) -> Result<Reply, Error> {
@@ -594,32 +618,66 @@ impl Client {
 
     /// The reply's body, decompressed within the body limit.
     fn inflate<'r>(&self, method: &str, reply: &'r Reply) -> Result<Cow<'r, [u8]>, Error> {
-        let limit = self.inner.config.max_body;
-        let compression = reply.flags.compression().map_err(|bits| {
-            peer_error(
-                Status::internal(format!(
-                    "{method}: the response uses reserved compression {bits}"
-                )),
-                Execution::Ran,
-            )
-        })?;
-        if compression == Compression::None {
-            return Ok(Cow::Borrowed(&reply.body));
-        }
-        codec::decompress(compression, &reply.body, limit)
-            .map(Cow::Owned)
-            .map_err(|e| {
-                let status = match e {
-                    DecompressError::TooLarge { .. } => {
-                        Status::resource_exhausted(format!("{method}: response {e}"))
-                    }
-                    DecompressError::Corrupt(_) => {
-                        Status::data_loss(format!("{method}: response has a {e}"))
-                    }
-                };
-                peer_error(status, Execution::Ran)
-            })
+        inflate(
+            &format!("{method}: response"),
+            reply.flags,
+            &reply.body,
+            self.inner.config.max_body,
+        )
     }
+}
+
+/// What a call sends besides its body, resolved once before its first
+/// attempt.
+struct Plan {
+    deadline: Option<Instant>,
+    trace_id: Option<TraceId>,
+    /// The compression asked for; bodies shorter than
+    /// `compress_min_size` go uncompressed.
+    compression: Compression,
+    compress_min_size: usize,
+}
+
+impl Plan {
+    /// `body` as it goes on the wire, and its compression.
+    fn compress<'b>(&self, body: &'b [u8]) -> (Cow<'b, [u8]>, Compression) {
+        if self.compression == Compression::None || body.len() < self.compress_min_size {
+            return (Cow::Borrowed(body), Compression::None);
+        }
+        let mut out = Vec::with_capacity(body.len() / 2 + 64);
+        codec::compress(self.compression, body, &mut out);
+        (Cow::Owned(out), self.compression)
+    }
+}
+
+/// A body from the server (`what` names it in errors), decompressed
+/// within `limit` as its flags say.
+fn inflate<'r>(
+    what: &str,
+    flags: Flags,
+    body: &'r [u8],
+    limit: usize,
+) -> Result<Cow<'r, [u8]>, Error> {
+    let compression = flags.compression().map_err(|bits| {
+        peer_error(
+            Status::internal(format!("{what} uses reserved compression {bits}")),
+            Execution::Ran,
+        )
+    })?;
+    if compression == Compression::None {
+        return Ok(Cow::Borrowed(body));
+    }
+    codec::decompress(compression, body, limit)
+        .map(Cow::Owned)
+        .map_err(|e| {
+            let status = match e {
+                DecompressError::TooLarge { .. } => {
+                    Status::resource_exhausted(format!("{what} {e}"))
+                }
+                DecompressError::Corrupt(_) => Status::data_loss(format!("{what} has a {e}")),
+            };
+            peer_error(status, Execution::Ran)
+        })
 }
 
 /// An error caused by what the server sent.
