@@ -128,7 +128,9 @@
 //! - [`client`]: a blocking [`Client`] that is `Send + Sync + Clone`,
 //!   multiplexes calls over a few connections per endpoint, balances and
 //!   fails over between endpoints, and says whether a failed call may have
-//!   run. [`TaskGroup`] fans calls out and stops them at the first error.
+//!   run; server, client and bidirectional streams as iterators and
+//!   blocking senders. [`TaskGroup`] fans calls out and stops them at the
+//!   first error.
 //! - [`shutdown`]: the coordinator that stops a server
 //!   without losing a request, on a signal or an API call, joining every
 //!   thread with a [`Latch`] and returning a report.

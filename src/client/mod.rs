@@ -20,9 +20,16 @@
 //! IO thread per connection reads the responses and wakes the thread each
 //! belongs to.
 //!
-//! What the client does not do: streaming, TLS, service discovery beyond
-//! DNS, hedged requests, client-side load reports. Timeouts and retries of
-//! calls that may have run are the caller's decision.
+//! Streams ([`Client::server_stream`], [`Client::client_stream`],
+//! [`Client::bidi_stream`]) share those connections: a server stream is an
+//! iterator, a client stream a sender with a blocking `send` and `finish`,
+//! a bidirectional stream a [`StreamSender`] and a [`StreamReceiver`] for
+//! two threads. Each direction is flow controlled per stream, so a slow
+//! reader holds at most its window of messages.
+//!
+//! What the client does not do: service discovery beyond DNS, hedged
+//! requests, client-side load reports. Timeouts and retries of calls that
+//! may have run are the caller's decision.
 
 mod balancer;
 mod builder;
