@@ -18,6 +18,9 @@
 //! | `Fail` | `{"code": uint, "message": str}` | that status (code 0 answers OK with `{}`) |
 //! | `Panic` | any MessagePack value | the handler panics: `INTERNAL` |
 //! | `Bytes` | raw bytes (encoding 1) | the same bytes |
+//! | `Count` (server stream) | `{"n": uint, "ms": uint}` | messages `{"i": 0}` ... `{"i": n-1}`, `ms` milliseconds apart |
+//! | `Sum` (client stream) | messages `{"v": int}` | `{"sum": int, "count": uint}` |
+//! | `Chat` (bidirectional) | messages `{"text": str}` | each message back as soon as it arrives |
 //!
 //! MessagePack-RPC clients reach the same methods as `echo.Echo.Say` or
 //! just `Say` (`docs/msgpack-rpc.md`).
@@ -42,9 +45,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use bytes::Bytes;
-use echo_service::{Anything, Echo, Empty, Fail, Say, Sleep};
+use echo_service::{Anything, Count, Echo, Empty, Fail, Say, Sleep, Tick, Total, Value};
 use syncrpc::filters::{AccessLog, Auth, Metrics};
-use syncrpc::server::{Mode, ServerConfig};
+use syncrpc::server::{Incoming, Mode, ServerConfig, Sink};
 use syncrpc::{Code, Context, Server, ServerBuilder, Status};
 
 /// The implementation of `echo.Echo`.
@@ -74,6 +77,35 @@ impl Echo for EchoServer {
 
     fn bytes(&self, _: &Context, body: Bytes) -> Result<Bytes, Status> {
         Ok(body)
+    }
+
+    fn count(&self, ctx: &Context, req: Count, sink: &Sink<Tick>) -> Result<(), Status> {
+        for i in 0..req.n {
+            if i > 0 && req.ms > 0 {
+                ctx.wait_cancelled(Duration::from_millis(req.ms));
+            }
+            sink.send(&Tick { i })?;
+        }
+        Ok(())
+    }
+
+    fn sum(&self, _: &Context, msgs: Incoming<Value>) -> Result<Total, Status> {
+        let mut total = Total { sum: 0, count: 0 };
+        for msg in msgs {
+            total.sum = total
+                .sum
+                .checked_add(msg?.v)
+                .ok_or_else(|| Status::out_of_range("the sum overflows a 64-bit integer"))?;
+            total.count += 1;
+        }
+        Ok(total)
+    }
+
+    fn chat(&self, _: &Context, msgs: Incoming<Say>, sink: &Sink<Say>) -> Result<(), Status> {
+        for msg in msgs {
+            sink.send(&msg?)?;
+        }
+        Ok(())
     }
 }
 
@@ -121,6 +153,7 @@ The limits and timeouts default to the protocol's values (docs/protocol.md,
   --max-meta BYTES          {meta:<16}meta section
   --max-connections N       {conns:<16}open connections
   --max-inflight N          {inflight:<16}calls in flight per connection
+  --max-streams N           workers / 2     streams open at once (each holds a worker)
   --idle-timeout-ms MS      {idle:<16}close a connection idle this long
   --frame-timeout-ms MS     {frame:<16}time to receive one whole frame
   --shutdown-timeout-ms MS  {shutdown:<16}time to finish calls already read
@@ -220,6 +253,7 @@ fn parse_args(words: impl IntoIterator<Item = String>) -> Result<Option<Args>, S
             "--max-meta" => c.limits.max_meta = bytes(f, &v)?,
             "--max-connections" => c.limits.max_connections = count(1)?,
             "--max-inflight" => c.limits.max_in_flight_per_connection = count(1)?,
+            "--max-streams" => c.limits.max_streams = Some(count(1)?),
             "--idle-timeout-ms" => c.timeouts.idle = millis(1)?,
             "--frame-timeout-ms" => c.timeouts.frame = millis(1)?,
             "--shutdown-timeout-ms" => c.timeouts.shutdown = millis(0)?,

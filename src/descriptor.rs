@@ -13,7 +13,7 @@ use std::marker::PhantomData;
 
 use serde::{Deserialize, Serialize};
 
-/// How a method is called. Later kinds (streams) are added here.
+/// How a method is called.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -22,15 +22,33 @@ pub enum MethodKind {
     Unary,
     /// One request and no answer: the client sends it as a ONEWAY frame.
     Oneway,
+    /// One request, a stream of answers.
+    ServerStream,
+    /// A stream of requests, one answer.
+    ClientStream,
+    /// Streams both ways.
+    BidiStream,
 }
 
 impl MethodKind {
-    /// The name reflection uses: `"unary"` or `"oneway"`.
+    /// The name reflection uses: `"unary"`, `"oneway"`,
+    /// `"server_stream"`, `"client_stream"` or `"bidi_stream"`.
     pub fn as_str(self) -> &'static str {
         match self {
             MethodKind::Unary => "unary",
             MethodKind::Oneway => "oneway",
+            MethodKind::ServerStream => "server_stream",
+            MethodKind::ClientStream => "client_stream",
+            MethodKind::BidiStream => "bidi_stream",
         }
+    }
+
+    /// True for the three kinds of stream.
+    pub fn is_stream(self) -> bool {
+        matches!(
+            self,
+            MethodKind::ServerStream | MethodKind::ClientStream | MethodKind::BidiStream
+        )
     }
 }
 

@@ -17,6 +17,7 @@ use serde::Serialize;
 
 use crate::codec::{encode_body, Compression, Encoding, Flags};
 use crate::context::Context;
+use crate::server::stream::{StreamIo, StreamKind};
 use crate::status::Status;
 
 /// A request as the filter chain sees it: the body as sent, with its
@@ -29,6 +30,8 @@ pub struct Request {
     flags: Flags,
     body: Bytes,
     oneway: bool,
+    /// The stream a streaming method's request opened.
+    stream: Option<StreamIo>,
 }
 
 impl Request {
@@ -50,7 +53,32 @@ impl Request {
             flags,
             body: body.into(),
             oneway,
+            stream: None,
         }
+    }
+
+    /// The request that opens `stream`: its body is empty, its messages
+    /// come through the stream.
+    pub(crate) fn opening(flags: Flags, stream: StreamIo) -> Request {
+        Request {
+            flags,
+            body: Bytes::new(),
+            oneway: false,
+            stream: Some(stream),
+        }
+    }
+
+    /// True if the request opens a stream: the method is a streaming
+    /// one, the body is empty, and the messages go through the stream.
+    /// A filter sees the opening (method, metadata and peer are on the
+    /// [`Context`]) and, in what [`Next::run`] returns, the status the
+    /// stream ended with.
+    pub fn is_stream(&self) -> bool {
+        self.stream.is_some()
+    }
+
+    pub(crate) fn into_stream(self) -> Option<StreamIo> {
+        self.stream
     }
 
     /// The header flags of the request.
@@ -93,6 +121,7 @@ impl fmt::Debug for Request {
             .field("flags", &self.flags)
             .field("body_len", &self.body.len())
             .field("oneway", &self.oneway)
+            .field("stream", &self.stream.is_some())
             .finish()
     }
 }
@@ -233,6 +262,11 @@ pub(crate) trait Endpoint: Send + Sync + 'static {
     /// do not say (MessagePack-RPC).
     fn encoding(&self) -> Encoding {
         Encoding::MsgPack
+    }
+
+    /// Which side streams, for a streaming method; `None` for a unary one.
+    fn stream_kind(&self) -> Option<StreamKind> {
+        None
     }
 }
 

@@ -327,6 +327,32 @@ macro_rules! __service_method {
         $(#[$mattr])*
         fn $method(&self, ctx: &$crate::Context, req: $req) -> ::core::result::Result<(), $crate::Status>;
     };
+    (@trait server_stream $wire:ident [$(#[$mattr:meta])*] $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        fn $method(
+            &self,
+            ctx: &$crate::Context,
+            req: $req,
+            sink: &$crate::server::Sink<$resp>,
+        ) -> ::core::result::Result<(), $crate::Status>;
+    };
+    (@trait client_stream $wire:ident [$(#[$mattr:meta])*] $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        fn $method(
+            &self,
+            ctx: &$crate::Context,
+            msgs: $crate::server::Incoming<$req>,
+        ) -> ::core::result::Result<$resp, $crate::Status>;
+    };
+    (@trait bidi_stream $wire:ident [$(#[$mattr:meta])*] $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        fn $method(
+            &self,
+            ctx: &$crate::Context,
+            msgs: $crate::server::Incoming<$req>,
+            sink: &$crate::server::Sink<$resp>,
+        ) -> ::core::result::Result<(), $crate::Status>;
+    };
     (@trait unary $wire:ident $attrs:tt $method:ident ($req:ty) []) => {
         ::core::compile_error!(concat!(
             "unary method ", stringify!($wire), " needs a response type: `-> Response`"
@@ -342,10 +368,25 @@ macro_rules! __service_method {
             "oneway method ", stringify!($wire), " has no response: drop `-> ", stringify!($resp), "`"
         ));
     };
+    (@trait server_stream $wire:ident $attrs:tt $method:ident ($req:ty) []) => {
+        ::core::compile_error!(concat!(
+            "server_stream method ", stringify!($wire), " needs a message type: `-> Message`"
+        ));
+    };
+    (@trait client_stream $wire:ident $attrs:tt $method:ident ($req:ty) []) => {
+        ::core::compile_error!(concat!(
+            "client_stream method ", stringify!($wire), " needs a response type: `-> Response`"
+        ));
+    };
+    (@trait bidi_stream $wire:ident $attrs:tt $method:ident ($req:ty) []) => {
+        ::core::compile_error!(concat!(
+            "bidi_stream method ", stringify!($wire), " needs a message type: `-> Message`"
+        ));
+    };
     (@trait $kind:ident $wire:ident $($rest:tt)*) => {
         ::core::compile_error!(concat!(
             "unknown method kind `", stringify!($kind), "` for ", stringify!($wire),
-            ": expected unary, raw or oneway"
+            ": expected unary, raw, oneway, server_stream, client_stream or bidi_stream"
         ));
     };
 
@@ -379,6 +420,41 @@ macro_rules! __service_method {
                 stringify!($wire),
                 move |ctx: &$crate::Context, req: $req| -> ::core::result::Result<(), $crate::Status> {
                     imp.$method(ctx, req)
+                },
+            )
+            .describe(*$client::$wire.descriptor())
+    }};
+    (@register server_stream $wire:ident $service:ident $this:ident $client:ident $method:ident ($req:ty) [$resp:ty]) => {{
+        let imp = ::std::sync::Arc::clone(&$this);
+        $service
+            .server_stream(
+                stringify!($wire),
+                move |ctx: &$crate::Context, req: $req, sink: &$crate::server::Sink<$resp>| {
+                    imp.$method(ctx, req, sink)
+                },
+            )
+            .describe(*$client::$wire.descriptor())
+    }};
+    (@register client_stream $wire:ident $service:ident $this:ident $client:ident $method:ident ($req:ty) [$resp:ty]) => {{
+        let imp = ::std::sync::Arc::clone(&$this);
+        $service
+            .client_stream(
+                stringify!($wire),
+                move |ctx: &$crate::Context, msgs: $crate::server::Incoming<$req>| -> ::core::result::Result<$resp, $crate::Status> {
+                    imp.$method(ctx, msgs)
+                },
+            )
+            .describe(*$client::$wire.descriptor())
+    }};
+    (@register bidi_stream $wire:ident $service:ident $this:ident $client:ident $method:ident ($req:ty) [$resp:ty]) => {{
+        let imp = ::std::sync::Arc::clone(&$this);
+        $service
+            .bidi_stream(
+                stringify!($wire),
+                move |ctx: &$crate::Context,
+                      msgs: $crate::server::Incoming<$req>,
+                      sink: &$crate::server::Sink<$resp>| {
+                    imp.$method(ctx, msgs, sink)
                 },
             )
             .describe(*$client::$wire.descriptor())
@@ -434,6 +510,33 @@ macro_rules! __service_method {
                 response_type: "()",
                 request_schema: $crate::__schema!($req),
                 response_schema: $crate::descriptor::no_schema,
+            });
+    };
+    (@const server_stream $wire:ident $svc:literal $client:ident ($req:ty) [$resp:ty]) => {
+        $crate::__service_method!(@stream_const ServerStream "server streaming"
+            $wire $svc $client ($req) [$resp]);
+    };
+    (@const client_stream $wire:ident $svc:literal $client:ident ($req:ty) [$resp:ty]) => {
+        $crate::__service_method!(@stream_const ClientStream "client streaming"
+            $wire $svc $client ($req) [$resp]);
+    };
+    (@const bidi_stream $wire:ident $svc:literal $client:ident ($req:ty) [$resp:ty]) => {
+        $crate::__service_method!(@stream_const BidiStream "bidirectional streaming"
+            $wire $svc $client ($req) [$resp]);
+    };
+    (@stream_const $kind:ident $what:literal $wire:ident $svc:literal $client:ident ($req:ty) [$resp:ty]) => {
+        #[doc = concat!("`/", $svc, "/", stringify!($wire), "`: ", $what, ", `", stringify!($req), "` to `", stringify!($resp), "`.")]
+        pub const $wire: $crate::descriptor::Method<$client, $req, $resp> =
+            $crate::descriptor::Method::new($crate::descriptor::MethodDescriptor {
+                service: $svc,
+                name: stringify!($wire),
+                path: concat!("/", $svc, "/", stringify!($wire)),
+                kind: $crate::descriptor::MethodKind::$kind,
+                body: $crate::descriptor::BodyKind::Typed,
+                request_type: stringify!($req),
+                response_type: stringify!($resp),
+                request_schema: $crate::__schema!($req),
+                response_schema: $crate::__schema!($resp),
             });
     };
     (@const $($rest:tt)*) => {};

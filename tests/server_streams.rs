@@ -1,6 +1,6 @@
-//! The stream frames of protocol revision 1.1 on a server that has no
-//! streaming methods yet: a REQUEST with `stream: true` is refused
-//! INVALID_ARGUMENT and never run, MESSAGE, END and WINDOW for ids that are
+//! The stream frames of protocol revision 1.1 around unary methods: a
+//! REQUEST with `stream: true` for a unary method is refused
+//! INVALID_ARGUMENT and never run (for an unknown one, UNIMPLEMENTED), MESSAGE, END and WINDOW for ids that are
 //! not open streams are ignored, and a malformed stream frame is still a
 //! connection error. Every other call on the connection is served.
 
@@ -89,10 +89,7 @@ fn stream_request_is_refused_and_not_run(mode: Mode) {
     );
     assert!(r[&9].body.is_empty());
     r[&13].expect_code(Code::INVALID_ARGUMENT, "not a streaming method");
-    r[&10].expect_code(
-        Code::INVALID_ARGUMENT,
-        "method /gate.Gate/Nope is not a streaming method",
-    );
+    r[&10].expect_code(Code::UNIMPLEMENTED, "unknown method /gate.Gate/Nope");
     assert_eq!(r[&11].code, Code::OK, "{:?}", r[&11]);
     assert_eq!(g.calls(), 1, "only the unary call ran");
 

@@ -37,6 +37,38 @@ pub struct Fail {
 #[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
 pub struct Empty {}
 
+/// `{"n": uint, "ms": uint}`: how many messages `Count` sends, and how
+/// many milliseconds apart.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct Count {
+    pub n: u64,
+    #[serde(default)]
+    pub ms: u64,
+}
+
+/// `{"i": uint}`: one message of `Count`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct Tick {
+    pub i: u64,
+}
+
+/// `{"v": int}`: one message `Sum` adds up.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct Value {
+    pub v: i64,
+}
+
+/// `{"sum": int, "count": uint}`: what `Sum` answers.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "schemars", derive(schemars::JsonSchema))]
+pub struct Total {
+    pub sum: i64,
+    pub count: u64,
+}
+
 /// Any MessagePack value, read and thrown away (sent as nil).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Anything;
@@ -54,7 +86,8 @@ impl<'de> Deserialize<'de> for Anything {
 }
 
 syncrpc::service! {
-    /// `echo.Echo`: says things back, sleeps, fails and panics on request.
+    /// `echo.Echo`: says things back, sleeps, fails and panics on request,
+    /// and streams: counts, sums and chats.
     pub service Echo("echo.Echo") client EchoClient {
         /// Answers the request unchanged.
         unary Say => fn say(Say) -> Say;
@@ -68,5 +101,11 @@ syncrpc::service! {
         unary Panic => fn panic(Anything) -> ();
         /// Answers the raw bytes unchanged.
         raw Bytes => fn bytes(Bytes) -> Bytes;
+        /// Sends `{"i": 0}` to `{"i": n-1}`, `ms` milliseconds apart.
+        server_stream Count => fn count(Count) -> Tick;
+        /// Adds up the `v` of every message: `{"sum": total, "count": messages}`.
+        client_stream Sum => fn sum(Value) -> Total;
+        /// Sends each message back as soon as it arrives.
+        bidi_stream Chat => fn chat(Say) -> Say;
     }
 }

@@ -79,6 +79,21 @@ pub enum ProtocolError {
     /// A MessagePack-RPC message is well-formed MessagePack but not a
     /// request or notification a server accepts.
     BadMessage(&'static str),
+    /// A MESSAGE or WINDOW broke a stream's flow control: a message sent
+    /// with the window at or below 0, or a grant past 2^31-1.
+    FlowControl {
+        /// The stream.
+        id: u32,
+        /// The rule broken.
+        error: crate::flow_control::FlowControlError,
+    },
+    /// A MESSAGE or END on a stream whose client had already sent END.
+    AfterEnd {
+        /// The late frame's type.
+        frame_type: FrameType,
+        /// The stream.
+        id: u32,
+    },
     /// The connection ended in the middle of a frame.
     Truncated {
         /// Bytes of the partial frame received.
@@ -139,6 +154,10 @@ impl fmt::Display for ProtocolError {
             }
             ProtocolError::Msgpack(e) => write!(f, "bad MessagePack-RPC message: {e}"),
             ProtocolError::BadMessage(what) => write!(f, "bad MessagePack-RPC message: {what}"),
+            ProtocolError::FlowControl { id, error } => write!(f, "stream {id}: {error}"),
+            ProtocolError::AfterEnd { frame_type, id } => {
+                write!(f, "stream {id}: {frame_type} after the client's END")
+            }
             ProtocolError::Truncated { have } => {
                 write!(
                     f,

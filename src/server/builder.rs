@@ -64,6 +64,13 @@ pub struct Limits {
     /// starve established connections. A connection past it is closed at
     /// its first byte (counted as a failed handshake).
     pub max_handshakes: usize,
+    /// Streams open at once, all connections together (each holds a
+    /// worker for its life). `None`, the default: half the workers, at
+    /// least 1, so that unary calls are still served while every stream
+    /// slot is busy. A stream past it is answered `RESOURCE_EXHAUSTED`
+    /// at once. With inline handlers, each stream runs on a thread of
+    /// its own, and `None` means 1.
+    pub max_streams: Option<usize>,
 }
 
 impl Default for Limits {
@@ -77,6 +84,7 @@ impl Default for Limits {
             max_buffered_request_bytes: 256 * 1024 * 1024,
             max_connections: 10_000,
             max_handshakes: 1024,
+            max_streams: None,
         }
     }
 }
@@ -813,6 +821,7 @@ fn check(config: &ServerConfig, specs: &[ListenerSpec]) -> Result<(), Error> {
         ("max_pending_response_bytes", l.max_pending_response_bytes),
         ("max_buffered_request_bytes", l.max_buffered_request_bytes),
         ("max_connections", l.max_connections),
+        ("max_streams", l.max_streams.unwrap_or(1)),
         ("workers", config.workers),
         ("queue_capacity", config.queue_capacity),
         ("event_loops", config.event_loops),

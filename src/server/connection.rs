@@ -32,8 +32,9 @@ use bytes::{Buf, BytesMut};
 
 use super::builder::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
-use super::protocol::{Protocol, NATIVE};
+use super::protocol::{Protocol, StreamSupport, NATIVE};
 use super::service::MethodId;
+use super::stream::StreamShared;
 use super::transport::{Ingested, Transport, TransportError};
 use crate::codec::{Encoder, Flags, RequestId};
 use crate::context::Context;
@@ -78,6 +79,8 @@ pub(crate) struct InFlight {
     pub timeout: Option<Duration>,
     /// The request's flags, which its RESPONSE repeats.
     pub flags: Flags,
+    /// The stream the request opened, if it is a streaming call.
+    pub stream: Option<Arc<StreamShared>>,
 }
 
 /// A connection's requests read and not yet answered, each counted on the
@@ -86,6 +89,8 @@ pub(crate) struct InFlight {
 pub(crate) struct InFlightTable {
     requests: HashMap<RequestId, InFlight, FastHash>,
     drain: Latch,
+    /// How many of them are streams.
+    streams: usize,
 }
 
 impl InFlightTable {
@@ -93,11 +98,22 @@ impl InFlightTable {
         InFlightTable {
             requests: HashMap::default(),
             drain,
+            streams: 0,
         }
     }
 
     pub fn len(&self) -> usize {
         self.requests.len()
+    }
+
+    /// How many of the requests are streams.
+    pub fn streams(&self) -> usize {
+        self.streams
+    }
+
+    /// Every request, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&RequestId, &InFlight)> {
+        self.requests.iter()
     }
 
     pub fn get(&self, id: &RequestId) -> Option<&InFlight> {
@@ -111,7 +127,8 @@ impl InFlightTable {
             Entry::Occupied(_) => false,
             Entry::Vacant(slot) => {
                 self.drain.add(1);
-                slot.insert(entry());
+                let entry = slot.insert(entry());
+                self.streams += usize::from(entry.stream.is_some());
                 true
             }
         }
@@ -122,6 +139,7 @@ impl InFlightTable {
     pub fn remove(&mut self, id: &RequestId) -> Option<InFlight> {
         let entry = self.requests.remove(id)?;
         self.drain.done();
+        self.streams -= usize::from(entry.stream.is_some());
         Some(entry)
     }
 
@@ -131,6 +149,7 @@ impl InFlightTable {
         for _ in &all {
             self.drain.done();
         }
+        self.streams = 0;
         all
     }
 }
@@ -210,11 +229,19 @@ impl ConnState {
 
     /// Whether the connection is at its in-flight or pending-response
     /// limit: its reader waits until requests finish or output drains.
+    ///
+    /// While streams with frames of their own are open, the in-flight
+    /// limit does not stop the reader, or their messages, ENDs and
+    /// WINDOWs would wait behind it: a request past the limit is refused
+    /// `RESOURCE_EXHAUSTED` instead.
     pub fn is_full(&self, limits: &Limits) -> bool {
-        self.active()
-            >= limits
-                .max_in_flight_per_connection
-                .min(self.protocol.max_in_flight())
+        let counted =
+            self.in_flight.streams() == 0 || self.protocol.streams() != StreamSupport::Frames;
+        (counted
+            && self.active()
+                >= limits
+                    .max_in_flight_per_connection
+                    .min(self.protocol.max_in_flight()))
             || self.pending_bytes() >= limits.max_pending_response_bytes
     }
 
@@ -653,6 +680,7 @@ mod tests {
             read_at: Instant::now(),
             timeout: None,
             flags: Flags::default(),
+            stream: None,
         }
     }
 

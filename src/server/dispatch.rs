@@ -28,7 +28,9 @@ use super::builder::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
 use super::pace::LONG;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};
+use super::protocol::{Protocol, StreamSupport};
 use super::service::{MethodEntry, MethodId, Registry};
+use super::stream::{StreamIo, StreamKind, StreamShared};
 use super::telemetry::{MethodMetrics, Telemetry};
 use super::transport::{Handshakes, ListenerTransport};
 use crate::codec::{compress, Compression, Flags, RequestId};
@@ -80,11 +82,23 @@ pub(crate) struct ServerShared {
     pub shutdown_cancelled: AtomicU64,
     /// TLS handshakes: in progress, completed, failed.
     pub handshakes: Arc<Handshakes>,
+    /// Streams open now, and how many may be ([`Limits::max_streams`](super::Limits::max_streams)).
+    pub streams_open: AtomicUsize,
+    pub max_streams: usize,
 }
 
 impl ServerShared {
     pub fn new(config: ServerConfig, pool: Option<WorkerPool<RequestTask>>) -> ServerShared {
+        let max_streams = config.limits.max_streams.unwrap_or_else(|| {
+            if config.inline_handlers {
+                1
+            } else {
+                (config.workers / 2).max(1)
+            }
+        });
         ServerShared {
+            streams_open: AtomicUsize::new(0),
+            max_streams,
             config,
             pool,
             buffered: AtomicUsize::new(0),
@@ -201,6 +215,37 @@ fn write_ok(
     }
 }
 
+/// Appends the answer carrying `status` to the request `e` of id `id`:
+/// the end of its stream, if it is one (with `md` as trailing metadata).
+pub(crate) fn write_end(
+    st: &mut ConnState,
+    id: RequestId,
+    e: &InFlight,
+    status: &Status,
+    md: Metadata,
+) {
+    let trace = (status.code() != Code::OK)
+        .then(|| e.ctx.trace_id())
+        .flatten();
+    match &e.stream {
+        Some(stream) => {
+            let ending = st.draining || st.closing;
+            let sent_any = stream.sent_any();
+            st.protocol.write_stream_end(
+                &mut st.out,
+                id,
+                e.flags,
+                status,
+                trace.as_ref(),
+                md,
+                ending,
+                sent_any,
+            );
+        }
+        None => write_status(st, id, e.flags, status, trace.as_ref(), md),
+    }
+}
+
 /// Routes the messages of the connections of one listener.
 pub(crate) struct Dispatcher {
     pub server: Arc<ServerShared>,
@@ -296,6 +341,14 @@ impl Dispatcher {
                 return self.start(conn, head, body, read_at, timers, keep_quick)
             }
             Message::Cancel(id) => cancel(conn, id),
+            // The connection's decoder routes these itself, so that a
+            // broken rule fails the decode; one handed here is routed
+            // the same way, its error logged.
+            Message::Stream(frame) => {
+                if let Err(e) = super::stream::deliver(conn, frame) {
+                    log::debug!("conn {}: {e}", conn.id);
+                }
+            }
             Message::Ping(token) => {
                 let mut st = conn.lock();
                 if !st.closed {
@@ -365,6 +418,19 @@ impl Dispatcher {
         } else {
             flags
         };
+        // A streaming method, or a request that says it opens a stream:
+        // what the connection's protocol makes of it.
+        let mut stream_open = None;
+        if head.stream || method.endpoint.stream_kind().is_some() {
+            let protocol = conn.lock().protocol;
+            match open_stream_as(protocol, method, head.stream, &body) {
+                Ok(open) => stream_open = Some(open),
+                Err(status) => {
+                    refuse(status, Some(&trace_id()));
+                    return None;
+                }
+            }
+        }
         let timeout = [
             (head.timeout_ms > 0).then(|| Duration::from_millis(u64::from(head.timeout_ms))),
             method.timeout,
@@ -382,6 +448,7 @@ impl Dispatcher {
             head.md,
         );
 
+        let mut stream: Option<Arc<StreamShared>> = None;
         let seq = {
             let mut st = conn.lock();
             if st.closed {
@@ -396,6 +463,19 @@ impl Dispatcher {
                 refuse(Status::unavailable(message), ctx.trace_id().as_ref());
                 return None;
             }
+            if st.active() >= self.server.config.limits.max_in_flight_per_connection {
+                // Only while streams are open does the reader read past
+                // the limit (their frames must flow).
+                drop(st);
+                refuse(
+                    Status::resource_exhausted(format!(
+                        "too many requests in flight on this connection (limit {})",
+                        self.server.config.limits.max_in_flight_per_connection
+                    )),
+                    ctx.trace_id().as_ref(),
+                );
+                return None;
+            }
             let seq = if oneway {
                 st.oneway_running += 1;
                 0
@@ -403,6 +483,24 @@ impl Dispatcher {
                 // A refused request uses up a number: they need only be
                 // unique.
                 let seq = st.next_seq();
+                if let Some(open) = &stream_open {
+                    let flow_control = open.preload.is_none();
+                    match StreamShared::open(&self.server, seq, open.single, flow_control) {
+                        Some(shared) => stream = Some(shared),
+                        None => {
+                            drop(st);
+                            refuse(
+                                Status::resource_exhausted(format!(
+                                    "too many streams open on the server (limit {}); \
+                                     the stream was not run",
+                                    self.server.max_streams
+                                )),
+                                ctx.trace_id().as_ref(),
+                            );
+                            return None;
+                        }
+                    }
+                }
                 let added = st.in_flight.insert_new(id, || InFlight {
                     seq,
                     method: method_id,
@@ -410,6 +508,7 @@ impl Dispatcher {
                     read_at,
                     timeout,
                     flags,
+                    stream: stream.clone(),
                 });
                 if !added {
                     drop(st);
@@ -427,6 +526,21 @@ impl Dispatcher {
             conn.room_after.store(room, Ordering::Relaxed);
             seq
         };
+        let io = stream.map(|shared| {
+            if let Some(body) = stream_open.and_then(|o| o.preload) {
+                shared.preload(flags, body);
+            }
+            StreamIo {
+                shared,
+                conn: conn.clone(),
+                id,
+                flags,
+                max_body: self.decode.frame.max_body,
+                max_depth: self.decode.max_body_depth,
+            }
+        });
+        let is_stream = io.is_some();
+        let body = if is_stream { Bytes::new() } else { body };
         let task = RequestTask {
             conn: Held::new(conn, head.overhead + body.len()),
             method: method_id,
@@ -435,12 +549,20 @@ impl Dispatcher {
             seq,
             flags,
             body,
+            stream: io,
+            streaming: is_stream,
             oneway_count: oneway.then(|| self.server.requests.guard()),
         };
         if let (Some(at), false) = (deadline, oneway) {
             timers.push(at, conn, id, seq);
         }
-        let kept = keep_quick && !oneway && method.pace.is_quick();
+        if is_stream && self.server.pool.is_none() {
+            // A stream waits on its client for its whole life: never on
+            // the thread that reads the connection.
+            spawn_stream(task);
+            return None;
+        }
+        let kept = keep_quick && !oneway && !is_stream && method.pace.is_quick();
         if self.server.pool.is_none() || kept {
             // The driver runs it, and the timer can end it meanwhile.
             return Some(task);
@@ -480,6 +602,96 @@ impl Dispatcher {
     }
 }
 
+/// How a stream opens, once its protocol and method agree it may.
+struct StreamOpen {
+    /// The client sends one message (a server stream).
+    single: bool,
+    /// The request message, carried in the request's body by a protocol
+    /// without stream frames.
+    preload: Option<Bytes>,
+}
+
+/// Whether a request for `method`, which says it opens a stream or not
+/// (`stream`), opens one over `protocol`; the status that refuses it if
+/// they disagree.
+fn open_stream_as(
+    protocol: &dyn Protocol,
+    method: &MethodEntry,
+    stream: bool,
+    body: &Bytes,
+) -> Result<StreamOpen, Status> {
+    let name = method.full_name;
+    let Some(kind) = method.endpoint.stream_kind() else {
+        return Err(Status::invalid_argument(format!(
+            "method {name} is not a streaming method: `stream: true` is refused"
+        )));
+    };
+    let single = kind == StreamKind::Server;
+    match protocol.streams() {
+        StreamSupport::Frames if !stream => Err(Status::invalid_argument(format!(
+            "method {name} is a streaming method: open it with `stream: true`"
+        ))),
+        StreamSupport::Frames if !body.is_empty() => Err(Status::invalid_argument(format!(
+            "the REQUEST that opens a stream has an empty body; {name}'s has {} bytes",
+            body.len()
+        ))),
+        StreamSupport::Frames => Ok(StreamOpen {
+            single,
+            preload: None,
+        }),
+        StreamSupport::ServerFromBody if single => Ok(StreamOpen {
+            single,
+            preload: Some(body.clone()),
+        }),
+        StreamSupport::ServerFromBody => Err(Status::unimplemented(format!(
+            "{name} is a {} streaming method, which {} cannot carry; only server streams",
+            if kind == StreamKind::Client {
+                "client"
+            } else {
+                "bidirectional"
+            },
+            protocol.name()
+        ))),
+        StreamSupport::None => Err(Status::unimplemented(format!(
+            "{name} is a streaming method, and {} has no streams",
+            protocol.name()
+        ))),
+    }
+}
+
+/// Runs a stream's task on a thread of its own (a server without
+/// workers); one that cannot start is answered at once.
+fn spawn_stream(task: RequestTask) {
+    let slot = std::sync::Arc::new(std::sync::Mutex::new(Some(task)));
+    let taken = slot.clone();
+    let name = format!("{}-stream", taken_name(&slot));
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        let task = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            task.run_inline();
+        }
+    });
+    if let Err(e) = spawned {
+        let task = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            log::error!("cannot start a thread for a stream: {e}");
+            task.finish(
+                Err(Status::resource_exhausted(format!(
+                    "cannot start a thread for the stream: {e}"
+                ))),
+                false,
+            );
+        }
+    }
+}
+
+fn taken_name(slot: &std::sync::Mutex<Option<RequestTask>>) -> String {
+    slot.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map_or_else(String::new, |t| t.conn.server().config.thread_name.clone())
+}
+
 /// Answers a request that is refused before it is in flight (a ONEWAY is
 /// not answered).
 fn refuse(
@@ -510,12 +722,28 @@ fn cancel(conn: &ConnShared, id: RequestId) {
         let mut st = conn.lock();
         let entry = st.in_flight.remove(&id);
         if let Some(e) = &entry {
-            e.ctx.forbid_start();
+            if !e.ctx.forbid_start() {
+                if let Some(stream) = &e.stream {
+                    stream.release_slot();
+                }
+            }
         }
         entry
     };
     match entry {
-        Some(e) => e.ctx.cancel(CancelReason::Cancelled),
+        Some(e) => {
+            if e.stream.is_some() {
+                // The client learns its id is free from this answer.
+                let status = Status::cancelled("the stream was cancelled by the client");
+                let mut st = conn.lock();
+                if !st.closed {
+                    conn.dispatcher
+                        .record(&st, e.method, status.code(), e.read_at);
+                    write_end(&mut st, id, &e, &status, Metadata::new());
+                }
+            }
+            e.ctx.cancel(CancelReason::Cancelled)
+        }
         None => log::debug!("conn {}: CANCEL for request {id}, not in flight", conn.id),
     }
 }
@@ -537,14 +765,7 @@ pub(crate) fn expire(conn: &ConnShared, id: RequestId, seq: u64, now: Instant) -
         let status = deadline_status(&e, started, now);
         conn.dispatcher
             .record(&st, e.method, status.code(), e.read_at);
-        write_status(
-            &mut st,
-            id,
-            e.flags,
-            &status,
-            e.ctx.trace_id().as_ref(),
-            Metadata::new(),
-        );
+        write_end(&mut st, id, &e, &status, Metadata::new());
         e
     };
     entry.ctx.cancel(CancelReason::DeadlineExceeded);
@@ -591,17 +812,9 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
                 server.shutdown_abandoned.fetch_add(1, Ordering::Relaxed);
                 Status::unavailable("the server is shutting down; the request was not run")
             };
-            let trace = e.ctx.trace_id();
             conn.dispatcher
                 .record(&st, e.method, status.code(), e.read_at);
-            write_status(
-                &mut st,
-                *id,
-                e.flags,
-                &status,
-                trace.as_ref(),
-                Metadata::new(),
-            );
+            write_end(&mut st, *id, e, &status, Metadata::new());
         }
         ended
     };
@@ -682,6 +895,11 @@ pub(crate) struct RequestTask {
     seq: u64,
     flags: Flags,
     body: Bytes,
+    /// The stream the request opened, for a streaming method.
+    stream: Option<StreamIo>,
+    /// The request opened a stream (which then runs on a worker or a
+    /// thread of its own, never on the thread that reads).
+    streaming: bool,
     /// A ONEWAY's count on the drain latch (a REQUEST is counted while in
     /// its connection's in-flight table).
     oneway_count: Option<LatchGuard>,
@@ -778,21 +996,32 @@ impl RequestTask {
         // Only error answers carry the trace id: a successful one never
         // makes it.
         let trace = || self.ctx.trace_id();
-        match (&reply, &late) {
-            (_, Some(status)) => write_status(
-                &mut st,
-                self.id,
-                self.flags,
-                status,
-                trace().as_ref(),
-                Metadata::new(),
-            ),
-            (Ok(resp), None) => {
-                let body = packed.as_deref().unwrap_or(resp.body());
-                write_ok(&mut st, self.id, self.flags, body, &self.ctx, md);
-            }
-            (Err(status), None) => {
-                write_status(&mut st, self.id, self.flags, status, trace().as_ref(), md)
+        if let Some(e) = entry.as_ref().filter(|e| e.stream.is_some()) {
+            // A stream's messages went out already: its RESPONSE carries
+            // only how it ended.
+            let (status, md) = match (&reply, &late) {
+                (_, Some(status)) => (status.clone(), Metadata::new()),
+                (Ok(_), None) => (Status::new(Code::OK, ""), md),
+                (Err(status), None) => (status.clone(), md),
+            };
+            write_end(&mut st, self.id, e, &status, md);
+        } else {
+            match (&reply, &late) {
+                (_, Some(status)) => write_status(
+                    &mut st,
+                    self.id,
+                    self.flags,
+                    status,
+                    trace().as_ref(),
+                    Metadata::new(),
+                ),
+                (Ok(resp), None) => {
+                    let body = packed.as_deref().unwrap_or(resp.body());
+                    write_ok(&mut st, self.id, self.flags, body, &self.ctx, md);
+                }
+                (Err(status), None) => {
+                    write_status(&mut st, self.id, self.flags, status, trace().as_ref(), md)
+                }
             }
         }
         // The drain count went with the entry, but whoever waits for the
@@ -804,7 +1033,7 @@ impl RequestTask {
         }
         recycle(reply);
         let workers_write = self.conn.workers_write();
-        if workers_write && server.pool.is_none() {
+        if workers_write && server.pool.is_none() && !self.streaming {
             // An event loop runs handlers inline: it writes after the
             // requests of the read.
         } else if !workers_write {
@@ -845,7 +1074,10 @@ impl RequestTask {
     }
 
     fn call(&mut self) -> Reply {
-        let req = Request::new(self.flags, std::mem::take(&mut self.body), self.is_oneway());
+        let req = match self.stream.take() {
+            Some(io) => Request::opening(self.flags, io),
+            None => Request::new(self.flags, std::mem::take(&mut self.body), self.is_oneway()),
+        };
         let method = self.method();
         let next = Next::new(&method.filters, &*method.endpoint);
         match panic::catch_unwind(AssertUnwindSafe(|| next.run(&self.ctx, req))) {
@@ -893,7 +1125,7 @@ impl Task for RequestTask {
     }
 
     fn is_quick(&self) -> bool {
-        self.method().pace.is_quick()
+        self.stream.is_none() && self.method().pace.is_quick()
     }
 
     fn expire(self, queued_for: Duration) {
@@ -949,10 +1181,10 @@ impl RequestTask {
         }
         // Answers held back for the next write must not wait for a
         // handler that may take long.
-        let method = self.method();
-        if !method.pace.is_quick() {
+        if !self.is_quick() {
             flush_unflushed();
         }
+        let method = self.method();
         let sampled = method.pace.sample();
         let started = (always_time || sampled).then(Instant::now);
         let reply = self.call();

@@ -124,6 +124,7 @@ mod pace;
 pub(crate) mod protocol;
 pub mod reflection;
 mod service;
+pub(crate) mod stream;
 mod telemetry;
 mod threaded;
 mod transport;
@@ -147,6 +148,10 @@ pub use health::{
 pub use protocol::Protocols;
 pub use reflection::REFLECTION_SERVICE;
 pub use service::{MethodName, Service};
+pub use stream::{
+    BidiStreamHandler, ClientStreamHandler, Incoming, RawBidiStreamHandler, RawClientStreamHandler,
+    RawIncoming, RawServerStreamHandler, RawSink, ServerStreamHandler, Sink,
+};
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 

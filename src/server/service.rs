@@ -12,6 +12,10 @@ use serde::Serialize;
 use super::handler::{BodyLimits, Raw, RawHandler, Typed, UnaryHandler};
 use super::pace::Pace;
 use super::reflection::{MethodInfo, ServiceInfo};
+use super::stream::{
+    BidiStreamHandler, ClientStreamHandler, RawBidiStreamHandler, RawClientStreamHandler,
+    RawServerStreamHandler, ServerStreamHandler, StreamEndpoint,
+};
 use crate::descriptor::{no_schema, BodyKind, Method, MethodDescriptor, MethodKind, SchemaFn};
 use crate::filter::{Endpoint, Filter};
 use crate::hash::FastHash;
@@ -39,8 +43,12 @@ struct Shape {
 
 impl Shape {
     fn typed<Req, Resp>() -> Shape {
+        Shape::typed_as::<Req, Resp>(MethodKind::Unary)
+    }
+
+    fn typed_as<Req, Resp>(kind: MethodKind) -> Shape {
         Shape {
-            kind: MethodKind::Unary,
+            kind,
             body: BodyKind::Typed,
             request_type: std::any::type_name::<Req>(),
             response_type: std::any::type_name::<Resp>(),
@@ -50,8 +58,12 @@ impl Shape {
     }
 
     fn raw() -> Shape {
+        Shape::raw_as(MethodKind::Unary)
+    }
+
+    fn raw_as(kind: MethodKind) -> Shape {
         Shape {
-            kind: MethodKind::Unary,
+            kind,
             body: BodyKind::Raw,
             request_type: "bytes",
             response_type: "bytes",
@@ -217,6 +229,169 @@ impl Service {
         )
     }
 
+    /// Adds a server-streaming method: one request of type `Req`, then
+    /// the handler sends any number of `Resp` messages through its
+    /// [`Sink`](super::Sink); what it returns ends the stream. The stream
+    /// holds a worker until the handler returns.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::server::Sink;
+    /// use syncrpc::{Context, Service, Status};
+    ///
+    /// let svc = Service::new("echo.Echo").server_stream(
+    ///     "Count",
+    ///     |_ctx: &Context, n: u32, sink: &Sink<u32>| {
+    ///         for i in 0..n {
+    ///             sink.send(&i)?;
+    ///         }
+    ///         Ok::<_, Status>(())
+    ///     },
+    /// );
+    /// # let _ = svc;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn server_stream<Req, Resp, H>(self, name: impl Into<String>, handler: H) -> Service
+    where
+        H: ServerStreamHandler<Req, Resp>,
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+    {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::server(handler))),
+            Shape::typed_as::<Req, Resp>(MethodKind::ServerStream),
+        )
+    }
+
+    /// Adds a client-streaming method: the handler reads any number of
+    /// `Req` messages from its [`Incoming`](super::Incoming) and returns
+    /// one `Resp`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::server::Incoming;
+    /// use syncrpc::{Context, Service, Status};
+    ///
+    /// let svc = Service::new("echo.Echo").client_stream(
+    ///     "Sum",
+    ///     |_ctx: &Context, msgs: Incoming<i64>| {
+    ///         msgs.sum::<Result<i64, Status>>()
+    ///     },
+    /// );
+    /// # let _ = svc;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn client_stream<Req, Resp, H>(self, name: impl Into<String>, handler: H) -> Service
+    where
+        H: ClientStreamHandler<Req, Resp>,
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+    {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::client(handler))),
+            Shape::typed_as::<Req, Resp>(MethodKind::ClientStream),
+        )
+    }
+
+    /// Adds a bidirectional streaming method: the handler reads `Req`
+    /// messages from its [`Incoming`](super::Incoming) and sends `Resp`
+    /// messages through its [`Sink`](super::Sink), in any order.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::server::{Incoming, Sink};
+    /// use syncrpc::{Context, Service, Status};
+    ///
+    /// let svc = Service::new("echo.Echo").bidi_stream(
+    ///     "Chat",
+    ///     |_ctx: &Context, msgs: Incoming<String>, sink: &Sink<String>| {
+    ///         for msg in msgs {
+    ///             sink.send(&msg?)?;
+    ///         }
+    ///         Ok::<_, Status>(())
+    ///     },
+    /// );
+    /// # let _ = svc;
+    /// ```
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn bidi_stream<Req, Resp, H>(self, name: impl Into<String>, handler: H) -> Service
+    where
+        H: BidiStreamHandler<Req, Resp>,
+        Req: DeserializeOwned + 'static,
+        Resp: Serialize + 'static,
+    {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::bidi(handler))),
+            Shape::typed_as::<Req, Resp>(MethodKind::BidiStream),
+        )
+    }
+
+    /// [`Service::server_stream`] over raw bytes (encoding 1).
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn raw_server_stream<H: RawServerStreamHandler>(
+        self,
+        name: impl Into<String>,
+        handler: H,
+    ) -> Service {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::raw_server(handler))),
+            Shape::raw_as(MethodKind::ServerStream),
+        )
+    }
+
+    /// [`Service::client_stream`] over raw bytes (encoding 1).
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn raw_client_stream<H: RawClientStreamHandler>(
+        self,
+        name: impl Into<String>,
+        handler: H,
+    ) -> Service {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::raw_client(handler))),
+            Shape::raw_as(MethodKind::ClientStream),
+        )
+    }
+
+    /// [`Service::bidi_stream`] over raw bytes (encoding 1).
+    ///
+    /// # Panics
+    ///
+    /// As [`Service::method`].
+    pub fn raw_bidi_stream<H: RawBidiStreamHandler>(
+        self,
+        name: impl Into<String>,
+        handler: H,
+    ) -> Service {
+        self.add(
+            name.into(),
+            Box::new(move |_| Arc::new(StreamEndpoint::raw_bidi(handler))),
+            Shape::raw_as(MethodKind::BidiStream),
+        )
+    }
+
     /// Sets a timeout for one method, counted from when the request was
     /// read. The effective deadline is the earliest of the caller's, the
     /// method's and the service's. The method is named by its name or by
@@ -250,6 +425,14 @@ impl Service {
             descriptor.name,
             def.shape.body,
             descriptor.body
+        );
+        assert!(
+            def.shape.kind.is_stream() == descriptor.kind.is_stream()
+                && (!def.shape.kind.is_stream() || def.shape.kind == descriptor.kind),
+            "method {:?} is {}, not {} as its descriptor says",
+            descriptor.name,
+            def.shape.kind,
+            descriptor.kind
         );
         def.shape = Shape {
             kind: descriptor.kind,

@@ -109,7 +109,7 @@ pub struct RawClient {
     pub stream: TcpStream,
     dec: Decoder,
     buf: BytesMut,
-    enc: Encoder,
+    pub enc: Encoder,
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {

@@ -30,7 +30,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 
 use super::connection::ConnShared;
-use crate::codec::{EncodeError, Encoder, Flags, FrameLimits, ProtocolError, RequestId};
+use crate::codec::{
+    EncodeError, Encoder, Flags, FrameLimits, ProtocolError, RequestId, WindowMeta,
+};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
@@ -190,6 +192,47 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
         ending: bool,
     );
 
+    /// How far the protocol carries streaming calls.
+    fn streams(&self) -> StreamSupport {
+        StreamSupport::None
+    }
+
+    /// Appends one MESSAGE of the server's side of stream `id`, whose
+    /// body was encoded with `flags`; `first`: no message of the stream
+    /// was written before (a protocol may need to start its answer).
+    /// Fails only if the body cannot be shown in the protocol.
+    fn write_message(
+        &self,
+        _out: &mut Encoder,
+        _id: RequestId,
+        _flags: Flags,
+        _body: &[u8],
+        _first: bool,
+    ) -> Result<(), EncodeError> {
+        Ok(())
+    }
+
+    /// Appends a grant of `grant` more bytes to the client's side of
+    /// stream `id`; nothing for a protocol without flow control.
+    fn write_window(&self, _out: &mut Encoder, _id: RequestId, _grant: WindowMeta) {}
+
+    /// Appends the end of stream `id`, carrying `status` (OK included)
+    /// and trailing `md`; `sent_any`: messages went out before it.
+    #[allow(clippy::too_many_arguments)]
+    fn write_stream_end(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        status: &Status,
+        trace: Option<&TraceId>,
+        md: Metadata,
+        ending: bool,
+        _sent_any: bool,
+    ) {
+        self.write_status(out, id, flags, status, trace, md, ending);
+    }
+
     /// Appends the answer to a [`Message::Ping`].
     fn write_pong(&self, _out: &mut Encoder, _token: RequestId) {}
 
@@ -261,6 +304,54 @@ pub(crate) struct RequestHead<'a> {
     /// The wire does not say how the body is encoded: hand it to the
     /// handler in the encoding the handler takes.
     pub any_encoding: bool,
+    /// The request opens a stream (its messages follow as
+    /// [`Message::Stream`]s); only where [`Protocol::streams`] is
+    /// [`StreamSupport::Frames`].
+    pub stream: bool,
+}
+
+/// How far a protocol carries streaming calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StreamSupport {
+    /// Streams of every kind, with their own frames (the native protocol).
+    Frames,
+    /// Only server streams, opened by a plain request whose body is the
+    /// one request message; the messages go out in one long answer
+    /// (HTTP/1.1, newline-delimited JSON). Client and bidirectional
+    /// streams are answered UNIMPLEMENTED.
+    #[allow(dead_code)]
+    ServerFromBody,
+    /// None: a streaming method is answered UNIMPLEMENTED.
+    None,
+}
+
+/// A frame of an open stream, from the client.
+#[derive(Debug)]
+pub(crate) enum StreamFrame {
+    /// One message, its body as sent, encoded with `flags`.
+    Message {
+        id: RequestId,
+        flags: Flags,
+        body: Bytes,
+    },
+    /// A message over the body limit, discarded as it arrived.
+    Oversized { id: RequestId, len: u64 },
+    /// The client sends no more messages.
+    End(RequestId),
+    /// The client may be sent `grant` more bytes.
+    Window { id: RequestId, grant: WindowMeta },
+}
+
+impl StreamFrame {
+    /// The stream the frame belongs to.
+    pub fn id(&self) -> RequestId {
+        match self {
+            StreamFrame::Message { id, .. }
+            | StreamFrame::Oversized { id, .. }
+            | StreamFrame::End(id)
+            | StreamFrame::Window { id, .. } => *id,
+        }
+    }
 }
 
 /// The service whose methods stand for the built-in endpoints (an HTTP
@@ -278,6 +369,9 @@ pub(crate) enum Message<'a> {
     Cancel(RequestId),
     /// A liveness check, answered with the same token.
     Ping(RequestId),
+    /// A frame of a stream, routed to it by the connection's decoder
+    /// ([`ConnDecoder::decode`]); never seen by the dispatcher.
+    Stream(StreamFrame),
     /// An answer the protocol made itself, appended as is: one that
     /// answers no request the dispatcher sees (an HTTP `405`, a `431`
     /// before closing, a `100 Continue`).
@@ -347,9 +441,27 @@ impl ConnDecoder {
             log::trace!("conn {}: speaks {}", conn.id, protocol.name());
             self.state = State::Decode(choose(*protocol, config, conn));
         }
-        match &mut self.state {
-            State::Decode(d) => d.decode(buf, on_message),
-            State::Detect(..) => Ok(false),
+        let State::Decode(d) = &mut self.state else {
+            return Ok(false);
+        };
+        // Stream frames go to their streams here, below the drivers, so
+        // a broken flow-control rule fails the decode like bad framing.
+        let mut broken = None;
+        let cut = d.decode(buf, &mut |msg| match msg {
+            Message::Stream(frame) => {
+                if let Err(e) = super::stream::deliver(conn, frame) {
+                    broken.get_or_insert(e);
+                }
+            }
+            other => on_message(other),
+        });
+        match (cut, broken) {
+            (Ok(cut), None) => Ok(cut),
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                // Nothing more is read: no stream can go on.
+                super::stream::end_all(conn, &e.to_string(), |_| true);
+                Err(e)
+            }
         }
     }
 
@@ -371,8 +483,13 @@ impl ConnDecoder {
     }
 
     /// Called when the peer closed its sending side: an error if it
-    /// stopped in the middle of a message.
-    pub fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
+    /// stopped in the middle of a message. Streams still waiting for the
+    /// client's messages end, since none can come; the others (the client
+    /// sent END) run on and are answered.
+    pub fn finish(&self, buf: &BytesMut, conn: &ConnShared) -> Result<(), ProtocolError> {
+        super::stream::end_all(conn, "the client closed its side of the connection", |s| {
+            !s.client_ended()
+        });
         match &self.state {
             State::Decode(d) => d.finish(buf),
             State::Detect(..) if buf.is_empty() => Ok(()),

@@ -158,6 +158,7 @@ impl MessageDecoder for MsgpackRpcDecoder {
                 md: Metadata::new(),
                 overhead: call.len - body.len(),
                 any_encoding: true,
+                stream: false,
             },
             body,
         });

@@ -6,10 +6,12 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::{DecodeConfig, Message, MessageDecoder, Protocol, RequestHead};
+use super::{
+    DecodeConfig, Message, MessageDecoder, Protocol, RequestHead, StreamFrame, StreamSupport,
+};
 use crate::codec::{
     Decoder, EncodeError, Encoder, Flags, FrameType, GoawayMeta, Header, ProtocolError, RequestId,
-    RequestMeta, ResponseMeta, Side, HEADER_LEN, MAGIC,
+    RequestMeta, ResponseMeta, Side, WindowMeta, HEADER_LEN, MAGIC,
 };
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
@@ -99,6 +101,25 @@ impl Protocol for Native {
         }
     }
 
+    fn streams(&self) -> StreamSupport {
+        StreamSupport::Frames
+    }
+
+    fn write_message(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        body: &[u8],
+        _first: bool,
+    ) -> Result<(), EncodeError> {
+        out.message(id, flags, body)
+    }
+
+    fn write_window(&self, out: &mut Encoder, id: RequestId, grant: WindowMeta) {
+        out.window(id, grant);
+    }
+
     fn write_pong(&self, out: &mut Encoder, token: RequestId) {
         out.pong(token);
     }
@@ -139,7 +160,13 @@ impl MessageDecoder for NativeDecoder {
             return Ok(false);
         };
         let Some(body) = body else {
-            if let Some(refusal) = body_too_large(header, &self.meta, self.frames.limits().max_body)
+            if header.frame_type == FrameType::Message {
+                on_message(Message::Stream(StreamFrame::Oversized {
+                    id: header.request_id,
+                    len: u64::from(header.body_len),
+                }));
+            } else if let Some(refusal) =
+                body_too_large(header, &self.meta, self.frames.limits().max_body)
             {
                 on_message(refusal);
             }
@@ -151,16 +178,20 @@ impl MessageDecoder for NativeDecoder {
             FrameType::Ping => on_message(Message::Ping(header.request_id)),
             // An answer to a PING the server never sends: nothing to do.
             FrameType::Pong => {}
-            // Frames of a stream. This server opens none (it refuses every
-            // `stream: true`), so each names an id that is not an open
-            // stream and is ignored: it may have crossed the stream's
-            // RESPONSE. A WINDOW's meta was checked by the frame decoder.
-            FrameType::Message | FrameType::End | FrameType::Window => {
-                log::trace!(
-                    "{} for id {} that is not an open stream: ignored",
-                    header.frame_type,
-                    header.request_id
-                );
+            // Frames of a stream, for the connection to route.
+            FrameType::Message => on_message(Message::Stream(StreamFrame::Message {
+                id: header.request_id,
+                flags: header.flags,
+                body,
+            })),
+            FrameType::End => on_message(Message::Stream(StreamFrame::End(header.request_id))),
+            FrameType::Window => {
+                // The frame decoder checked the meta already.
+                let grant = WindowMeta::decode(&self.meta).map_err(ProtocolError::BadWindow)?;
+                on_message(Message::Stream(StreamFrame::Window {
+                    id: header.request_id,
+                    grant,
+                }));
             }
             // The decoder refuses frames sent in the wrong direction.
             FrameType::Response | FrameType::Goaway => {}
@@ -182,11 +213,15 @@ impl MessageDecoder for NativeDecoder {
 fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(Message<'_>)) {
     let oneway = header.frame_type == FrameType::Oneway;
     match RequestMeta::decode(meta) {
-        Ok(m) if m.stream => on_message(Message::Refuse {
+        // A ONEWAY has no RESPONSE to end a stream with.
+        Ok(m) if m.stream && oneway => on_message(Message::Refuse {
             id: header.request_id,
             flags: header.flags,
             oneway,
-            status: not_a_stream(m.method),
+            status: Status::invalid_argument(format!(
+                "a ONEWAY cannot open a stream (method {})",
+                m.method
+            )),
             trace: m.trace_id.and_then(TraceId::new),
         }),
         Ok(m) => on_message(Message::Request {
@@ -201,6 +236,7 @@ fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(
                 md: m.md,
                 overhead: HEADER_LEN + meta.len(),
                 any_encoding: false,
+                stream: m.stream,
             },
             body,
         }),
@@ -212,16 +248,6 @@ fn request(header: Header, meta: &[u8], body: Bytes, on_message: &mut dyn FnMut(
             trace: None,
         }),
     }
-}
-
-/// The answer to a REQUEST with `stream: true`. Every method this server
-/// has is unary (streaming methods come with the streaming API), so the
-/// stream is refused before the method is looked up, as a request with a
-/// bad meta is: the framing is intact and the connection goes on.
-fn not_a_stream(method: &str) -> Status {
-    Status::invalid_argument(format!(
-        "method {method} is not a streaming method: `stream: true` is refused"
-    ))
 }
 
 /// The refusal of a request whose body is over `limit`, with the trace id

@@ -581,6 +581,7 @@ fn request(
             md: head.md,
             overhead,
             any_encoding: false,
+            stream: false,
         },
         body,
     });
