@@ -15,50 +15,54 @@
 //! once the socket is writable again, so no caller is ever stuck in `write`
 //! past its deadline.
 //!
-//! The IO thread reads frames with a client-side [`Decoder`] and hands each
-//! RESPONSE to the thread waiting for it, by request id. When the
-//! connection breaks it fails every call in flight at once with
-//! `UNAVAILABLE`, so a call without a deadline still never hangs.
+//! The IO thread reads frames with a client-side
+//! [`Decoder`](crate::codec::Decoder) and hands each RESPONSE to the
+//! thread waiting for it, by request id; a stream's MESSAGE, WINDOW and
+//! RESPONSE go to the stream's shared state, which queues them without
+//! ever making the IO thread wait. When the connection breaks it fails
+//! every call and stream in flight at once with `UNAVAILABLE`, so a call
+//! without a deadline still never hangs.
+//!
+//! The writing side is in `writer`, the IO thread in `io_thread`, and why
+//! a connection ended in `broken`.
 
 use std::collections::HashMap;
-use std::error::Error as StdError;
 use std::fmt;
-use std::io::{self, Read, Write};
+use std::io;
 use std::net::{Shutdown, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use log::debug;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Interest, Poll, Token, Waker};
 
 use super::builder::ClientProtocol;
 use super::slot::{Kind, Reply, Slot, Wait};
 use super::stream_state::{Failure, Received, StreamState};
-use crate::codec::msgpack::Scanner;
 use crate::codec::{
-    Decoded, Decoder, EncodeError, Encoder, Flags, FrameLimits, FrameType, GoawayMeta,
-    ProtocolError, RequestId, RequestMeta, ResponseMeta, Side, WindowMeta,
+    Decoded, EncodeError, Encoder, Flags, FrameLimits, FrameType, GoawayMeta, ProtocolError,
+    RequestId, RequestMeta, ResponseMeta, WindowMeta,
 };
 use crate::context::{CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};
-use crate::flow_control::FlowControlError;
 use crate::hash::FastHash;
 use crate::server::protocol::msgpack_rpc;
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
 
+mod broken;
+mod io_thread;
+mod writer;
+
+pub(crate) use broken::Broken;
+use io_thread::IoThread;
+use writer::{SendError, Writer};
+
 const STREAM: Token = Token(0);
 const WAKE: Token = Token(1);
-
-/// Bytes read per `read` call.
-const READ_CHUNK: usize = 64 * 1024;
-/// Bytes read in one go before the IO thread looks at its other duties
-/// (writing, closing): a server that streams without pause cannot starve
-/// them.
-const READ_BURST: usize = 1024 * 1024;
 
 /// What a connection needs to know from the client's configuration.
 #[derive(Clone, Debug)]
@@ -83,83 +87,6 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) flags: Flags,
     pub(crate) meta: &'a RequestMeta<'a>,
     pub(crate) body: &'a [u8],
-}
-
-/// Why a connection ended.
-#[derive(Clone, Debug)]
-pub(crate) enum Broken {
-    /// A socket operation failed.
-    Io(Arc<io::Error>),
-    /// The server closed the connection.
-    Eof,
-    /// The server broke the protocol.
-    Protocol(ProtocolError),
-    /// The server broke a stream's flow control.
-    FlowControl(FlowControlError),
-    /// Queued bytes found no room in the socket for this long.
-    WriteStall(Duration),
-    /// Closed after a GOAWAY, once nothing was in flight.
-    Drained,
-    /// The client dropped the connection.
-    Dropped,
-    /// The server closed a plaintext connection before sending a byte.
-    ClosedUnanswered,
-    /// The TLS layer failed after the handshake (an alert from the server,
-    /// a bad record).
-    #[cfg(feature = "tls")]
-    Tls(rustls::Error),
-}
-
-impl fmt::Display for Broken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Broken::Io(e) => fmt::Display::fmt(e, f),
-            Broken::Eof => f.write_str("the server closed the connection"),
-            Broken::Protocol(e) => write!(f, "protocol error: {e}"),
-            Broken::FlowControl(e) => write!(f, "protocol error: {e}"),
-            Broken::WriteStall(d) => {
-                write!(f, "the server accepted no bytes for {} ms", d.as_millis())
-            }
-            Broken::Drained => f.write_str("closed after GOAWAY"),
-            Broken::Dropped => f.write_str("the client closed the connection"),
-            Broken::ClosedUnanswered => f.write_str(
-                "the server closed the connection without answering; a TLS-only server \
-                 does this to a plaintext client (is TLS needed?)",
-            ),
-            #[cfg(feature = "tls")]
-            Broken::Tls(e) => write!(f, "TLS: {e}"),
-        }
-    }
-}
-
-impl StdError for Broken {
-    fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        match self {
-            Broken::Io(e) => Some(&**e),
-            Broken::Protocol(e) => Some(e),
-            Broken::FlowControl(e) => Some(e),
-            _ => None,
-        }
-    }
-}
-
-impl Broken {
-    fn kind(&self) -> ErrorKind {
-        match self {
-            Broken::Protocol(_) | Broken::FlowControl(_) => ErrorKind::Protocol,
-            _ => ErrorKind::Io,
-        }
-    }
-
-    /// The error of a call that was in flight when the connection broke.
-    fn in_flight_error(&self, peer: SocketAddr) -> Error {
-        let status = Status::unavailable(format!(
-            "connection to {peer} broke after the request was sent: {self}"
-        ));
-        Error::new(self.kind(), status)
-            .with_execution(Execution::MayHaveRun)
-            .with_source(self.clone())
-    }
 }
 
 /// Why a connection takes no new requests.
@@ -219,45 +146,6 @@ impl Pending {
                 .with_execution(Execution::NotRun),
         )
     }
-}
-
-struct Writer {
-    enc: Encoder,
-    /// A thread is writing; others only append.
-    flushing: bool,
-    /// The socket was full: the IO thread writes once it is writable.
-    blocked: bool,
-    /// The IO thread saw the socket become writable while a caller was
-    /// writing: that caller must try again before giving up.
-    writable_edge: bool,
-    /// The IO thread is handing out responses and will write what is
-    /// queued when it is done with the bytes it read: callers it woke
-    /// queue their next requests behind one write instead of one each.
-    reader_busy: bool,
-    closed: bool,
-    /// When bytes last went out, for the write-stall limit.
-    last_progress: Instant,
-    /// Bytes already through the transport that the socket did not take:
-    /// they go before `enc`.
-    unsent: BytesMut,
-    /// The transport has bytes of its own to send (TLS).
-    transport_output: bool,
-}
-
-impl Writer {
-    fn is_empty(&self) -> bool {
-        self.enc.is_empty() && self.unsent.is_empty() && !self.transport_output
-    }
-}
-
-/// Why a frame was not queued.
-enum SendError {
-    /// The connection is closed: nothing was sent.
-    Closed,
-    /// The frame cannot be encoded: nothing was sent.
-    Encode(EncodeError),
-    /// Writing failed; the connection is now closed and its calls failed.
-    Broken(Broken),
 }
 
 struct Shared {
@@ -414,19 +302,7 @@ impl Connection {
             #[cfg(feature = "tls")]
             tls,
         });
-        let io = IoThread {
-            shared: shared.clone(),
-            poll,
-            decoder: Decoder::new(Side::Client, opts.limits),
-            scanner: (opts.protocol == ClientProtocol::MsgpackRpc).then(|| MsgpackRpcScan {
-                scan: Scanner::new(opts.max_depth.saturating_add(2)),
-                max_message: opts.limits.max_body.saturating_add(opts.limits.max_meta),
-                max_depth: opts.max_depth.saturating_add(2),
-            }),
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
-            got_bytes: false,
-        };
+        let io = IoThread::new(shared.clone(), poll, opts);
         let io_thread = thread::Builder::new()
             .name(format!("syncrpc-client-{addr}"))
             .spawn(move || io.run())?;
@@ -702,142 +578,6 @@ impl Drop for Connection {
 }
 
 impl Shared {
-    /// Appends a frame and writes what is queued unless another thread is
-    /// already doing so.
-    fn send(
-        &self,
-        write: impl FnOnce(&mut Encoder) -> Result<(), EncodeError>,
-    ) -> Result<(), SendError> {
-        let mut w = lock(&self.writer);
-        if w.closed {
-            return Err(SendError::Closed);
-        }
-        write(&mut w.enc).map_err(SendError::Encode)?;
-        if w.flushing || w.blocked || w.reader_busy {
-            return Ok(());
-        }
-        if self.in_flight.load(Ordering::Relaxed) > 1 {
-            // Other calls are in flight, so their callers are likely about
-            // to send again: give them the CPU once and write their frames
-            // with ours. Each write costs the kernel's whole loopback or
-            // TCP path; one per batch instead of one per call is most of
-            // what pipelining saves. A lone call writes at once.
-            w.flushing = true;
-            drop(w);
-            thread::yield_now();
-            w = lock(&self.writer);
-            w.flushing = false;
-            if w.closed {
-                // Nobody wrote while this thread held the writer's role, so
-                // the frame, cleared by close(), never left.
-                return Err(SendError::Closed);
-            }
-        }
-        match self.flush(w) {
-            Ok(()) => Ok(()),
-            Err(b) => {
-                self.close(b.clone());
-                Err(SendError::Broken(b))
-            }
-        }
-    }
-
-    /// Writes everything queued, as the writer. Releases the lock during
-    /// each write so that other threads can queue behind it.
-    fn flush<'a>(&'a self, mut w: MutexGuard<'a, Writer>) -> Result<(), Broken> {
-        w.flushing = true;
-        loop {
-            if w.is_empty() {
-                w.flushing = false;
-                return Ok(());
-            }
-            let mut buf = if w.unsent.is_empty() {
-                // Sealed in queue order by the one writer.
-                w.transport_output = false;
-                let plain = w.enc.split();
-                match self.seal(plain) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        w.flushing = false;
-                        return Err(e);
-                    }
-                }
-            } else {
-                std::mem::take(&mut w.unsent)
-            };
-            w.writable_edge = false;
-            drop(w);
-            let res = write_some(&self.stream, &mut buf);
-            w = lock(&self.writer);
-            match res {
-                Ok(progress) => {
-                    if progress {
-                        w.last_progress = Instant::now();
-                    }
-                    if buf.is_empty() {
-                        continue;
-                    }
-                    // The socket is full: the rest goes before whatever
-                    // was queued meanwhile.
-                    w.unsent = buf;
-                    if std::mem::take(&mut w.writable_edge) {
-                        continue;
-                    }
-                    w.blocked = true;
-                    w.flushing = false;
-                    drop(w);
-                    // The IO thread now watches for the write-stall limit.
-                    let _ = self.waker.wake();
-                    return Ok(());
-                }
-                Err(e) => {
-                    w.flushing = false;
-                    return Err(Broken::Io(Arc::new(e)));
-                }
-            }
-        }
-    }
-
-    /// The IO thread starts (`true`) or stops handing out responses. When
-    /// it stops, and after each chunk it read, it writes what the callers
-    /// queued meanwhile, unless a caller is writing already.
-    fn set_reader_busy(&self, busy: bool) -> Result<(), Broken> {
-        let mut w = lock(&self.writer);
-        w.reader_busy = busy;
-        if w.flushing || w.blocked || w.closed || w.is_empty() {
-            return Ok(());
-        }
-        self.flush(w)
-    }
-
-    /// The IO thread saw the socket become writable.
-    fn on_writable(&self) -> Result<(), Broken> {
-        let mut w = lock(&self.writer);
-        if w.flushing {
-            w.writable_edge = true;
-            return Ok(());
-        }
-        if !w.blocked || w.closed {
-            return Ok(());
-        }
-        w.blocked = false;
-        self.flush(w)
-    }
-
-    /// How long the IO thread may sleep before checking the write-stall
-    /// limit, or `Err` once the limit passed.
-    fn stall_timeout(&self) -> Result<Option<Duration>, Broken> {
-        let w = lock(&self.writer);
-        if !w.blocked || w.closed {
-            return Ok(None);
-        }
-        let idle = w.last_progress.elapsed();
-        if idle >= self.write_stall {
-            return Err(Broken::WriteStall(idle));
-        }
-        Ok(Some(self.write_stall - idle))
-    }
-
     /// Closes the connection and fails every call in flight. Only the
     /// first call has an effect.
     fn close(&self, why: Broken) {
@@ -1036,185 +776,4 @@ impl Shared {
 
 fn bad_meta(e: crate::codec::MetaError) -> Broken {
     Broken::Protocol(ProtocolError::BadMeta(e.to_string()))
-}
-
-/// Writes as much of `buf` as the socket takes now; true if any went out.
-fn write_some(stream: &mio::net::TcpStream, buf: &mut BytesMut) -> io::Result<bool> {
-    let mut progress = false;
-    while !buf.is_empty() {
-        match (&*stream).write(buf) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => {
-                buf.advance(n);
-                progress = true;
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(progress)
-}
-
-/// The connection's IO thread: reads and dispatches responses, finishes
-/// writes the socket could not take, closes the connection when it breaks
-/// or has drained after GOAWAY.
-/// The end of a MessagePack-RPC response, found as bytes arrive.
-struct MsgpackRpcScan {
-    scan: Scanner,
-    max_message: usize,
-    max_depth: usize,
-}
-
-struct IoThread {
-    shared: Arc<Shared>,
-    poll: Poll,
-    decoder: Decoder,
-    /// Set when the connection speaks MessagePack-RPC.
-    scanner: Option<MsgpackRpcScan>,
-    buf: BytesMut,
-    scratch: Box<[u8]>,
-    /// Any byte came from the server.
-    got_bytes: bool,
-}
-
-impl IoThread {
-    fn run(mut self) {
-        let mut events = Events::with_capacity(8);
-        let mut more_to_read = false;
-        // Once the poll reported the end of the stream, every read goes on
-        // to see it: that event does not come again.
-        let mut closing = false;
-        loop {
-            let timeout = match self.shared.stall_timeout() {
-                Ok(_) if more_to_read => Some(Duration::ZERO),
-                Ok(t) => t,
-                Err(b) => {
-                    self.shared.close(b);
-                    return;
-                }
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                self.shared.close(Broken::Io(Arc::new(e)));
-                return;
-            }
-            let mut readable = std::mem::take(&mut more_to_read);
-            let mut writable = false;
-            for ev in events.iter() {
-                if ev.token() == STREAM {
-                    closing |= ev.is_read_closed() || ev.is_error();
-                    readable |= ev.is_readable() || closing;
-                    writable |= ev.is_writable();
-                }
-            }
-            if writable {
-                if let Err(b) = self.shared.on_writable() {
-                    self.shared.close(b);
-                }
-            }
-            if readable {
-                let read = self.read(closing);
-                let flushed = self.shared.set_reader_busy(false);
-                match read.and_then(|more| flushed.map(|()| more)) {
-                    Ok(more) => more_to_read = more,
-                    Err(b) => self.shared.close(b),
-                }
-            }
-            if self.shared.is_drained() {
-                self.shared.close(Broken::Drained);
-            }
-            if self.shared.is_closed() {
-                return;
-            }
-        }
-    }
-
-    /// Reads until the socket is empty or a burst is done; true if there
-    /// may be more to read. With `closing` (the poll reported the end of
-    /// the stream or an error), reads on until it sees it.
-    fn read(&mut self, closing: bool) -> Result<bool, Broken> {
-        let mut total = 0;
-        loop {
-            match (&self.shared.stream).read(&mut self.scratch) {
-                Ok(0) => {
-                    if !self.got_bytes && !self.shared.is_tls() {
-                        return Err(Broken::ClosedUnanswered);
-                    }
-                    if self.scanner.is_some() && !self.buf.is_empty() {
-                        return Err(Broken::Protocol(ProtocolError::Truncated {
-                            have: self.buf.len(),
-                        }));
-                    }
-                    self.decoder.finish(&self.buf).map_err(Broken::Protocol)?;
-                    return Err(Broken::Eof);
-                }
-                Ok(n) => {
-                    self.got_bytes = true;
-                    self.shared.receive(&self.scratch[..n], &mut self.buf)?;
-                    if let Some(scan) = &mut self.scanner {
-                        read_msgpack_rpc(scan, &mut self.buf, &self.shared)?;
-                    }
-                    while let Some(d) = self
-                        .decoder
-                        .decode(&mut self.buf)
-                        .map_err(Broken::Protocol)?
-                    {
-                        self.shared.dispatch(d)?;
-                    }
-                    total += n;
-                    if total >= READ_BURST {
-                        return Ok(true);
-                    }
-                    // With epoll and kqueue a short read proves the socket
-                    // was drained, and bytes arriving later raise a new
-                    // event: the read that would say WouldBlock is saved.
-                    // Not when the end of the stream came with the bytes:
-                    // its event is spent, so it must be read now.
-                    if cfg!(unix) && !closing && n < self.scratch.len() {
-                        return Ok(false);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Broken::Io(Arc::new(e))),
-            }
-        }
-    }
-}
-
-/// Delivers every complete MessagePack-RPC response in `buf`.
-fn read_msgpack_rpc(
-    scan: &mut MsgpackRpcScan,
-    buf: &mut BytesMut,
-    shared: &Shared,
-) -> Result<(), Broken> {
-    while !buf.is_empty() {
-        let end = match scan.scan.advance(buf) {
-            Ok(Some(end)) => end,
-            Ok(None) if buf.len() > scan.max_message => {
-                return Err(Broken::Protocol(ProtocolError::MessageTooLarge {
-                    len: buf.len(),
-                    limit: scan.max_message,
-                }))
-            }
-            Ok(None) => return Ok(()),
-            Err(e) => return Err(Broken::Protocol(ProtocolError::Msgpack(e))),
-        };
-        scan.scan = Scanner::new(scan.max_depth);
-        let answer =
-            msgpack_rpc::parse_response(buf.split_to(end).freeze()).map_err(Broken::Protocol)?;
-        let mut reply = Reply::pong();
-        match answer.outcome {
-            Ok(body) => reply.body = body,
-            Err((code, message)) => {
-                reply.code = Code::from(code);
-                reply.message = message;
-            }
-        }
-        shared.deliver(answer.msgid, Kind::Call, reply);
-    }
-    Ok(())
 }
