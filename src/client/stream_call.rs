@@ -310,10 +310,7 @@ impl StreamCall {
 
     /// The stream's error, if it failed.
     fn state_error(&self) -> Option<Error> {
-        match self.state.reserve(0, Some(Instant::now())) {
-            Reserve::Ended(Outcome::Err(f)) => Some(self.error(&f)),
-            _ => None,
-        }
+        self.state.failure().map(|f| self.error(&f))
     }
 
     /// Sends END, once: the client sends no more messages. Nothing is sent

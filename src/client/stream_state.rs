@@ -287,6 +287,14 @@ impl StreamState {
         self.lock().outcome.is_some()
     }
 
+    /// How the stream failed, if it did.
+    pub(crate) fn failure(&self) -> Option<Failure> {
+        match &self.lock().outcome {
+            Some(Outcome::Err(f)) => Some(f.clone()),
+            _ => None,
+        }
+    }
+
     /// True once the id is no longer this stream's.
     pub(crate) fn is_released(&self) -> bool {
         self.lock().released
