@@ -626,7 +626,8 @@ impl Client {
     /// The reply's body, decompressed within the body limit.
     fn inflate<'r>(&self, method: &str, reply: &'r Reply) -> Result<Cow<'r, [u8]>, Error> {
         inflate(
-            &format!("{method}: response"),
+            method,
+            "the response",
             reply.flags,
             &reply.body,
             self.inner.config.max_body,
@@ -657,9 +658,10 @@ impl Plan {
     }
 }
 
-/// A body from the server (`what` names it in errors), decompressed
-/// within `limit` as its flags say.
+/// A body from the server, `what` (`"the response"`) of `method`,
+/// decompressed within `limit` as its flags say.
 fn inflate<'r>(
+    method: &str,
     what: &str,
     flags: Flags,
     body: &'r [u8],
@@ -667,7 +669,7 @@ fn inflate<'r>(
 ) -> Result<Cow<'r, [u8]>, Error> {
     let compression = flags.compression().map_err(|bits| {
         peer_error(
-            Status::internal(format!("{what} uses reserved compression {bits}")),
+            Status::internal(format!("{method}: {what} uses reserved compression {bits}")),
             Execution::Ran,
         )
     })?;
@@ -679,9 +681,11 @@ fn inflate<'r>(
         .map_err(|e| {
             let status = match e {
                 DecompressError::TooLarge { .. } => {
-                    Status::resource_exhausted(format!("{what} {e}"))
+                    Status::resource_exhausted(format!("{method}: {what} {e}"))
                 }
-                DecompressError::Corrupt(_) => Status::data_loss(format!("{what} has a {e}")),
+                DecompressError::Corrupt(_) => {
+                    Status::data_loss(format!("{method}: {what} has a {e}"))
+                }
             };
             peer_error(status, Execution::Ran)
         })

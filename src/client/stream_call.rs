@@ -242,9 +242,9 @@ impl StreamCall {
                             Ok(())
                         });
                     }
-                    let what = format!("{}: a stream message", self.method);
                     let limit = self.client.config().max_body;
-                    return match inflate(&what, m.flags, &m.body, limit) {
+                    return match inflate(&self.method, "a stream message", m.flags, &m.body, limit)
+                    {
                         Ok(std::borrow::Cow::Borrowed(_)) => Recv::Message(m.flags, m.body),
                         Ok(std::borrow::Cow::Owned(v)) => Recv::Message(m.flags, Bytes::from(v)),
                         Err(e) => Recv::End(Err(self.fail_with(e))),
