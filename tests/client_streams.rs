@@ -1010,3 +1010,58 @@ fn an_undecodable_message_fails_the_stream_once_and_cancels_it() {
     assert!(ticks.next().is_none());
     assert_eq!(fake.cancel(), open.id);
 }
+
+#[test]
+fn a_stream_on_a_connection_the_server_closed_did_not_run() {
+    init_logging();
+    let mut fake = Fake::start();
+    let client = fake.client();
+    let mut ticks = client
+        .server_stream::<_, Tick>(&bg(), "/echo.Echo/Count", &Count { n: 1 })
+        .unwrap();
+    let (open, _) = fake.server_stream_opened();
+    fake.stop_accepting();
+    fake.wire(open.conn).reset();
+    // The open stream may have run; it fails at once.
+    let err = within(move || ticks.next().unwrap().unwrap_err());
+    assert_eq!(err.execution(), Execution::MayHaveRun);
+    // A new one finds no connection and no server: it did not run.
+    let err = client
+        .server_stream::<_, Tick>(&bg(), "/echo.Echo/Count", &Count { n: 1 })
+        .unwrap_err();
+    assert_eq!(err.code(), Code::UNAVAILABLE);
+    assert!(err.is_not_run(), "{err:?}");
+}
+
+#[test]
+fn a_message_over_the_body_limit_fails_the_stream_and_cancels_it() {
+    init_logging();
+    let fake = Fake::start();
+    let client = Client::builder()
+        .addr(fake.addr)
+        .max_body(1000)
+        .build()
+        .unwrap();
+    let mut chunks = client
+        .raw_server_stream(&bg(), "/blob.Store/Get", b"k", &CallOptions::new())
+        .unwrap();
+    let (open, _) = fake.server_stream_opened();
+    let wire = fake.wire(open.conn);
+    let raw = Flags::new(Compression::None, Encoding::Raw);
+    wire.message_flags(open.id, raw, &[1u8; 10]);
+    wire.message_flags(open.id, raw, &[2u8; 5000]);
+    assert_eq!(fake.cancel(), open.id);
+    // The message before it is dropped with the stream: it failed.
+    let err = chunks.next().unwrap().unwrap_err();
+    assert_eq!(err.code(), Code::RESOURCE_EXHAUSTED);
+    assert!(err.to_string().contains("5000 bytes"), "{err}");
+    assert!(chunks.next().is_none());
+    // The connection carries on: the body was skipped, the framing kept.
+    wire.response(open.id, Code::CANCELLED, None);
+    let c = client.clone();
+    let unary = thread::spawn(move || c.call_raw(&bg(), "/a.B/c", b"x", &CallOptions::new()));
+    let r = fake.request();
+    assert_eq!(r.conn, open.conn);
+    wire.unary_answer(r.id, b"y");
+    assert_eq!(&unary.join().unwrap().unwrap().body()[..], b"y");
+}
