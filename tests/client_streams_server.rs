@@ -25,6 +25,7 @@ per_mode!(
     dropping_a_server_stream_cancels_the_handler,
     the_deadline_ends_the_stream_on_both_sides,
     a_handler_error_after_messages_reaches_the_client,
+    concurrent_streams_on_one_connection_each_keep_their_order,
 );
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -119,10 +120,16 @@ fn service(ends: &Ends) -> Service {
 }
 
 fn start(mode: Mode) -> (Server, Client, mpsc::Receiver<Result<(), Status>>) {
+    start_with(mode, 2)
+}
+
+/// With `workers` workers, so half as many streams at once.
+fn start_with(mode: Mode, workers: usize) -> (Server, Client, mpsc::Receiver<Result<(), Status>>) {
     let ends: Ends = Arc::default();
     let (tx, rx) = mpsc::channel();
     *ends.lock().unwrap() = Some(tx);
     let server = util::builder(mode)
+        .workers(workers)
         .service(service(&ends))
         .bind("127.0.0.1:0")
         .unwrap();
@@ -252,4 +259,32 @@ fn a_handler_error_after_messages_reaches_the_client(mode: Mode) {
     assert_eq!(err.code(), Code::ABORTED);
     assert_eq!(err.execution(), Execution::Ran);
     assert!(nums.next().is_none());
+}
+
+fn concurrent_streams_on_one_connection_each_keep_their_order(mode: Mode) {
+    // 16 workers: 8 stream slots for 6 streams, the rest for unary calls.
+    let (_server, client, _ends) = start_with(mode, 16);
+    let readers: Vec<_> = (0..6u32)
+        .map(|k| {
+            let c = client.clone();
+            thread::spawn(move || {
+                let n = 200 + k * 50;
+                let ticks = c
+                    .server_stream::<_, Tick>(&bg(), "/st.S/Count", &CountReq { n, ms: 0 })
+                    .unwrap();
+                let got: Vec<u32> = ticks.map(|t| t.unwrap().i).collect();
+                assert_eq!(got, (0..n).collect::<Vec<_>>(), "stream {k} out of order");
+            })
+        })
+        .collect();
+    let c = client.clone();
+    let unary = thread::spawn(move || {
+        for x in 0..100u32 {
+            assert_eq!(c.call::<u32, u32>(&bg(), "/st.S/Unary", &x).unwrap(), x + 1);
+        }
+    });
+    for r in readers {
+        r.join().unwrap();
+    }
+    unary.join().unwrap();
 }
