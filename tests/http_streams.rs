@@ -39,6 +39,7 @@ per_mode!(
     keep_alive_close_and_http_1_0,
     the_deadline_ends_a_stream_mid_way,
     a_slow_reader_holds_the_stream_not_the_server,
+    a_shutdown_ends_an_open_stream_with_an_error_line,
 );
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -804,4 +805,73 @@ fn a_slow_reader_holds_the_stream_not_the_server(mode: Mode) {
     assert_eq!(lines[0]["status"]["code"], 0);
     assert_eq!(probe.sent.load(Ordering::SeqCst), MESSAGES as usize + 2);
     server.shutdown();
+}
+
+fn a_shutdown_ends_an_open_stream_with_an_error_line(mode: Mode) {
+    let probe = Arc::new(Probe::default());
+    let server = server(mode, &probe);
+    let addr = server.local_addr();
+    let mut c = Conn::connect(addr);
+    c.post_json("/echo.Echo/Count", r#"{"n":100000,"ms":20}"#, "");
+    expect_stream_head(&c.head());
+    assert_eq!(c.json_chunk(), json!({"result": {"i": 0}}));
+    // The stream runs on through the shutdown's timeout (2 s here), then
+    // ends CANCELLED, and the connection closes after it.
+    let stopper = std::thread::spawn(move || server.shutdown());
+    let (lines, trailers) = c.rest();
+    let last = lines.last().unwrap();
+    assert_eq!(last["error"]["code"], 1, "{last}");
+    assert_eq!(trailers, ["x-syncrpc-code: 1"]);
+    c.expect_closed();
+    stopper.join().unwrap();
+}
+
+/// The issue's "done when" for HTTP: the example server's `Count`, in
+/// either mode, streams to `curl -N`; its `Sum` and `Chat` are 501.
+fn the_example_server_counts_to_curl(mode: &str) {
+    let test = "the_example_server_counts_to_curl";
+    if !have("curl", test) {
+        return;
+    }
+    let example = util::start_echo_example(&["--mode", mode, "--workers", "2"]);
+    let out = Command::new("curl")
+        .args(["-s", "-N", "--max-time", "10"])
+        .arg(format!("{}/echo.Echo/Count", example.addr))
+        .args([
+            "-H",
+            "content-type: application/json",
+            "-d",
+            r#"{"n":3,"ms":10}"#,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"result\":{\"i\":0}}\n{\"result\":{\"i\":1}}\n{\"result\":{\"i\":2}}\n\
+         {\"status\":{\"code\":0,\"message\":\"\",\"name\":\"OK\"}}\n"
+    );
+    for method in ["Sum", "Chat"] {
+        let path = format!("/echo.Echo/{method}");
+        let addr: SocketAddr = example.addr.trim_start_matches("http://").parse().unwrap();
+        let a = http_util::curl(
+            addr,
+            &path,
+            &["-H", "content-type: application/json", "-d", "{}"],
+            None,
+        );
+        a.expect(501, Code::UNIMPLEMENTED);
+    }
+}
+
+#[test]
+fn the_example_server_counts_to_curl_in_event_mode() {
+    util::init_logging();
+    the_example_server_counts_to_curl("event");
+}
+
+#[test]
+fn the_example_server_counts_to_curl_in_thread_mode() {
+    util::init_logging();
+    the_example_server_counts_to_curl("thread");
 }
