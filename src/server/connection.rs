@@ -111,6 +111,11 @@ impl InFlightTable {
         self.streams
     }
 
+    /// Every request, in no order.
+    pub fn iter(&self) -> impl Iterator<Item = (&RequestId, &InFlight)> {
+        self.requests.iter()
+    }
+
     pub fn get(&self, id: &RequestId) -> Option<&InFlight> {
         self.requests.get(id)
     }

@@ -550,6 +550,7 @@ impl Dispatcher {
             flags,
             body,
             stream: io,
+            streaming: is_stream,
             oneway_count: oneway.then(|| self.server.requests.guard()),
         };
         if let (Some(at), false) = (deadline, oneway) {
@@ -725,7 +726,11 @@ fn cancel(conn: &ConnShared, id: RequestId) {
         let mut st = conn.lock();
         let entry = st.in_flight.remove(&id);
         if let Some(e) = &entry {
-            e.ctx.forbid_start();
+            if !e.ctx.forbid_start() {
+                if let Some(stream) = &e.stream {
+                    stream.release_slot();
+                }
+            }
         }
         entry
     };
@@ -896,6 +901,9 @@ pub(crate) struct RequestTask {
     body: Bytes,
     /// The stream the request opened, for a streaming method.
     stream: Option<StreamIo>,
+    /// The request opened a stream (which then runs on a worker or a
+    /// thread of its own, never on the thread that reads).
+    streaming: bool,
     /// A ONEWAY's count on the drain latch (a REQUEST is counted while in
     /// its connection's in-flight table).
     oneway_count: Option<LatchGuard>,
@@ -1029,7 +1037,7 @@ impl RequestTask {
         }
         recycle(reply);
         let workers_write = self.conn.workers_write();
-        if workers_write && server.pool.is_none() {
+        if workers_write && server.pool.is_none() && !self.streaming {
             // An event loop runs handlers inline: it writes after the
             // requests of the read.
         } else if !workers_write {

@@ -612,7 +612,7 @@ impl EventLoop {
             return;
         };
         conn.read_open = false;
-        if let Err(e) = conn.decoder.finish(&conn.partial) {
+        if let Err(e) = conn.decoder.finish(&conn.partial, &conn.shared) {
             log::debug!("{}: conn {}: {e}", self.name, conn.shared.id);
             self.goaway(slot, Code::INTERNAL, &e.to_string());
         }

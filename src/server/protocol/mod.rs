@@ -464,10 +464,14 @@ impl ConnDecoder {
                 }
             }
             other => on_message(other),
-        })?;
-        match broken {
-            Some(e) => Err(e),
-            None => Ok(cut),
+        });
+        match (cut, broken) {
+            (Ok(cut), None) => Ok(cut),
+            (Err(e), _) | (Ok(_), Some(e)) => {
+                // Nothing more is read: no stream can go on.
+                super::stream::end_all(conn, &e.to_string(), |_| true);
+                Err(e)
+            }
         }
     }
 
@@ -489,8 +493,13 @@ impl ConnDecoder {
     }
 
     /// Called when the peer closed its sending side: an error if it
-    /// stopped in the middle of a message.
-    pub fn finish(&self, buf: &BytesMut) -> Result<(), ProtocolError> {
+    /// stopped in the middle of a message. Streams still waiting for the
+    /// client's messages end, since none can come; the others (the client
+    /// sent END) run on and are answered.
+    pub fn finish(&self, buf: &BytesMut, conn: &ConnShared) -> Result<(), ProtocolError> {
+        super::stream::end_all(conn, "the client closed its side of the connection", |s| {
+            !s.client_ended()
+        });
         match &self.state {
             State::Decode(d) => d.finish(buf),
             State::Detect(..) if buf.is_empty() => Ok(()),

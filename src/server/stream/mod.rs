@@ -59,8 +59,9 @@ pub(crate) struct StreamShared {
     pub seq: u64,
     state: Mutex<StreamState>,
     cond: Condvar,
-    /// The stream's count among the server's open streams.
-    _slot: StreamSlot,
+    /// The stream's count among the server's open streams, until its
+    /// handler returns (or is known never to start).
+    slot: Mutex<Option<StreamSlot>>,
 }
 
 struct StreamState {
@@ -128,9 +129,9 @@ impl StreamShared {
                 ended: None,
             }),
             cond: Condvar::new(),
-            _slot: StreamSlot {
+            slot: Mutex::new(Some(StreamSlot {
                 server: server.clone(),
-            },
+            })),
         }))
     }
 
@@ -145,6 +146,18 @@ impl StreamShared {
         s.inbound.push_back((flags, body));
         s.received = 1;
         s.client_ended = true;
+    }
+
+    /// Gives the stream's slot back now: the stream ended before its
+    /// handler started, and it never will, so a client that opens the
+    /// next stream on learning the end finds the slot free.
+    pub fn release_slot(&self) {
+        drop(self.slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+    }
+
+    /// Whether the client sent END.
+    pub fn client_ended(&self) -> bool {
+        self.lock().client_ended
     }
 
     /// Whether the server sent a message on the stream.
@@ -354,6 +367,41 @@ pub(crate) fn deliver(conn: &ConnShared, frame: StreamFrame) -> Result<(), Proto
         }
     }
     Ok(())
+}
+
+/// Ends every stream of `conn` that `which` picks, `CANCELLED` with
+/// `why`: the connection reads no more, so they would wait forever.
+pub(crate) fn end_all(conn: &ConnShared, why: &str, which: impl Fn(&StreamShared) -> bool) {
+    let ended = {
+        let mut st = conn.lock();
+        if st.closed || st.in_flight.streams() == 0 {
+            return;
+        }
+        let ids: Vec<RequestId> = st
+            .in_flight
+            .iter()
+            .filter(|(_, e)| e.stream.as_deref().is_some_and(&which))
+            .map(|(id, _)| *id)
+            .collect();
+        let status = Status::cancelled(format!("the stream cannot go on: {why}"));
+        let mut ended = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(e) = st.in_flight.remove(&id) {
+                e.ctx.forbid_start();
+                conn.dispatcher
+                    .record(&st, e.method, status.code(), e.read_at);
+                super::dispatch::write_end(&mut st, id, &e, &status, Metadata::new());
+                ended.push(e);
+            }
+        }
+        ended
+    };
+    for e in ended {
+        if let Some(stream) = &e.stream {
+            stream.end(Status::cancelled(format!("the stream cannot go on: {why}")));
+        }
+        e.ctx.cancel(CancelReason::Cancelled);
+    }
 }
 
 /// Answers stream `id` with `status` if it is still in flight as `seq`:

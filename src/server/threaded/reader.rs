@@ -486,7 +486,7 @@ impl Reader {
             // Our own shutdown woke the read.
             return;
         }
-        if let Err(e) = self.decoder.finish(&self.buf) {
+        if let Err(e) = self.decoder.finish(&self.buf, &self.link.conn) {
             log::debug!("conn {}: {e}", self.link.conn.id);
             self.link.goaway(Code::INTERNAL, &e.to_string());
         }
