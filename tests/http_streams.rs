@@ -40,6 +40,7 @@ per_mode!(
     the_deadline_ends_a_stream_mid_way,
     a_slow_reader_holds_the_stream_not_the_server,
     a_shutdown_ends_an_open_stream_with_an_error_line,
+    requests_behind_a_stream_wait_when_more_bytes_arrive,
 );
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -245,7 +246,8 @@ impl Conn {
     #[track_caller]
     fn chunk(&mut self, trailers: &mut Vec<String>) -> Option<Vec<u8>> {
         let size = self.line();
-        let size = usize::from_str_radix(size.trim_end(), 16).expect("a chunk size");
+        let size = usize::from_str_radix(size.trim_end(), 16)
+            .unwrap_or_else(|e| panic!("a chunk size, not {size:?}: {e}"));
         if size == 0 {
             loop {
                 let l = self.line();
@@ -315,8 +317,13 @@ fn json_line(data: &[u8]) -> Value {
 
 #[track_caller]
 fn expect_stream_head(h: &Streamed) {
-    assert_eq!(h.status, 200);
-    assert_eq!(h.header("content-type"), Some("application/x-ndjson"));
+    assert_eq!(h.status, 200, "{:?}", h.headers);
+    assert_eq!(
+        h.header("content-type"),
+        Some("application/x-ndjson"),
+        "{:?}",
+        h.headers
+    );
     assert_eq!(h.header("transfer-encoding"), Some("chunked"));
     assert_eq!(h.header("trailer"), Some("x-syncrpc-code"));
 }
@@ -804,6 +811,46 @@ fn a_slow_reader_holds_the_stream_not_the_server(mode: Mode) {
     let (lines, _) = slow.rest();
     assert_eq!(lines[0]["status"]["code"], 0);
     assert_eq!(probe.sent.load(Ordering::SeqCst), MESSAGES as usize + 2);
+    server.shutdown();
+}
+
+fn requests_behind_a_stream_wait_when_more_bytes_arrive(mode: Mode) {
+    let probe = Arc::new(Probe::default());
+    let server = server(mode, &probe);
+    let addr = server.local_addr();
+    let (tx, rx) = mpsc::channel();
+    *probe.gate.lock().unwrap() = Some(rx);
+    let mut c = Conn::connect(addr);
+    let mut both = post("/echo.Echo/Gated", "application/json", b"2", "");
+    both.push_str(&post(
+        "/echo.Echo/Say",
+        "application/json",
+        br#"{"text":"1"}"#,
+        "",
+    ));
+    c.send(both.as_bytes());
+    expect_stream_head(&c.head());
+    assert_eq!(c.json_chunk(), json!({"result": 0}));
+    // The stream waits on the gate. More bytes arriving on the
+    // connection must not get the request behind it decoded: its answer
+    // would go out in the middle of the stream's.
+    let third = post("/echo.Echo/Say", "application/json", br#"{"text":"2"}"#, "");
+    let (start, end) = third.as_bytes().split_at(20);
+    c.send(start);
+    // No event says the server looked at those bytes: give it time to.
+    std::thread::sleep(Duration::from_millis(200));
+    c.send(end);
+    std::thread::sleep(Duration::from_millis(100));
+    tx.send(()).unwrap();
+    assert_eq!(c.json_chunk(), json!({"result": 1}));
+    tx.send(()).unwrap();
+    let (lines, _) = c.rest();
+    assert_eq!(lines, [ok_line()]);
+    for text in ["1", "2"] {
+        let (head, body) = c.sized();
+        assert_eq!(head.status, 200);
+        assert_eq!(body, format!(r#"{{"text":"{text}"}}"#).as_bytes());
+    }
     server.shutdown();
 }
 
