@@ -139,7 +139,16 @@
 //!   is on [`Context::peer`], and [`filters::Auth`] checks bearer tokens
 //!   and identities per method (`docs/security.md`).
 //!
-//! Non-goals: async integration, streaming calls, and service discovery.
+//! - Streams (protocol revision 1.1): server, client and bidirectional
+//!   streaming methods ([`Service::server_stream`] and its siblings, or
+//!   `server_stream` / `client_stream` / `bidi_stream` in [`service!`]).
+//!   A stream is a call that stays in flight until its RESPONSE and holds
+//!   a worker for its life; its handler reads an iterator of the client's
+//!   messages ([`server::Incoming`]) and sends through a
+//!   [`server::Sink`] that blocks on the client's flow-control window
+//!   ([`flow_control`]). `server::stream` says how it fits dispatch.
+//!
+//! Non-goals: async integration and service discovery.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 

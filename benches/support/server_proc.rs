@@ -8,7 +8,10 @@
 //! with its allocation count and its threads' on-CPU nanoseconds, and
 //! shuts down when its standard input closes. Kinds:
 //!
-//! - `event`, `thread`: syncrpc in that mode, serving [`super::load::ECHO_BYTES`]
+//! - `event`, `thread`: syncrpc in that mode, serving [`super::load::ECHO_BYTES`],
+//!   `/echo.Echo/Blob` (a raw body of the size asked, see
+//!   [`blob_request`]) and the raw server stream `/echo.Echo/Download`
+//!   (that many messages of that size)
 //!   (`--inline`: handlers run on the thread that read the request, the
 //!   connection's or the event loop, instead of the workers);
 //! - `ceiling`: a minimal mio server for the same protocol that cuts frames
@@ -98,7 +101,22 @@ pub fn serve(kind: &str, args: &[String]) {
     };
     let server = mode.map(|mode| {
         let echo = Service::new("echo.Echo")
-            .raw_method("Bytes", |_: &Context, body: Bytes| Ok::<_, Status>(body));
+            .raw_method("Bytes", |_: &Context, body: Bytes| Ok::<_, Status>(body))
+            .raw_method("Blob", |_: &Context, req: Bytes| {
+                let (_, size) = blob_request(&req)?;
+                Ok::<_, Status>(blob(size))
+            })
+            .raw_server_stream(
+                "Download",
+                |_: &Context, req: Bytes, sink: &syncrpc::server::RawSink| {
+                    let (n, size) = blob_request(&req)?;
+                    let body = blob(size);
+                    for _ in 0..n {
+                        sink.send(&body)?;
+                    }
+                    Ok(())
+                },
+            );
         let config = ServerConfig {
             mode,
             inline_handlers: args.iter().any(|a| a == "--inline"),
@@ -167,6 +185,37 @@ pub fn serve(kind: &str, args: &[String]) {
     if let Some(server) = server {
         server.shutdown();
     }
+}
+
+/// Largest body [`blob`] makes: the default body limit.
+const MAX_BLOB: usize = 10 * 1024 * 1024;
+
+/// The request of `/echo.Echo/Blob` and `/echo.Echo/Download`: how many
+/// messages (8 bytes, big-endian) of how many bytes (4 bytes).
+pub fn blob_request(req: &[u8]) -> Result<(u64, usize), Status> {
+    let (Some(n), Some(size)) = (req.get(..8), req.get(8..12)) else {
+        return Err(Status::invalid_argument("expected 12 bytes: count, size"));
+    };
+    let n = u64::from_be_bytes(n.try_into().unwrap_or_default());
+    let size = u32::from_be_bytes(size.try_into().unwrap_or_default()) as usize;
+    if size > MAX_BLOB {
+        return Err(Status::invalid_argument("size over 10 MiB"));
+    }
+    Ok((n, size))
+}
+
+/// Encodes a [`blob_request`].
+pub fn encode_blob_request(n: u64, size: usize) -> Vec<u8> {
+    let mut req = n.to_be_bytes().to_vec();
+    req.extend_from_slice(&(size as u32).to_be_bytes());
+    req
+}
+
+/// `size` bytes, shared: made once, so answering costs no copy.
+fn blob(size: usize) -> Bytes {
+    static BLOB: std::sync::OnceLock<Bytes> = std::sync::OnceLock::new();
+    BLOB.get_or_init(|| Bytes::from(vec![0x5a; MAX_BLOB]))
+        .slice(..size)
 }
 
 /// The value after flag `name` in `args`.

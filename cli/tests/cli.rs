@@ -155,7 +155,7 @@ impl Drop for EchoServer {
 }
 
 #[test]
-fn list_shows_echo_and_its_five_methods() {
+fn list_shows_echo_and_its_eight_methods() {
     let echo = EchoServer::start();
     let out = syncrpc(&["list", &echo.addr], b"");
     assert_eq!(out.code, 0, "{}", out.stderr);
@@ -182,7 +182,10 @@ fn list_shows_echo_and_its_five_methods() {
         .map(|m| m["name"].as_str().unwrap())
         .collect();
     assert_eq!(services.as_array().unwrap().len(), 1);
-    assert_eq!(methods, ["Say", "Sleep", "Fail", "Panic", "Bytes"]);
+    assert_eq!(
+        methods,
+        ["Say", "Sleep", "Fail", "Panic", "Bytes", "Count", "Sum", "Chat"]
+    );
     let out = syncrpc(&["list", &echo.addr, "no.Such"], b"");
     assert_eq!(out.code, 1);
     assert!(

@@ -295,8 +295,13 @@ impl Dispatcher {
     /// Counts the answer to a request for `method`, read at `read_at`,
     /// sent in `st`'s protocol.
     pub(crate) fn record(&self, st: &ConnState, method: MethodId, code: Code, read_at: Instant) {
+        self.record_in(st.protocol.index(), method, code, read_at);
+    }
+
+    /// [`Dispatcher::record`] for a protocol given by its index.
+    pub(crate) fn record_in(&self, protocol: usize, method: MethodId, code: Code, read_at: Instant) {
         if let Some(m) = self.metrics.get(method.index()) {
-            m.record(st.protocol.index(), code, read_at.elapsed());
+            m.record(protocol, code, read_at.elapsed());
         }
     }
 
@@ -988,15 +993,15 @@ impl RequestTask {
         } else if late.is_none() && ran && server.going_away.load(Ordering::Relaxed) {
             server.shutdown_drained.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(e) = &entry {
+        // Counted once the lock is released: the histogram's atomics are
+        // shared by every worker, and nobody waits on the lock for them.
+        let counted = entry.as_ref().map(|e| {
             let code = match (&reply, &late) {
                 (_, Some(status)) | (Err(status), None) => status.code(),
                 (Ok(_), None) => Code::OK,
             };
-            self.conn
-                .dispatcher
-                .record(&st, self.method, code, e.read_at);
-        }
+            (st.protocol.index(), code, e.read_at)
+        });
         // Only error answers carry the trace id: a successful one never
         // makes it.
         let trace = || self.ctx.trace_id();
@@ -1032,6 +1037,11 @@ impl RequestTask {
         // drain needs this lock to touch the output: the answer is in it.
         drop(st);
         drop(entry);
+        if let Some((protocol, code, read_at)) = counted {
+            self.conn
+                .dispatcher
+                .record_in(protocol, self.method, code, read_at);
+        }
         if let Some(p) = packed {
             buffer_pool::give(p);
         }

@@ -24,7 +24,8 @@ use crate::status::Status;
 /// # Examples
 ///
 /// ```
-/// /// use syncrpc::server::RawSink;
+/// use bytes::Bytes;
+/// use syncrpc::server::RawSink;
 /// use syncrpc::{Context, Service, Status};
 ///
 /// // Sends the request back in 4-byte pieces.
