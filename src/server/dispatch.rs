@@ -299,7 +299,13 @@ impl Dispatcher {
     }
 
     /// [`Dispatcher::record`] for a protocol given by its index.
-    pub(crate) fn record_in(&self, protocol: usize, method: MethodId, code: Code, read_at: Instant) {
+    pub(crate) fn record_in(
+        &self,
+        protocol: usize,
+        method: MethodId,
+        code: Code,
+        read_at: Instant,
+    ) {
         if let Some(m) = self.metrics.get(method.index()) {
             m.record(protocol, code, read_at.elapsed());
         }

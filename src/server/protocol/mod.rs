@@ -330,7 +330,6 @@ pub(crate) enum StreamSupport {
     /// one request message; the messages go out in one long answer
     /// (HTTP/1.1, newline-delimited JSON). Client and bidirectional
     /// streams are answered UNIMPLEMENTED.
-    #[allow(dead_code)]
     ServerFromBody,
     /// None: a streaming method is answered UNIMPLEMENTED.
     None,
