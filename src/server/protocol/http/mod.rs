@@ -8,7 +8,10 @@
 //! MessagePack for the handler, and answers the requests it refuses
 //! itself (a `431`, a `413`, a `405`) with ready-made bytes. The writer
 //! ([`answer`]) maps status codes to HTTP statuses and a MessagePack
-//! answer back to JSON.
+//! answer back to JSON. A server-streaming method is called like any
+//! other, its body the one request message, and answered by [`stream`]
+//! with one chunked answer of newline-delimited JSON; client and
+//! bidirectional streams are `501`.
 //!
 //! HTTP/1.1 answers go out in request order and carry no request id, so a
 //! connection runs one request at a time ([`Protocol::max_in_flight`]):
