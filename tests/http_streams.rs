@@ -41,6 +41,7 @@ per_mode!(
     a_slow_reader_holds_the_stream_not_the_server,
     a_shutdown_ends_an_open_stream_with_an_error_line,
     requests_behind_a_stream_wait_when_more_bytes_arrive,
+    the_stream_limit_answers_429_and_unary_calls_go_on,
 );
 
 #[derive(Serialize, Deserialize, Debug, Default)]
@@ -851,6 +852,61 @@ fn requests_behind_a_stream_wait_when_more_bytes_arrive(mode: Mode) {
         assert_eq!(head.status, 200);
         assert_eq!(body, format!(r#"{{"text":"{text}"}}"#).as_bytes());
     }
+    server.shutdown();
+}
+
+fn the_stream_limit_answers_429_and_unary_calls_go_on(mode: Mode) {
+    let probe = Arc::new(Probe::default());
+    let (tx, ended) = mpsc::channel();
+    *probe.ended.lock().unwrap() = Some(tx);
+    let server = server(mode, &probe);
+    let addr = server.local_addr();
+    let long = r#"{"n":100000,"ms":20}"#;
+    // Both stream slots taken, each by a stream that has begun.
+    let mut open: Vec<Conn> = (0..2)
+        .map(|_| {
+            let mut c = Conn::connect(addr);
+            c.post_json("/echo.Echo/Count", long, "");
+            expect_stream_head(&c.head());
+            c
+        })
+        .collect();
+    let mut third = Conn::connect(addr);
+    third.post_json("/echo.Echo/Count", long, "");
+    let (head, body) = third.sized();
+    assert_eq!(head.status, 429);
+    assert_eq!(head.header("x-syncrpc-code"), Some("8"));
+    let body: Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("too many streams open on the server (limit 2)"),
+        "{body}"
+    );
+    third.post_json("/echo.Echo/Say", r#"{"text":"unary"}"#, "");
+    assert_eq!(third.sized().0.status, 200);
+    // A client that goes away cancels its stream, which frees its slot.
+    drop(open.pop());
+    let status = ended
+        .recv_timeout(WAIT)
+        .expect("the stream ended")
+        .unwrap_err();
+    assert_eq!(status.code(), Code::CANCELLED, "{status}");
+    util::eventually("the slot is given back", || {
+        third.post_json("/echo.Echo/Count", &count(1), "");
+        let head = third.head();
+        if head.status == 429 {
+            let len: usize = head.header("content-length").unwrap().parse().unwrap();
+            let mut body = vec![0; len];
+            third.r.read_exact(&mut body).unwrap();
+            return false;
+        }
+        expect_stream_head(&head);
+        assert_eq!(third.rest().0.len(), 2);
+        true
+    });
+    drop(open);
     server.shutdown();
 }
 
