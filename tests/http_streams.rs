@@ -482,13 +482,13 @@ fn lines_arrive_as_they_are_sent(mode: Mode) {
         assert_eq!(rest, format!("{}\n", ok_line()));
         assert!(child.wait().unwrap().success());
 
-        // A message every 50 ms, and curl gives up after a second: it
+        // A message every 50 ms, and curl gives up after two seconds: it
         // printed lines before the end it never saw, and its leaving
         // cancels the stream.
         let (tx, rx) = mpsc::channel();
         *probe.ended.lock().unwrap() = Some(tx);
         let out = Command::new("curl")
-            .args(["-s", "-N", "--max-time", "1", "-H"])
+            .args(["-s", "-N", "--max-time", "2", "-H"])
             .args(["content-type: application/json", "-d"])
             .arg(r#"{"n":100000,"ms":50}"#)
             .arg(format!("http://{addr}/echo.Echo/Count"))
@@ -732,7 +732,7 @@ fn the_deadline_ends_a_stream_mid_way(mode: Mode) {
     c.post_json(
         "/echo.Echo/Count",
         r#"{"n":100000,"ms":20}"#,
-        "x-timeout-ms: 300\r\n",
+        "x-timeout-ms: 500\r\n",
     );
     expect_stream_head(&c.head());
     let (lines, trailers) = c.rest();
