@@ -190,6 +190,64 @@ fn notifications_run_as_oneway(mode: Mode) {
     server.shutdown();
 }
 
+/// A service whose every method is streaming, each reporting on `ran`
+/// if it ever runs.
+fn stream_service(ran: crossbeam_channel::Sender<&'static str>) -> Service {
+    use syncrpc::server::{Incoming, RawSink, Sink};
+    let (a, b, c, d) = (ran.clone(), ran.clone(), ran.clone(), ran);
+    Service::new("st.S")
+        .server_stream("Count", move |_: &Context, n: u32, sink: &Sink<u32>| {
+            a.send("Count").unwrap();
+            (0..n).try_for_each(|i| sink.send(&i))
+        })
+        .client_stream("Sum", move |_: &Context, msgs: Incoming<u32>| {
+            b.send("Sum").unwrap();
+            msgs.sum::<Result<u32, Status>>()
+        })
+        .bidi_stream(
+            "Chat",
+            move |_: &Context, msgs: Incoming<String>, sink: &Sink<String>| {
+                c.send("Chat").unwrap();
+                msgs.into_iter().try_for_each(|m| sink.send(&m?))
+            },
+        )
+        .raw_server_stream(
+            "Bytes",
+            move |_: &Context, req: bytes::Bytes, sink: &RawSink| {
+                d.send("Bytes").unwrap();
+                sink.send(&req)
+            },
+        )
+}
+
+fn streaming_methods_are_unimplemented(mode: Mode) {
+    let (ran, runs) = crossbeam_channel::unbounded();
+    let (calc, _) = service();
+    let server = builder(mode)
+        .service(stream_service(ran))
+        .service(calc)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = MrpcClient::connect(server.local_addr());
+    for (id, method) in [(1, "Count"), (2, "Sum"), (3, "Chat"), (4, "Bytes")] {
+        c.request(id, &format!("st.S.{method}"), &(3u32,));
+        let (code, msg) = c.err(id);
+        assert_eq!(code, Code::UNIMPLEMENTED.as_u32(), "{msg}");
+        assert_eq!(
+            msg,
+            format!("/st.S/{method} is a streaming method, and MessagePack-RPC has no streams")
+        );
+    }
+    // A notification to a streaming method is dropped unanswered: the
+    // next answer is the next request's.
+    c.notify("st.S.Count", &(3u32,));
+    c.request(5, "calc.Calc.Add", &(40u32, 2u32));
+    assert_eq!(c.ok::<u32>(5), 42);
+    // The shutdown waits for whatever runs: nothing streaming did.
+    server.shutdown();
+    assert_eq!(runs.try_iter().collect::<Vec<_>>(), Vec::<&str>::new());
+}
+
 fn concurrent_calls_on_one_connection(mode: Mode) {
     let (gate, g) = gate_service();
     let server = builder(mode)
@@ -444,6 +502,7 @@ per_mode!(
     params_of_several_elements_are_the_request,
     errors_are_code_and_message,
     notifications_run_as_oneway,
+    streaming_methods_are_unimplemented,
     concurrent_calls_on_one_connection,
     a_message_in_pieces_is_read,
     a_malformed_message_closes_after_earlier_answers,

@@ -434,7 +434,7 @@ impl Dispatcher {
         let mut stream_open = None;
         if head.stream || method.endpoint.stream_kind().is_some() {
             let protocol = conn.lock().protocol;
-            match open_stream_as(protocol, method, head.stream, &body) {
+            match open_stream_as(protocol, id, method, head.stream, &body) {
                 Ok(open) => stream_open = Some(open),
                 Err(status) => {
                     refuse(status, Some(&trace_id()));
@@ -627,6 +627,7 @@ struct StreamOpen {
 /// they disagree.
 fn open_stream_as(
     protocol: &dyn Protocol,
+    id: RequestId,
     method: &MethodEntry,
     stream: bool,
     body: &Bytes,
@@ -650,10 +651,13 @@ fn open_stream_as(
             single,
             preload: None,
         }),
-        StreamSupport::ServerFromBody if single => Ok(StreamOpen {
-            single,
-            preload: Some(body.clone()),
-        }),
+        StreamSupport::ServerFromBody if single => match protocol.refuses_stream(id) {
+            Some(why) => Err(Status::unimplemented(format!("{name}: {why}"))),
+            None => Ok(StreamOpen {
+                single,
+                preload: Some(body.clone()),
+            }),
+        },
         StreamSupport::ServerFromBody => Err(Status::unimplemented(format!(
             "{name} is a {} streaming method, which {} cannot carry; only server streams",
             if kind == StreamKind::Client {

@@ -495,7 +495,17 @@ impl EventLoop {
     /// closed.
     fn decode_partial(&mut self, slot: usize) -> bool {
         match self.conns.get(slot) {
-            Some(c) if !c.partial.is_empty() => self.decode(slot, false),
+            Some(c) if !c.partial.is_empty() => {
+                // A readable event on a connection at its limits leaves
+                // the leftover waiting for room, as a new read would: a
+                // request decoded past the in-flight limit of an HTTP/1.1
+                // connection would be answered out of order.
+                let open = c.read_open && self.phase != STOPPING;
+                if open && !self.may_read(slot) {
+                    return true;
+                }
+                self.decode(slot, false)
+            }
             Some(_) => true,
             None => false,
         }

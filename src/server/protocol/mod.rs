@@ -197,10 +197,20 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
         StreamSupport::None
     }
 
+    /// Whether the request `id`, for a server-streaming method, cannot
+    /// be answered with a stream on this connection although the
+    /// protocol carries server streams ([`StreamSupport::ServerFromBody`]):
+    /// the reason it is refused `UNIMPLEMENTED` without running.
+    fn refuses_stream(&self, _id: RequestId) -> Option<&'static str> {
+        None
+    }
+
     /// Appends one MESSAGE of the server's side of stream `id`, whose
     /// body was encoded with `flags`; `first`: no message of the stream
-    /// was written before (a protocol may need to start its answer).
-    /// Fails only if the body cannot be shown in the protocol.
+    /// was written before (a protocol may need to start its answer);
+    /// `ending` as for [`Protocol::write_ok`]. Fails only if the body
+    /// cannot be shown in the protocol, with the status the send fails
+    /// with; the stream stays whole, its end still to be written.
     fn write_message(
         &self,
         _out: &mut Encoder,
@@ -208,7 +218,8 @@ pub(crate) trait Protocol: Sync + fmt::Debug {
         _flags: Flags,
         _body: &[u8],
         _first: bool,
-    ) -> Result<(), EncodeError> {
+        _ending: bool,
+    ) -> Result<(), Status> {
         Ok(())
     }
 
@@ -319,7 +330,6 @@ pub(crate) enum StreamSupport {
     /// one request message; the messages go out in one long answer
     /// (HTTP/1.1, newline-delimited JSON). Client and bidirectional
     /// streams are answered UNIMPLEMENTED.
-    #[allow(dead_code)]
     ServerFromBody,
     /// None: a streaming method is answered UNIMPLEMENTED.
     None,

@@ -112,8 +112,10 @@ impl Protocol for Native {
         flags: Flags,
         body: &[u8],
         _first: bool,
-    ) -> Result<(), EncodeError> {
+        _ending: bool,
+    ) -> Result<(), Status> {
         out.message(id, flags, body)
+            .map_err(|e| Status::internal(format!("cannot send the message: {e}")))
     }
 
     fn write_window(&self, out: &mut Encoder, id: RequestId, grant: WindowMeta) {

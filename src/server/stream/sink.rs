@@ -85,11 +85,12 @@ impl RawSink {
         let first = self.wait_for_window(wire.len())?;
         let mut failed = None;
         let live = self.io.with_live_conn(|st| {
-            if let Err(e) = st
-                .protocol
-                .write_message(&mut st.out, self.io.id, flags, wire, first)
+            let ending = st.draining || st.closing;
+            if let Err(status) =
+                st.protocol
+                    .write_message(&mut st.out, self.io.id, flags, wire, first, ending)
             {
-                failed = Some(Status::internal(format!("cannot send the message: {e}")));
+                failed = Some(status);
             }
         });
         if let Some(status) = failed {

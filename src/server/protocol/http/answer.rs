@@ -115,7 +115,7 @@ pub(super) fn write_ok(
         200,
         Code::OK,
         content_type,
-        body.len(),
+        Some(body.len()),
         md,
         ending,
     );
@@ -154,7 +154,16 @@ pub(super) fn write_status(
     };
     let buf = out.buf_mut();
     let http = http_status(code);
-    head(buf, hints, http, code, content_type, body.len(), md, ending);
+    head(
+        buf,
+        hints,
+        http,
+        code,
+        content_type,
+        Some(body.len()),
+        md,
+        ending,
+    );
     buf.extend_from_slice(&body);
 }
 
@@ -196,24 +205,38 @@ pub(super) fn refusal(
 /// The interim answer to `Expect: 100-continue`.
 pub(super) const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// Appends an answer's head. `len`: the body's length, or `None` for a
+/// body of unknown length (a stream), sent chunked with the status
+/// code's number as the trailer `x-syncrpc-code`, or over HTTP/1.0 up to
+/// the connection's close.
 #[allow(clippy::too_many_arguments)]
-fn head(
+pub(super) fn head(
     buf: &mut BytesMut,
     hints: Hints,
     http: u16,
     code: Code,
     content_type: &str,
-    len: usize,
+    len: Option<usize>,
     md: &Metadata,
     ending: bool,
 ) {
     let version = if hints.http10() { "1.0" } else { "1.1" };
     let _ = write!(
         buf.writer(),
-        "HTTP/{version} {http} {}\r\ncontent-type: {content_type}\r\ncontent-length: {len}\r\nx-syncrpc-code: {}\r\n",
+        "HTTP/{version} {http} {}\r\ncontent-type: {content_type}\r\n",
         reason(http),
-        code.as_u32()
     );
+    match len {
+        Some(len) => {
+            let _ = write!(
+                buf.writer(),
+                "content-length: {len}\r\nx-syncrpc-code: {}\r\n",
+                code.as_u32()
+            );
+        }
+        None if hints.http10() => {}
+        None => buf.extend_from_slice(b"transfer-encoding: chunked\r\ntrailer: x-syncrpc-code\r\n"),
+    }
     for (key, value) in md.iter() {
         // Only what a header can carry as is; the rest is not sent.
         let Some(value) = value.as_str().filter(|v| is_header_value(v)) else {
@@ -224,7 +247,7 @@ fn head(
         }
         let _ = write!(buf.writer(), "x-md-{key}: {value}\r\n");
     }
-    if ending || hints.close() {
+    if ending || hints.close() || (len.is_none() && hints.http10()) {
         buf.extend_from_slice(b"connection: close\r\n");
     } else if hints.http10() {
         buf.extend_from_slice(b"connection: keep-alive\r\n");

@@ -8,7 +8,10 @@
 //! MessagePack for the handler, and answers the requests it refuses
 //! itself (a `431`, a `413`, a `405`) with ready-made bytes. The writer
 //! ([`answer`]) maps status codes to HTTP statuses and a MessagePack
-//! answer back to JSON.
+//! answer back to JSON. A server-streaming method is called like any
+//! other, its body the one request message, and answered by [`stream`]
+//! with one chunked answer of newline-delimited JSON; client and
+//! bidirectional streams are `501`.
 //!
 //! HTTP/1.1 answers go out in request order and carry no request id, so a
 //! connection runs one request at a time ([`Protocol::max_in_flight`]):
@@ -20,8 +23,9 @@
 
 mod answer;
 mod decode;
+mod stream;
 
-use super::{DecodeConfig, MessageDecoder, Protocol};
+use super::{DecodeConfig, MessageDecoder, Protocol, StreamSupport};
 use crate::codec::{EncodeError, Encoder, Flags, RequestId};
 use crate::metadata::Metadata;
 use crate::status::{Code, Status};
@@ -96,6 +100,48 @@ impl Protocol for Http {
             md
         };
         answer::write_status(out, Hints(id.0), status, trace, &md, ending);
+    }
+
+    /// A server stream is opened by a plain `POST`, its body the one
+    /// request message, and answered with newline-delimited JSON
+    /// ([`stream`]); client and bidirectional streams are `501`.
+    fn streams(&self) -> StreamSupport {
+        StreamSupport::ServerFromBody
+    }
+
+    fn refuses_stream(&self, id: RequestId) -> Option<&'static str> {
+        stream::refusal(Hints(id.0))
+    }
+
+    fn write_message(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        flags: Flags,
+        body: &[u8],
+        first: bool,
+        ending: bool,
+    ) -> Result<(), Status> {
+        stream::write_message(out, Hints(id.0), flags, body, first, ending)
+    }
+
+    fn write_stream_end(
+        &self,
+        out: &mut Encoder,
+        id: RequestId,
+        _flags: Flags,
+        status: &Status,
+        trace: Option<&TraceId>,
+        md: Metadata,
+        ending: bool,
+        sent_any: bool,
+    ) {
+        let md = if md.is_empty() {
+            status.metadata().clone()
+        } else {
+            md
+        };
+        stream::write_end(out, Hints(id.0), status, trace, &md, ending, sent_any);
     }
 
     /// HTTP/1.1 has no message to send unasked: a connection ends by
