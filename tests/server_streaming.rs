@@ -289,6 +289,22 @@ fn stream_on_unary_method_and_unary_on_stream_method_are_invalid(mode: Mode) {
     assert_eq!(c.response().decode::<u32>(), 42);
 }
 
+/// Skips the stream's messages up to its RESPONSE, and returns that.
+#[track_caller]
+fn until_end(c: &mut RawClient) -> Resp {
+    loop {
+        let f = c.frame();
+        if f.frame_type() == FrameType::Response {
+            return util::to_resp(&f);
+        }
+    }
+}
+
+/// Opens a `Count` of many messages 5 ms apart, as id 1, END sent.
+fn open_long_count(c: &mut RawClient) {
+    open(c, 1, "/st.S/Count", &[CountReq { n: 100_000, ms: 5 }], true);
+}
+
 fn server(mode: Mode, probe: &Arc<Probe>) -> syncrpc::Server {
     util::builder(mode)
         .service(stream_service(probe))
@@ -473,12 +489,7 @@ fn oversized_message_ends_the_stream_resource_exhausted(mode: Mode) {
         false,
     );
     // The first message may be echoed before the second ends the stream.
-    let end = loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            break util::to_resp(&f);
-        }
-    };
+    let end = until_end(&mut c);
     end.expect_code(
         Code::RESOURCE_EXHAUSTED,
         "stream message too large: 4003 > 1024",
@@ -524,13 +535,7 @@ fn a_second_request_message_of_a_server_stream_is_invalid(mode: Mode) {
         &[CountReq { n: 1000, ms: 20 }, CountReq { n: 1, ms: 0 }],
         false,
     );
-    loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            util::to_resp(&f).expect_code(Code::INVALID_ARGUMENT, "takes one request message");
-            break;
-        }
-    }
+    until_end(&mut c).expect_code(Code::INVALID_ARGUMENT, "takes one request message");
     util::eventually("the handler to stop", || {
         probe.running.load(Ordering::SeqCst) == 0
     });
@@ -555,22 +560,10 @@ fn cancel_mid_stream_stops_the_handler(mode: Mode) {
     let server = server(mode, &probe);
     let ends = probe.ends();
     let mut c = RawClient::connect(server.local_addr());
-    open(
-        &mut c,
-        1,
-        "/st.S/Count",
-        &[CountReq { n: 100_000, ms: 5 }],
-        true,
-    );
+    open_long_count(&mut c);
     messages(&mut c, 1, 2);
     c.cancel(1);
-    loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            util::to_resp(&f).expect_code(Code::CANCELLED, "cancelled");
-            break;
-        }
-    }
+    until_end(&mut c).expect_code(Code::CANCELLED, "cancelled");
     let outcome = ends.recv_timeout(util::WAIT).unwrap();
     assert_eq!(outcome.unwrap_err().code(), Code::CANCELLED);
     nothing_else_was_sent(&mut c);
@@ -664,13 +657,7 @@ fn connection_reset_mid_stream_cancels_the_handler(mode: Mode) {
     let server = server(mode, &probe);
     let ends = probe.ends();
     let mut c = RawClient::connect(server.local_addr());
-    open(
-        &mut c,
-        1,
-        "/st.S/Count",
-        &[CountReq { n: 100_000, ms: 5 }],
-        true,
-    );
+    open_long_count(&mut c);
     messages(&mut c, 1, 1);
     drop(c);
     let outcome = ends.recv_timeout(util::WAIT).unwrap();
