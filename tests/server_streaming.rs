@@ -43,6 +43,7 @@ per_mode!(
     shutdown_timeout_ends_a_stream_cancelled,
     filters_see_the_opening_and_the_end_status,
     handler_error_after_messages_ends_the_stream_with_it,
+    metrics_show_the_open_streams_and_their_limit,
 );
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -970,4 +971,40 @@ fn inline_handlers_run_each_stream_on_its_own_thread() {
         c.flush();
         assert_eq!(c.response().code, Code::OK);
     }
+}
+
+/// The value of gauge `name` in a `/metrics` scrape of `addr`.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> i64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(util::WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn metrics_show_the_open_streams_and_their_limit(mode: Mode) {
+    let probe = Arc::new(Probe::default());
+    let server = server(mode, &probe);
+    let addr = server.local_addr();
+    assert_eq!(gauge(addr, "syncrpc_streams_max"), 1);
+    assert_eq!(gauge(addr, "syncrpc_streams_open"), 0);
+    let mut c = RawClient::connect(addr);
+    open_hold(&mut c, 1);
+    util::eventually("the stream to run", || {
+        probe.running.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(gauge(addr, "syncrpc_streams_open"), 1);
+    c.cancel(1);
+    c.response().expect_code(Code::CANCELLED, "cancelled");
+    util::eventually("the stream's slot to come back", || {
+        gauge(addr, "syncrpc_streams_open") == 0
+    });
 }
