@@ -13,7 +13,9 @@ mod health;
 mod json;
 mod list;
 mod load;
+mod reflect;
 mod security;
+mod stream;
 
 use std::process::ExitCode;
 
