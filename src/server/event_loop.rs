@@ -28,7 +28,8 @@ use slab::Slab;
 
 use super::accept::{AcceptBackoff, AcceptError};
 use super::connection::{ConnShared, Flush, Wake};
-use super::dispatch::{self, DeadlineQueue, Dispatcher, ServerShared};
+use super::deadline::DeadlineQueue;
+use super::dispatch::{self, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
 use super::transport::TransportError;
 use crate::codec::{Encoder, ProtocolError};

@@ -81,6 +81,9 @@ struct StreamState {
     single: bool,
     /// The server sent a message.
     sent_any: bool,
+    /// When the server last sent a message, to tell a burst from a
+    /// message on its own (see [`RawSink::send`]).
+    last_sent: Option<Instant>,
     /// The stream ended before its handler returned: the status it ended
     /// with, which the handler's next send or read gets.
     ended: Option<Status>,
@@ -126,6 +129,7 @@ impl StreamShared {
                 received: 0,
                 single,
                 sent_any: false,
+                last_sent: None,
                 ended: None,
             }),
             cond: Condvar::new(),
@@ -426,4 +430,21 @@ fn end_stream(conn: &ConnShared, id: RequestId, seq: u64, status: Status) -> boo
 /// Writes `conn`'s output after a stream frame was appended.
 fn send_out(conn: &Arc<ConnShared>) {
     flush(conn);
+}
+
+/// Messages sent closer together than this are a burst: each is left for
+/// the connection's driver to write with the others, instead of a write
+/// of its own.
+const BURST_GAP: Duration = Duration::from_micros(200);
+
+/// Has `conn`'s driver write its output, once for everything appended
+/// until it looks: a sender in a burst appends many messages per write.
+fn defer_out(conn: &Arc<ConnShared>) {
+    let wake = {
+        let mut st = conn.lock();
+        !st.closed && !std::mem::replace(&mut st.notified, true)
+    };
+    if wake {
+        conn.wake();
+    }
 }

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
-use super::{send_out, stop_status, StreamIo, OUTPUT_POLL};
+use super::{defer_out, send_out, stop_status, StreamIo, BURST_GAP, OUTPUT_POLL};
 use crate::codec::{compress, encode_body, Compression, Encoding, Flags};
 use crate::context::Context;
 use crate::flow_control::INITIAL_WINDOW;
@@ -82,7 +82,7 @@ impl RawSink {
             &packed
         };
         let flags = Flags::new(compression, self.encoding);
-        let first = self.wait_for_window(wire.len())?;
+        let (first, burst) = self.wait_for_window(wire.len())?;
         let mut failed = None;
         let live = self.io.with_live_conn(|st| {
             let ending = st.draining || st.closing;
@@ -101,13 +101,23 @@ impl RawSink {
             return Err(stop_status(&s, &self.ctx)
                 .unwrap_or_else(|| Status::cancelled("the stream has ended")));
         }
-        send_out(&self.io.conn);
+        // A message on its own goes out now. One of a burst is left for
+        // the connection's driver, which writes all that were appended
+        // by the time it runs in one go: a write per message would cost
+        // a system call (and, on loopback, the receiver's whole TCP path)
+        // per message. The burst's last message goes out with that write.
+        if burst && self.io.conn.workers_write() {
+            defer_out(&self.io.conn);
+        } else {
+            send_out(&self.io.conn);
+        }
         Ok(())
     }
 
-    /// Waits until a message of `len` bytes may go, and counts it sent;
-    /// true if it is the stream's first.
-    fn wait_for_window(&self, len: usize) -> Result<bool, Status> {
+    /// Waits until a message of `len` bytes may go, and counts it sent.
+    /// Returns whether it is the stream's first, and whether it follows
+    /// the last one closely (a burst).
+    fn wait_for_window(&self, len: usize) -> Result<(bool, bool), Status> {
         let shared = &self.io.shared;
         let mut s = shared.lock();
         loop {
@@ -138,7 +148,12 @@ impl RawSink {
             // The window is open, so this cannot fail.
             let _ = s.send.sent(len);
         }
-        Ok(!std::mem::replace(&mut s.sent_any, true))
+        let now = Instant::now();
+        let burst = s
+            .last_sent
+            .replace(now)
+            .is_some_and(|last| now.saturating_duration_since(last) < BURST_GAP);
+        Ok((!std::mem::replace(&mut s.sent_any, true), burst))
     }
 
     /// The stream's context: its deadline, metadata and cancellation.
