@@ -9,12 +9,13 @@
 //! stream (END). With `--raw`, each read of stdin (at most 64 KiB) is one
 //! message, and answers are written as their bytes, unseparated.
 
-use std::io::{BufReader, Read, Write};
+use std::borrow::Borrow;
+use std::io::{BufReader, Read, StdoutLock, Write};
 use std::process::ExitCode;
 use std::sync::mpsc;
 
 use serde_json::Value;
-use syncrpc::client::CallOptions;
+use syncrpc::client::{CallOptions, ClientStream, StreamReceiver, StreamSender};
 use syncrpc::{Client, Context, Error};
 
 use crate::call::failed;
@@ -166,18 +167,9 @@ impl StreamCall<'_> {
             .client
             .client_stream_with::<Value, Json>(self.ctx, self.path, self.opts)
             .map_err(|e| self.failed(&e))?;
-        for msg in messages {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(input) => {
-                    stream.cancel();
-                    return Err(cancelled_by(input));
-                }
-            };
-            if stream.send(&msg).is_err() {
-                // The stream ended early: its status comes from finish.
-                break;
-            }
+        if let Err(input) = send_all(&mut stream, messages) {
+            stream.cancel();
+            return Err(cancelled_by(input));
         }
         let Json(answer) = stream.finish().map_err(|e| self.failed(&e))?;
         println!("{}", json::pretty(&answer));
@@ -190,17 +182,9 @@ impl StreamCall<'_> {
             .client
             .raw_client_stream(self.ctx, self.path, self.opts)
             .map_err(|e| self.failed(&e))?;
-        for msg in messages {
-            let msg = match msg {
-                Ok(m) => m,
-                Err(input) => {
-                    stream.cancel();
-                    return Err(cancelled_by(input));
-                }
-            };
-            if stream.send(&msg).is_err() {
-                break;
-            }
+        if let Err(input) = send_all(&mut stream, messages) {
+            stream.cancel();
+            return Err(cancelled_by(input));
         }
         let answer = stream.finish().map_err(|e| self.failed(&e))?;
         emit(&mut std::io::stdout().lock(), &answer, false)?;
@@ -210,80 +194,96 @@ impl StreamCall<'_> {
     /// A bidirectional stream: the messages sent from a thread of their
     /// own while each answer is printed as a line as it arrives.
     pub fn bidi_stream(&self, messages: Typed) -> Result<ExitCode, Failure> {
-        let (mut tx, rx) = self
+        let (tx, rx) = self
             .client
             .bidi_stream_with::<Value, Json>(self.ctx, self.path, self.opts)
             .map_err(|e| self.failed(&e))?;
-        let (bad_input, input_failure) = mpsc::channel();
-        std::thread::spawn(move || {
-            for msg in messages {
-                match msg {
-                    Ok(m) if tx.send(&m).is_ok() => {}
-                    // The stream ended: the receiver reports how.
-                    Ok(_) => return,
-                    Err(input) => {
-                        // Said before the cancel, so that the receiver
-                        // finds it when the stream ends CANCELLED.
-                        let _ = bad_input.send(input);
-                        tx.cancel();
-                        return;
-                    }
-                }
-            }
-            let _ = tx.finish();
-        });
-        let mut out = std::io::stdout().lock();
-        for answer in rx {
-            match answer {
-                Ok(Json(value)) => emit(&mut out, &line(&value), true)?,
-                Err(e) => {
-                    return Err(match input_failure.try_recv() {
-                        Ok(input) => cancelled_by(input),
-                        Err(_) => self.failed(&e),
-                    })
-                }
-            }
-        }
-        // The server may end the stream before stdin does: that is its
-        // answer, and the rest of stdin goes unread.
-        Ok(ExitCode::SUCCESS)
+        let bad_input = feed(tx, messages);
+        self.print_all(rx, &bad_input, |out, Json(value)| {
+            emit(out, &line(&value), true)
+        })
     }
 
     /// A raw bidirectional stream: chunks in, answers' bytes out.
     pub fn raw_bidi_stream(&self, messages: Raw) -> Result<ExitCode, Failure> {
-        let (mut tx, rx) = self
+        let (tx, rx) = self
             .client
             .raw_bidi_stream(self.ctx, self.path, self.opts)
             .map_err(|e| self.failed(&e))?;
-        let (bad_input, input_failure) = mpsc::channel();
-        std::thread::spawn(move || {
-            for msg in messages {
-                match msg {
-                    Ok(m) if tx.send(&m).is_ok() => {}
-                    Ok(_) => return,
-                    Err(input) => {
-                        let _ = bad_input.send(input);
-                        tx.cancel();
-                        return;
-                    }
-                }
-            }
-            let _ = tx.finish();
-        });
+        let bad_input = feed(tx, messages);
+        self.print_all(rx, &bad_input, |out, bytes| emit(out, &bytes, false))
+    }
+
+    /// Prints each answer of `rx` as it arrives; at an error, says why
+    /// the stream ended: bad input, when the feeding thread met some.
+    fn print_all<R>(
+        &self,
+        rx: StreamReceiver<R>,
+        bad_input: &mpsc::Receiver<Failure>,
+        print: impl Fn(&mut StdoutLock<'static>, R) -> Result<(), Failure>,
+    ) -> Result<ExitCode, Failure> {
         let mut out = std::io::stdout().lock();
         for answer in rx {
             match answer {
-                Ok(bytes) => emit(&mut out, &bytes, false)?,
+                Ok(answer) => print(&mut out, answer)?,
                 Err(e) => {
-                    return Err(match input_failure.try_recv() {
+                    return Err(match bad_input.try_recv() {
                         Ok(input) => cancelled_by(input),
                         Err(_) => self.failed(&e),
                     })
                 }
             }
         }
+        // The server may end the stream before the input ends: that is
+        // its answer, and the rest of the input goes unread.
         Ok(ExitCode::SUCCESS)
     }
+}
+
+/// Sends every message of `messages` on `stream`; stops quietly when the
+/// stream ended (its status comes from `finish`), and hands back bad
+/// input for the caller to cancel the stream with.
+fn send_all<T: ?Sized, R, M: Borrow<T>>(
+    stream: &mut ClientStream<T, R>,
+    messages: Box<dyn Iterator<Item = Result<M, Failure>> + Send>,
+) -> Result<(), Failure> {
+    for msg in messages {
+        if stream.send(msg?.borrow()).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Sends `messages` on `tx` from a thread of its own, then END. Bad
+/// input cancels the stream, and is said on the returned channel first,
+/// so that the receiving side finds it when the stream ends CANCELLED.
+fn feed<T, M>(
+    mut tx: StreamSender<T>,
+    messages: Box<dyn Iterator<Item = Result<M, Failure>> + Send>,
+) -> mpsc::Receiver<Failure>
+where
+    T: ?Sized + 'static,
+    M: Borrow<T> + 'static,
+    StreamSender<T>: Send,
+{
+    let (bad_input, input_failure) = mpsc::channel();
+    std::thread::spawn(move || {
+        for msg in messages {
+            match msg {
+                Ok(m) if tx.send(m.borrow()).is_ok() => {}
+                // The stream ended: the receiver reports how.
+                Ok(_) => return,
+                Err(input) => {
+                    let _ = bad_input.send(input);
+                    tx.cancel();
+                    return;
+                }
+            }
+        }
+        let _ = tx.finish();
+    });
+    input_failure
 }
 
 /// Bad input met after the stream opened: the stream was cancelled, and
