@@ -27,13 +27,13 @@ const RAW_CHUNK: usize = 64 * 1024;
 
 /// Where a stream's messages come from.
 pub enum Source {
-    /// Parsed before connecting: the body argument or `@FILE`.
+    /// The body argument or `@FILE`, read (and, as JSON, checked) before connecting.
     Given(Vec<u8>),
     /// Read as the stream goes.
     Stdin,
 }
 
-/// One streaming call: where, how, and whether bodies are raw.
+/// One streaming call: the client, the deadline, the method and the options.
 pub struct StreamCall<'a> {
     pub client: &'a Client,
     pub ctx: &'a Context,
