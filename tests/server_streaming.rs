@@ -43,6 +43,7 @@ per_mode!(
     shutdown_timeout_ends_a_stream_cancelled,
     filters_see_the_opening_and_the_end_status,
     handler_error_after_messages_ends_the_stream_with_it,
+    metrics_show_the_open_streams_and_their_limit,
 );
 
 #[derive(Serialize, Deserialize, Debug)]
@@ -289,6 +290,22 @@ fn stream_on_unary_method_and_unary_on_stream_method_are_invalid(mode: Mode) {
     assert_eq!(c.response().decode::<u32>(), 42);
 }
 
+/// Skips the stream's messages up to its RESPONSE, and returns that.
+#[track_caller]
+fn until_end(c: &mut RawClient) -> Resp {
+    loop {
+        let f = c.frame();
+        if f.frame_type() == FrameType::Response {
+            return util::to_resp(&f);
+        }
+    }
+}
+
+/// Opens a `Count` of many messages 5 ms apart, as id 1, END sent.
+fn open_long_count(c: &mut RawClient) {
+    open(c, 1, "/st.S/Count", &[CountReq { n: 100_000, ms: 5 }], true);
+}
+
 fn server(mode: Mode, probe: &Arc<Probe>) -> syncrpc::Server {
     util::builder(mode)
         .service(stream_service(probe))
@@ -473,12 +490,7 @@ fn oversized_message_ends_the_stream_resource_exhausted(mode: Mode) {
         false,
     );
     // The first message may be echoed before the second ends the stream.
-    let end = loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            break util::to_resp(&f);
-        }
-    };
+    let end = until_end(&mut c);
     end.expect_code(
         Code::RESOURCE_EXHAUSTED,
         "stream message too large: 4003 > 1024",
@@ -524,13 +536,7 @@ fn a_second_request_message_of_a_server_stream_is_invalid(mode: Mode) {
         &[CountReq { n: 1000, ms: 20 }, CountReq { n: 1, ms: 0 }],
         false,
     );
-    loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            util::to_resp(&f).expect_code(Code::INVALID_ARGUMENT, "takes one request message");
-            break;
-        }
-    }
+    until_end(&mut c).expect_code(Code::INVALID_ARGUMENT, "takes one request message");
     util::eventually("the handler to stop", || {
         probe.running.load(Ordering::SeqCst) == 0
     });
@@ -555,22 +561,10 @@ fn cancel_mid_stream_stops_the_handler(mode: Mode) {
     let server = server(mode, &probe);
     let ends = probe.ends();
     let mut c = RawClient::connect(server.local_addr());
-    open(
-        &mut c,
-        1,
-        "/st.S/Count",
-        &[CountReq { n: 100_000, ms: 5 }],
-        true,
-    );
+    open_long_count(&mut c);
     messages(&mut c, 1, 2);
     c.cancel(1);
-    loop {
-        let f = c.frame();
-        if f.frame_type() == FrameType::Response {
-            util::to_resp(&f).expect_code(Code::CANCELLED, "cancelled");
-            break;
-        }
-    }
+    until_end(&mut c).expect_code(Code::CANCELLED, "cancelled");
     let outcome = ends.recv_timeout(util::WAIT).unwrap();
     assert_eq!(outcome.unwrap_err().code(), Code::CANCELLED);
     nothing_else_was_sent(&mut c);
@@ -664,13 +658,7 @@ fn connection_reset_mid_stream_cancels_the_handler(mode: Mode) {
     let server = server(mode, &probe);
     let ends = probe.ends();
     let mut c = RawClient::connect(server.local_addr());
-    open(
-        &mut c,
-        1,
-        "/st.S/Count",
-        &[CountReq { n: 100_000, ms: 5 }],
-        true,
-    );
+    open_long_count(&mut c);
     messages(&mut c, 1, 1);
     drop(c);
     let outcome = ends.recv_timeout(util::WAIT).unwrap();
@@ -983,4 +971,40 @@ fn inline_handlers_run_each_stream_on_its_own_thread() {
         c.flush();
         assert_eq!(c.response().code, Code::OK);
     }
+}
+
+/// The value of gauge `name` in a `/metrics` scrape of `addr`.
+fn gauge(addr: std::net::SocketAddr, name: &str) -> i64 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(util::WAIT)).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn metrics_show_the_open_streams_and_their_limit(mode: Mode) {
+    let probe = Arc::new(Probe::default());
+    let server = server(mode, &probe);
+    let addr = server.local_addr();
+    assert_eq!(gauge(addr, "syncrpc_streams_max"), 1);
+    assert_eq!(gauge(addr, "syncrpc_streams_open"), 0);
+    let mut c = RawClient::connect(addr);
+    open_hold(&mut c, 1);
+    util::eventually("the stream to run", || {
+        probe.running.load(Ordering::SeqCst) == 1
+    });
+    assert_eq!(gauge(addr, "syncrpc_streams_open"), 1);
+    c.cancel(1);
+    c.response().expect_code(Code::CANCELLED, "cancelled");
+    util::eventually("the stream's slot to come back", || {
+        gauge(addr, "syncrpc_streams_open") == 0
+    });
 }

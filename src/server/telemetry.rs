@@ -50,6 +50,8 @@ pub(crate) struct Telemetry {
     shutdown: IntCounterVec,
     handshakes: IntCounterVec,
     handshakes_in_progress: IntGauge,
+    streams_open: IntGauge,
+    streams_max: IntGauge,
     /// Counters mirrored from the server's atomics move under this lock,
     /// so two scrapes at once do not both add the same difference.
     scrape: Mutex<()>,
@@ -160,6 +162,20 @@ impl Telemetry {
                 IntGauge::new("syncrpc_workers_busy", "Workers running a request now."),
             ),
             workers: family(&r, IntGauge::new("syncrpc_workers", "Worker threads.")),
+            streams_open: family(
+                &r,
+                IntGauge::new(
+                    "syncrpc_streams_open",
+                    "Streams open now, each holding a worker until its handler returns.",
+                ),
+            ),
+            streams_max: family(
+                &r,
+                IntGauge::new(
+                    "syncrpc_streams_max",
+                    "Streams that may be open at once; past it a new one is refused RESOURCE_EXHAUSTED.",
+                ),
+            ),
             connections: family(
                 &r,
                 IntGaugeVec::new(
@@ -266,6 +282,9 @@ impl Telemetry {
         self.queue_depth.set(gauge(pool.queued));
         self.busy_workers.set(gauge(pool.busy));
         self.workers.set(gauge(pool.workers));
+        self.streams_open
+            .set(gauge(s.streams_open.load(Ordering::Relaxed)));
+        self.streams_max.set(gauge(s.max_streams));
         let mode = match s.config.mode {
             Mode::Event => "event",
             Mode::Thread => "thread",

@@ -141,7 +141,7 @@ pub(crate) struct StreamEndpoint {
 }
 
 /// The one request message of a server stream.
-fn first_message(msgs: &mut impl Iterator<Item = Result<Bytes, Status>>) -> Result<Bytes, Status> {
+fn first_message<T>(msgs: &mut impl Iterator<Item = Result<T, Status>>) -> Result<T, Status> {
     msgs.next().unwrap_or_else(|| {
         Err(Status::invalid_argument(
             "the stream ended before its request message",
@@ -163,11 +163,7 @@ impl StreamEndpoint {
             run: Box::new(move |ctx, io| {
                 let mut msgs: Incoming<Req> =
                     Incoming::new(RawIncoming::new(io.clone(), ctx, encoding));
-                let req = msgs.next().unwrap_or_else(|| {
-                    Err(Status::invalid_argument(
-                        "the stream ended before its request message",
-                    ))
-                })?;
+                let req = first_message(&mut msgs)?;
                 drop(msgs);
                 let sink = Sink::new(RawSink::new(io, ctx, encoding));
                 handler.call(ctx, req, &sink)
