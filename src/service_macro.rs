@@ -70,12 +70,89 @@
 /// | `unary Name => fn name(Req) -> Resp;` | `fn name(&self, &Context, Req) -> Result<Resp, Status>` | `fn name(&self, &Context, &Req) -> Result<Resp, Error>` |
 /// | `raw Name => fn name(Bytes) -> Bytes;` | `fn name(&self, &Context, Bytes) -> Result<Bytes, Status>` | `fn name(&self, &Context, &[u8]) -> Result<Bytes, Error>` |
 /// | `oneway Name => fn name(Req);` | `fn name(&self, &Context, Req) -> Result<(), Status>` | `fn name(&self, &Context, &Req) -> Result<(), Error>` (a ONEWAY frame) |
+/// | `server_stream Name => fn name(Req) -> Msg;` | `fn name(&self, &Context, Req, &Sink<Msg>) -> Result<(), Status>` | `fn name(&self, &Context, &Req) -> Result<ServerStream<Msg>, Error>` |
+/// | `client_stream Name => fn name(Msg) -> Resp;` | `fn name(&self, &Context, Incoming<Msg>) -> Result<Resp, Status>` | `fn name(&self, &Context) -> Result<ClientStream<Msg, Resp>, Error>` |
+/// | `bidi_stream Name => fn name(In) -> Out;` | `fn name(&self, &Context, Incoming<In>, &Sink<Out>) -> Result<(), Status>` | `fn name(&self, &Context) -> Result<(StreamSender<In>, StreamReceiver<Out>), Error>` |
 ///
 /// `Name` is the method's name on the wire (`/SERVICE.NAME/Name`),
 /// `name` the Rust method's on both sides. Typed bodies are MessagePack
 /// of serde types; raw bodies are bytes passed through untouched, declared
 /// as `bytes::Bytes` (in scope where the macro is called), the type a raw
 /// handler takes and returns.
+///
+/// # Streams
+///
+/// The three streaming kinds take a [`Sink`](crate::server::Sink) to send
+/// through and an [`Incoming`](crate::server::Incoming) iterator of the
+/// client's messages on the server; on the client they return a
+/// [`ServerStream`](crate::client::ServerStream) to iterate, a
+/// [`ClientStream`](crate::client::ClientStream) to `send` into and
+/// `finish`, or a [`StreamSender`](crate::client::StreamSender) and a
+/// [`StreamReceiver`](crate::client::StreamReceiver) that two threads may
+/// use at once. Each stream holds a server worker for its life.
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use syncrpc::server::{Incoming, Sink};
+/// use syncrpc::{Context, Status};
+///
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Count { pub n: u64 }
+/// #[derive(Serialize, Deserialize)]
+/// pub struct Tick { pub i: u64 }
+///
+/// syncrpc::service! {
+///     pub service Counter("demo.Counter") client CounterClient {
+///         /// Ticks 0 to n-1.
+///         server_stream Count => fn count(Count) -> Tick;
+///         /// The sum of the numbers sent.
+///         client_stream Sum => fn sum(i64) -> i64;
+///         /// Each number back, doubled, as it arrives.
+///         bidi_stream Double => fn double(i64) -> i64;
+///     }
+/// }
+///
+/// struct Impl;
+///
+/// impl Counter for Impl {
+///     fn count(&self, _: &Context, req: Count, sink: &Sink<Tick>) -> Result<(), Status> {
+///         (0..req.n).try_for_each(|i| sink.send(&Tick { i }))
+///     }
+///     fn sum(&self, _: &Context, msgs: Incoming<i64>) -> Result<i64, Status> {
+///         msgs.sum()
+///     }
+///     fn double(&self, _: &Context, mut msgs: Incoming<i64>, sink: &Sink<i64>) -> Result<(), Status> {
+///         msgs.try_for_each(|v| sink.send(&(v? * 2)))
+///     }
+/// }
+///
+/// let server = syncrpc::Server::builder()
+///     .service(Impl.into_service())
+///     .bind("127.0.0.1:0")?;
+/// let counter = CounterClient::connect(server.local_addr())?;
+/// let ctx = Context::background();
+///
+/// for tick in counter.count(&ctx, &Count { n: 3 })? {
+///     println!("tick {}", tick?.i);
+/// }
+///
+/// let mut sum = counter.sum(&ctx)?;
+/// for v in [1, 2, 3] {
+///     sum.send(&v)?;
+/// }
+/// assert_eq!(sum.finish()?, 6);
+///
+/// let (mut tx, rx) = counter.double(&ctx)?;
+/// let writer = std::thread::spawn(move || -> Result<(), syncrpc::Error> {
+///     tx.send(&21)?;
+///     tx.finish()
+/// });
+/// let doubled: Vec<i64> = rx.collect::<Result<_, _>>()?;
+/// writer.join().unwrap()?;
+/// assert_eq!(doubled, [42]);
+/// server.shutdown();
+/// # Ok::<(), syncrpc::Error>(())
+/// ```
 ///
 /// # What it generates
 ///
@@ -565,6 +642,48 @@ macro_rules! __service_method {
         /// connection, and says nothing about whether the server ran it.
         pub fn $method(&self, ctx: &$crate::Context, req: &$req) -> ::core::result::Result<(), $crate::Error> {
             self.client.oneway_with(ctx, $client::$wire.path(), req, &self.options)
+        }
+    };
+    (@client server_stream $wire:ident [$(#[$mattr:meta])*] $client:ident $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        ///
+        /// A server stream: sends `req`, then iterates over the server's
+        /// messages; the iterator ends after the last one, or with the
+        /// stream's error. Dropping it early cancels the stream.
+        pub fn $method(
+            &self,
+            ctx: &$crate::Context,
+            req: &$req,
+        ) -> ::core::result::Result<$crate::client::ServerStream<$resp>, $crate::Error> {
+            self.client.server_stream_with(ctx, $client::$wire.path(), req, &self.options)
+        }
+    };
+    (@client client_stream $wire:ident [$(#[$mattr:meta])*] $client:ident $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        ///
+        /// A client stream: `send` each message, then `finish` for the
+        /// server's one answer. Dropping it unfinished cancels the stream.
+        pub fn $method(
+            &self,
+            ctx: &$crate::Context,
+        ) -> ::core::result::Result<$crate::client::ClientStream<$req, $resp>, $crate::Error> {
+            self.client.client_stream_with(ctx, $client::$wire.path(), &self.options)
+        }
+    };
+    (@client bidi_stream $wire:ident [$(#[$mattr:meta])*] $client:ident $method:ident ($req:ty) [$resp:ty]) => {
+        $(#[$mattr])*
+        ///
+        /// A bidirectional stream, split into its sender (`send`, then
+        /// `finish` for END) and its receiver (an iterator of the server's
+        /// messages), which two threads may use at once.
+        pub fn $method(
+            &self,
+            ctx: &$crate::Context,
+        ) -> ::core::result::Result<
+            ($crate::client::StreamSender<$req>, $crate::client::StreamReceiver<$resp>),
+            $crate::Error,
+        > {
+            self.client.bidi_stream_with(ctx, $client::$wire.path(), &self.options)
         }
     };
     (@client $($rest:tt)*) => {};

@@ -19,6 +19,7 @@ per_mode!(
     healthz_flips_to_503_when_the_shutdown_starts,
     after_the_goaway_step_answers_say_connection_close,
     an_admin_listener_serves_the_endpoints_alone,
+    the_index_shows_each_methods_kind_and_body,
 );
 
 fn metrics_pass_promtool_and_count_exactly_the_calls(mode: Mode) {
@@ -199,5 +200,36 @@ fn an_admin_listener_serves_the_endpoints_alone(mode: Mode) {
     public
         .post_json("/echo.Echo/Say", r#"{"text":"p"}"#)
         .expect(200, Code::OK);
+    server.shutdown();
+}
+
+fn the_index_shows_each_methods_kind_and_body(mode: Mode) {
+    use syncrpc::server::{Incoming, Sink};
+    use syncrpc::{Context, Service, Status};
+    let svc = Service::new("kinds.K")
+        .method("Get", |_: &Context, x: u64| Ok::<_, Status>(x))
+        .raw_method("Blob", |_: &Context, b: bytes::Bytes| Ok::<_, Status>(b))
+        .server_stream("Watch", |_: &Context, _: u64, _: &Sink<u64>| Ok(()))
+        .client_stream("Add", |_: &Context, _: Incoming<u64>| Ok::<_, Status>(0u64))
+        .bidi_stream(
+            "Pipe",
+            |_: &Context, _: Incoming<u64>, _: &Sink<u64>| Ok(()),
+        );
+    let server = util::builder(mode)
+        .service(svc)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut http = Http::connect(server.local_addr());
+    let index = http.get("/").expect(200, Code::OK).json();
+    assert_eq!(
+        index["services"]["kinds.K"],
+        serde_json::json!({
+            "Get": {"kind": "unary", "body": "typed"},
+            "Blob": {"kind": "unary", "body": "raw"},
+            "Watch": {"kind": "server_stream", "body": "typed"},
+            "Add": {"kind": "client_stream", "body": "typed"},
+            "Pipe": {"kind": "bidi_stream", "body": "typed"},
+        })
+    );
     server.shutdown();
 }

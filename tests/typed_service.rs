@@ -1,7 +1,8 @@
 //! A service declared with `service!`: the generated server and client
 //! against each other in both modes (unary, raw and oneway methods,
-//! deadlines, metadata both ways, per-method options), and what the
-//! reflection service reports of it.
+//! deadlines, metadata both ways, per-method options), its streaming
+//! methods through the generated stubs, and what the reflection service
+//! reports of it.
 
 mod util;
 
@@ -114,6 +115,8 @@ per_mode!(
     method_options_and_the_whole_response,
     reflection_lists_and_describes_the_declared_methods,
     reflection_can_be_turned_off,
+    stream_methods_answer_through_the_typed_client,
+    a_stream_ends_with_the_handlers_status_and_the_stubs_options,
 );
 
 fn unary_raw_and_oneway_methods_answer_through_the_typed_client(mode: Mode) {
@@ -369,4 +372,177 @@ fn a_descriptor_of_another_service_is_refused() {
     let _ = syncrpc::Service::new("other.Svc")
         .method("Shout", |_: &Context, n: Note| Ok::<_, Status>(n))
         .method_timeout(NotesClient::Shout, Duration::from_secs(1));
+}
+
+/// How many ticks `Ticks` sends, and whether it then fails.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Ticks {
+    pub n: u64,
+    pub fail: bool,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Tick {
+    pub i: u64,
+}
+
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub struct Total {
+    pub sum: i64,
+    pub count: u64,
+}
+
+syncrpc::service! {
+    /// A service with one method of each streaming kind.
+    pub service Streams("test.Streams") client StreamsClient {
+        /// Ticks 0 to n-1, then OK, or `ABORTED` when asked to fail.
+        server_stream Ticks => fn ticks(Ticks) -> Tick;
+        /// The sum and count of the numbers sent.
+        client_stream Add => fn add(i64) -> Total;
+        /// Each note back as it arrives, upper-cased, then the request
+        /// metadata's `tenant` as a last note.
+        bidi_stream Shout => fn shout(Note) -> Note;
+    }
+}
+
+struct StreamsImpl;
+
+impl Streams for StreamsImpl {
+    fn ticks(
+        &self,
+        ctx: &Context,
+        req: Ticks,
+        sink: &syncrpc::server::Sink<Tick>,
+    ) -> Result<(), Status> {
+        for i in 0..req.n {
+            sink.send(&Tick { i })?;
+        }
+        ctx.set_response_metadata("sent", req.n.to_string());
+        if req.fail {
+            return Err(Status::new(Code::ABORTED, "asked to fail"));
+        }
+        Ok(())
+    }
+
+    fn add(&self, _: &Context, msgs: syncrpc::server::Incoming<i64>) -> Result<Total, Status> {
+        let mut total = Total { sum: 0, count: 0 };
+        for v in msgs {
+            total.sum += v?;
+            total.count += 1;
+        }
+        Ok(total)
+    }
+
+    fn shout(
+        &self,
+        ctx: &Context,
+        msgs: syncrpc::server::Incoming<Note>,
+        sink: &syncrpc::server::Sink<Note>,
+    ) -> Result<(), Status> {
+        for note in msgs {
+            sink.send(&Note {
+                text: note?.text.to_uppercase(),
+            })?;
+        }
+        let tenant = ctx.metadata().get_str("tenant").unwrap_or("none");
+        sink.send(&Note {
+            text: tenant.to_owned(),
+        })
+    }
+}
+
+fn serve_streams(mode: Mode) -> (syncrpc::Server, StreamsClient) {
+    let server = util::builder(mode)
+        .service(StreamsImpl.into_service())
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let client = StreamsClient::connect(server.local_addr()).unwrap();
+    (server, client)
+}
+
+fn stream_methods_answer_through_the_typed_client(mode: Mode) {
+    let (server, streams) = serve_streams(mode);
+    let ctx = Context::background().with_timeout(WAIT);
+
+    let mut ticks = streams.ticks(&ctx, &Ticks { n: 3, fail: false }).unwrap();
+    let got: Vec<u64> = ticks.by_ref().map(|t| t.unwrap().i).collect();
+    assert_eq!(got, [0, 1, 2]);
+    assert_eq!(ticks.metadata().unwrap().get_str("sent"), Some("3"));
+
+    let mut add = streams.add(&ctx).unwrap();
+    for v in [1, 2, -7] {
+        add.send(&v).unwrap();
+    }
+    assert_eq!(add.finish().unwrap(), Total { sum: -4, count: 3 });
+
+    // The two halves on two threads: every note comes back in order.
+    let (mut tx, rx) = streams.shout(&ctx).unwrap();
+    let writer = std::thread::spawn(move || {
+        for text in ["a", "b", "c"] {
+            tx.send(&Note { text: text.into() }).unwrap();
+        }
+        tx.finish().unwrap();
+    });
+    let back: Vec<String> = rx.map(|n| n.unwrap().text).collect();
+    writer.join().unwrap();
+    assert_eq!(back, ["A", "B", "C", "none"]);
+
+    // The descriptors say each method's kind, and reflection reports them.
+    let kinds: Vec<MethodKind> = StreamsClient::METHODS.iter().map(|m| m.kind).collect();
+    assert_eq!(
+        kinds,
+        [
+            MethodKind::ServerStream,
+            MethodKind::ClientStream,
+            MethodKind::BidiStream
+        ]
+    );
+    let reflection = ReflectionClient::new(streams.client().clone());
+    let listed = reflection
+        .list(
+            &ctx,
+            &ListRequest {
+                service: "test.Streams".into(),
+            },
+        )
+        .unwrap();
+    let listed: Vec<(&str, MethodKind)> = listed.services[0]
+        .methods
+        .iter()
+        .map(|m| (m.name.as_str(), m.kind))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("Ticks", MethodKind::ServerStream),
+            ("Add", MethodKind::ClientStream),
+            ("Shout", MethodKind::BidiStream),
+        ]
+    );
+    server.shutdown();
+}
+
+fn a_stream_ends_with_the_handlers_status_and_the_stubs_options(mode: Mode) {
+    let (server, streams) = serve_streams(mode);
+    let ctx = Context::background().with_timeout(WAIT);
+
+    // The messages sent before the failure arrive, then its status.
+    let items: Vec<Result<Tick, syncrpc::Error>> = streams
+        .ticks(&ctx, &Ticks { n: 2, fail: true })
+        .unwrap()
+        .collect();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1].as_ref().unwrap().i, 1);
+    let err = items[2].as_ref().unwrap_err();
+    assert_eq!(err.status().code(), Code::ABORTED);
+    assert_eq!(err.status().message(), "asked to fail");
+
+    // The stub's options (here metadata) go with every stream it opens.
+    let acme = streams.with_options(CallOptions::new().metadata("tenant", "acme"));
+    let (mut tx, rx) = acme.shout(&ctx).unwrap();
+    tx.send(&Note { text: "x".into() }).unwrap();
+    tx.finish().unwrap();
+    let back: Vec<String> = rx.map(|n| n.unwrap().text).collect();
+    assert_eq!(back, ["X", "acme"]);
+    server.shutdown();
 }

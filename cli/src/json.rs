@@ -1,7 +1,9 @@
 //! JSON in, MessagePack on the wire, JSON out.
 //!
 //! A request body is parsed as JSON before anything is sent (so a typo is
-//! reported with its line and column, and no server sees it), and sent as
+//! reported with its line and column, and no server sees it): a sequence
+//! of values separated by whitespace, one for a unary call, one per
+//! message for a stream. Each is sent as
 //! the MessagePack serde makes of it: objects as maps, integers in their
 //! smallest form. An answer is read back into JSON from any MessagePack:
 //! binary strings become arrays of byte values, map keys that are not
@@ -14,16 +16,27 @@ use serde_json::{Map, Number, Value};
 
 use crate::exit::Failure;
 
-/// Parses `text` as JSON; `source` names where it came from in errors.
-pub fn parse(text: &str, source: &str) -> Result<Value, Failure> {
-    serde_json::from_str(text).map_err(|e| {
-        Failure::usage(format!(
-            "{source} is not JSON: {} at line {} column {}",
-            message(&e),
-            e.line(),
-            e.column()
-        ))
-    })
+/// Every JSON value in `body`, in order; a usage failure naming `source`
+/// at the first that does not parse.
+pub fn parse_values(body: &[u8], source: &str) -> Result<Vec<Value>, Failure> {
+    let text = std::str::from_utf8(body)
+        .map_err(|e| Failure::usage(format!("{source} is not UTF-8 text: {e}")))?;
+    serde_json::Deserializer::from_str(text)
+        .into_iter::<Value>()
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| input_error(source, &e))
+}
+
+pub fn input_error(source: &str, e: &serde_json::Error) -> Failure {
+    if e.is_io() {
+        return Failure::usage(format!("cannot read {source}: {e}"));
+    }
+    Failure::usage(format!(
+        "{source} is not JSON: {} at line {} column {}",
+        message(e),
+        e.line(),
+        e.column()
+    ))
 }
 
 /// serde_json's message without its own " at line L column C".
@@ -133,12 +146,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bad_json_names_its_line_and_column() {
-        let err = parse("{\n  \"text\": hi\n}", "the body").unwrap_err();
+    fn values_are_split_on_whitespace_and_named_when_bad() {
+        let values = parse_values(b"{\"v\":1}\n{\"v\":2}\n\n[3] 4", "the body").unwrap();
+        assert_eq!(
+            values,
+            [
+                serde_json::json!({"v": 1}),
+                serde_json::json!({"v": 2}),
+                serde_json::json!([3]),
+                serde_json::json!(4)
+            ]
+        );
+        assert!(parse_values(b"", "the body").unwrap().is_empty());
+        let err = parse_values(b"{\"v\":1}\n{\"v\":}", "the body").unwrap_err();
         assert_eq!(err.status, crate::exit::USAGE);
         assert_eq!(
             err.message,
-            "the body is not JSON: expected value at line 2 column 11"
+            "the body is not JSON: expected value at line 2 column 6"
         );
     }
 

@@ -3,14 +3,13 @@
 use std::process::ExitCode;
 
 use clap::Args;
-use syncrpc::server::reflection::{
-    DescribeRequest, ListRequest, MethodInfo, ReflectionClient, ServiceInfo,
-};
-use syncrpc::{Client, Code, Context, Error};
+use syncrpc::client::CallOptions;
+use syncrpc::{Code, Error};
 
 use crate::connect::{method_path, Target};
 use crate::exit::Failure;
 use crate::json;
+use crate::reflect::{self, Kind, MethodInfo};
 
 #[derive(Args, Debug)]
 pub struct ListArgs {
@@ -49,7 +48,7 @@ fn no_reflection(err: &Error) -> Failure {
 
 pub fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     let client = args.target.client()?;
-    let services = services(&client, &args.target.context(), args.service.as_deref())
+    let services = reflect::services(&client, &args.target.context(), args.service.as_deref())
         .map_err(|e| no_reflection(&e))?;
     if args.json {
         let value = serde_json::to_value(&services).map_err(|e| Failure {
@@ -74,21 +73,8 @@ pub fn list(args: ListArgs) -> Result<ExitCode, Failure> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The services reflection lists: all, or the one named.
-pub fn services(
-    client: &Client,
-    ctx: &Context,
-    service: Option<&str>,
-) -> Result<Vec<ServiceInfo>, Error> {
-    let reflection = ReflectionClient::new(client.clone());
-    let req = ListRequest {
-        service: service.unwrap_or_default().to_owned(),
-    };
-    reflection.list(ctx, &req).map(|r| r.services)
-}
-
-/// `Say -> Say`, with the kind, body and timeout when they are not the
-/// usual: `unary raw bytes -> bytes  timeout 500ms`.
+/// The kind, body, types and timeout:
+/// `server_stream typed  Count -> Tick`, `unary raw  bytes -> bytes  timeout 500ms`.
 fn signature(m: &MethodInfo) -> String {
     let mut text = format!("{} {}", m.kind, m.body);
     text.push_str(&format!("  {} -> {}", m.request_type, m.response_type));
@@ -104,7 +90,7 @@ pub fn describe(args: DescribeArgs) -> Result<ExitCode, Failure> {
     // a service of that name is described as `list` would.
     if !args.method.contains('/') {
         let ctx = args.target.context();
-        if let Ok(services) = services(&client, &ctx, Some(&args.method)) {
+        if let Ok(services) = reflect::services(&client, &ctx, Some(&args.method)) {
             return list(ListArgs {
                 target: args.target,
                 service: services.first().map(|s| s.name.clone()),
@@ -113,9 +99,7 @@ pub fn describe(args: DescribeArgs) -> Result<ExitCode, Failure> {
         }
     }
     let path = method_path(&args.method)?;
-    let reflection = ReflectionClient::new(client);
-    let info = reflection
-        .describe(&args.target.context(), &DescribeRequest { method: path })
+    let info = reflect::describe(&client, &args.target.context(), &path, &CallOptions::new())
         .map_err(|e| no_reflection(&e))?;
     if args.json {
         let mut value = serde_json::to_value(&info).map_err(|e| Failure {
@@ -134,12 +118,13 @@ pub fn describe(args: DescribeArgs) -> Result<ExitCode, Failure> {
         return Ok(ExitCode::SUCCESS);
     }
     println!("{}", info.path);
-    println!("  kind:      {}", info.kind);
+    println!("  kind:      {}", kind_text(&info.kind));
     println!(
         "  body:      {}",
-        match info.body {
-            syncrpc::descriptor::BodyKind::Raw => "raw (bytes, passed through)",
-            _ => "typed (MessagePack; JSON with `syncrpc call`)",
+        match info.body.as_str() {
+            "raw" => "raw (bytes, passed through)",
+            "typed" => "typed (MessagePack; JSON with `syncrpc call`)",
+            other => other,
         }
     );
     match info.timeout_ms {
@@ -163,4 +148,17 @@ pub fn describe(args: DescribeArgs) -> Result<ExitCode, Failure> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The kind, with how `syncrpc call` treats it.
+fn kind_text(kind: &Kind) -> String {
+    let how = match kind {
+        Kind::Unary => "one request, one answer",
+        Kind::Oneway => "one request, no answer",
+        Kind::ServerStream => "one request, a stream of answers",
+        Kind::ClientStream => "a stream of requests, one answer",
+        Kind::BidiStream => "streams both ways",
+        Kind::Other(_) => "unknown to this version of syncrpc",
+    };
+    format!("{kind} ({how})")
 }

@@ -13,7 +13,9 @@ mod health;
 mod json;
 mod list;
 mod load;
+mod reflect;
 mod security;
+mod stream;
 
 use std::process::ExitCode;
 
@@ -42,7 +44,9 @@ enum Command {
     List(list::ListArgs),
     /// Shows a method: its kind, body, timeout, types and JSON Schemas.
     Describe(list::DescribeArgs),
-    /// Calls a method with a JSON body and prints the answer as JSON.
+    /// Calls a method with a JSON body and prints the answer as JSON; a
+    /// streaming method's messages go in as JSON values (one a line) and
+    /// come out as one JSON line each.
     Call(call::CallArgs),
     /// Asks the health service whether the server (or a service) is
     /// serving; exits 0 only when it is.

@@ -967,3 +967,404 @@ fn load_over_tls_sends_the_token() {
     assert_ne!(out.code, 0, "{}\n{}", out.text(), out.stderr);
     assert!(out.text().contains("TLS"), "{}", out.text());
 }
+
+#[test]
+fn list_and_describe_show_stream_kinds() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["list", &echo.addr, "echo.Echo"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let text = out.text();
+    for line in [
+        "  Count  server_stream typed  Count -> Tick",
+        "  Sum    client_stream typed  Value -> Total",
+        "  Chat   bidi_stream typed  Say -> Say",
+    ] {
+        assert!(text.contains(line), "{line:?} not in\n{text}");
+    }
+    let out = syncrpc(&["describe", &echo.addr, "/echo.Echo/Chat"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text()
+            .contains("  kind:      bidi_stream (streams both ways)"),
+        "{}",
+        out.text()
+    );
+    let out = syncrpc(&["describe", &echo.addr, "echo.Echo.Count", "--json"], b"");
+    assert_eq!(out.json()["kind"], "server_stream");
+    let out = syncrpc(&["list", &echo.addr, "echo.Echo", "--json"], b"");
+    let listed = out.json();
+    let kinds: Vec<&str> = listed[0]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds[5..],
+        ["server_stream", "client_stream", "bidi_stream"]
+    );
+}
+
+#[test]
+fn call_on_a_server_stream_prints_a_line_per_message() {
+    let echo = EchoServer::start();
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Count", r#"{"n":3}"#], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.text(), "{\"i\":0}\n{\"i\":1}\n{\"i\":2}\n");
+    // The request from stdin, as for a unary call.
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Count", "-"],
+        br#"{"n": 1}"#,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.text(), "{\"i\":0}\n");
+    // A stream with no messages prints nothing and succeeds.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Count", r#"{"n":0}"#], b"");
+    assert_eq!((out.code, out.text()), (0, String::new()), "{}", out.stderr);
+    // One request only.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Count", "{} {}"], b"");
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("holds 2 JSON values"), "{}", out.stderr);
+}
+
+#[test]
+fn call_on_a_client_stream_sends_each_value_then_prints_the_answer() {
+    let echo = EchoServer::start();
+    // One value a line on stdin (the default input of a client stream).
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Sum"],
+        b"{\"v\":1}\n{\"v\":2}",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"sum": 3, "count": 2}));
+    // Values in the body argument, whitespace between them.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "/echo.Echo/Sum",
+            r#"{"v":4} {"v":5} {"v":-1}"#,
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"sum": 8, "count": 3}));
+    // No input: no messages.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Sum"], b"");
+    assert_eq!(out.json(), json!({"sum": 0, "count": 0}));
+    // A message that does not fit the method: the server's error.
+    let out = syncrpc(&["call", &echo.addr, "/echo.Echo/Sum"], b"{\"v\":\"x\"}\n");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: INVALID_ARGUMENT"),
+        "{}",
+        out.stderr
+    );
+    // Bad JSON on stdin after the stream opened: cancelled, may have run.
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Sum"],
+        b"{\"v\":1}\n{\"v\":}\n",
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert_eq!(
+        out.stderr.trim_end(),
+        "message 2 on stdin is not JSON: expected value at line 2 column 6; \
+         the stream was cancelled"
+    );
+}
+
+#[test]
+fn bad_json_in_a_stream_body_fails_before_connecting() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "/echo.Echo/Sum",
+            r#"{"v":1} {"v":"#,
+            "--kind",
+            "client_stream",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .starts_with("the body is not JSON: EOF while parsing"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        listener.accept().map(|_| ()).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock,
+        "the tool connected"
+    );
+}
+
+#[test]
+fn call_on_a_bidi_stream_echoes_each_line_as_it_arrives() {
+    /// Kills the tool if the test fails half way.
+    struct Running(Child);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let echo = EchoServer::start();
+    let mut tool = Running(
+        Command::new(env!("CARGO_BIN_EXE_syncrpc"))
+            .args(["call", &echo.addr, "/echo.Echo/Chat", "--timeout", "30s"])
+            .env_remove("SYNCRPC_TOKEN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run syncrpc"),
+    );
+    let mut input = tool.0.stdin.take().unwrap();
+    let output = BufReader::new(tool.0.stdout.take().unwrap());
+    let (lines_tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in output.lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    // Each answer is read before the next message is written: the tool
+    // sends each line as it reads it and prints each answer as it comes.
+    for text in ["one", "two", "three"] {
+        writeln!(input, "{}", json!({ "text": text })).unwrap();
+        input.flush().unwrap();
+        let line = lines
+            .recv_timeout(WAIT)
+            .expect("the answer, before stdin ends");
+        assert_eq!(line, format!("{{\"text\":\"{text}\"}}"));
+    }
+    // The end of stdin ends the stream, and the tool with it.
+    drop(input);
+    assert!(lines.recv_timeout(WAIT).is_err(), "no more answers");
+    let status = tool.0.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_failed_stream_exits_by_class() {
+    let echo = EchoServer::start();
+    // The deadline passes mid-stream: what came is printed, then the
+    // error; the method ran.
+    let out = syncrpc(
+        &[
+            "call",
+            &echo.addr,
+            "/echo.Echo/Count",
+            r#"{"n": 50, "ms": 200}"#,
+            "--timeout",
+            "700ms",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: DEADLINE_EXCEEDED"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.text().starts_with("{\"i\":0}\n"), "{}", out.text());
+    assert!(!out.text().contains("{\"i\":49}"), "{}", out.text());
+    // A request the method cannot decode: the server's answer.
+    let out = syncrpc(
+        &["call", &echo.addr, "/echo.Echo/Count", r#"{"n":"x"}"#],
+        b"",
+    );
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: INVALID_ARGUMENT"),
+        "{}",
+        out.stderr
+    );
+    // Nobody listens: not run, for each kind given by --kind.
+    let free = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    for kind in ["server_stream", "client_stream", "bidi_stream"] {
+        let out = syncrpc(
+            &["call", &free, "/echo.Echo/Count", "{}", "--kind", kind],
+            b"",
+        );
+        assert_eq!(out.code, 3, "{kind}: {}", out.stderr);
+        assert!(
+            out.stderr.starts_with("ERROR: UNAVAILABLE"),
+            "{kind}: {}",
+            out.stderr
+        );
+    }
+    // Nor when the tool asks reflection for the kind.
+    let out = syncrpc(&["call", &free, "/echo.Echo/Count", "{}"], b"");
+    assert_eq!(out.code, 3, "{}", out.stderr);
+}
+
+/// A server of `meta.Meta`, without reflection: `Watch` streams back what
+/// it saw of the call, `Blob` streams raw chunks, `Cat` joins raw chunks.
+fn stream_meta_server() -> Server {
+    let svc = Service::new("meta.Meta")
+        .server_stream(
+            "Watch",
+            |ctx: &Context, n: u64, sink: &syncrpc::server::Sink<Value>| {
+                for i in 0..n {
+                    sink.send(&json!({
+                        "i": i,
+                        "tenant": ctx.metadata().get_str("tenant"),
+                        "trace_id": ctx.trace_id().map(|t| t.to_string()),
+                    }))?;
+                }
+                Ok(())
+            },
+        )
+        .raw_server_stream(
+            "Blob",
+            |_: &Context, body: bytes::Bytes, sink: &syncrpc::server::RawSink| {
+                for chunk in body.chunks(2) {
+                    sink.send(chunk)?;
+                }
+                Ok(())
+            },
+        )
+        .raw_client_stream(
+            "Cat",
+            |_: &Context, chunks: syncrpc::server::RawIncoming| {
+                let mut all = Vec::new();
+                for chunk in chunks {
+                    all.extend_from_slice(&chunk?);
+                }
+                Ok(bytes::Bytes::from(all))
+            },
+        );
+    Server::builder()
+        .service(svc)
+        .reflection_service(false)
+        .bind("127.0.0.1:0")
+        .unwrap()
+}
+
+#[test]
+fn stream_calls_take_the_call_options_and_raw_bodies() {
+    let server = stream_meta_server();
+    let addr = server.local_addr().to_string();
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "/meta.Meta/Watch",
+            "2",
+            "--kind",
+            "server_stream",
+            "--md",
+            "tenant=acme",
+            "--trace-id",
+            "cli-9",
+            "--compress",
+            "gzip",
+        ],
+        b"",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let lines: Vec<Value> = out
+        .text()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            json!({"i": 0, "tenant": "acme", "trace_id": "cli-9"}),
+            json!({"i": 1, "tenant": "acme", "trace_id": "cli-9"}),
+        ]
+    );
+    // Without reflection and without --kind, the tool calls unary and
+    // the server says the method streams.
+    let out = syncrpc(&["call", &addr, "/meta.Meta/Watch", "2"], b"");
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.starts_with("ERROR: INVALID_ARGUMENT"),
+        "{}",
+        out.stderr
+    );
+    // Raw: the answers' bytes, unseparated.
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "/meta.Meta/Blob",
+            "--raw",
+            "--kind",
+            "server_stream",
+        ],
+        b"abcde",
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, b"abcde");
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let out = syncrpc(
+        &[
+            "call",
+            &addr,
+            "/meta.Meta/Cat",
+            "--raw",
+            "--kind",
+            "client_stream",
+        ],
+        &body,
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, body);
+    server.shutdown();
+}
+
+#[test]
+fn a_kind_from_a_newer_server_is_shown_and_called_as_unary() {
+    let method = json!({
+        "name": "Go", "path": "/new.New/Go", "kind": "quantum_stream",
+        "body": "protobuf", "timeout_ms": null, "request_type": "Q",
+        "response_type": "R", "added_later": true
+    });
+    let listed = json!({"services": [{"name": "new.New", "methods": [method.clone()]}]});
+    let reflection = Service::new("syncrpc.Reflection")
+        .method("List", move |_: &Context, _: Value| {
+            Ok::<_, Status>(listed.clone())
+        })
+        .method("Describe", move |_: &Context, _: Value| {
+            Ok::<_, Status>(method.clone())
+        });
+    let new = Service::new("new.New").method("Go", |_: &Context, v: Value| Ok::<_, Status>(v));
+    let server = Server::builder()
+        .service(reflection)
+        .service(new)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let addr = server.local_addr().to_string();
+    let out = syncrpc(&["list", &addr], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text().contains("  Go  quantum_stream protobuf  Q -> R"),
+        "{}",
+        out.text()
+    );
+    let out = syncrpc(&["describe", &addr, "/new.New/Go"], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.text()
+            .contains("  kind:      quantum_stream (unknown to this version of syncrpc)"),
+        "{}",
+        out.text()
+    );
+    let out = syncrpc(&["describe", &addr, "/new.New/Go", "--json"], b"");
+    assert_eq!(out.json()["kind"], "quantum_stream");
+    let out = syncrpc(&["call", &addr, "/new.New/Go", r#"{"x": 1}"#], b"");
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.json(), json!({"x": 1}));
+    server.shutdown();
+}

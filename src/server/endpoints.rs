@@ -20,6 +20,7 @@ use super::health::{Health, ServingStatus};
 use super::protocol::ENDPOINT_SERVICE;
 use super::service::{Registry, Service};
 use crate::context::Context;
+use crate::descriptor::MethodKind;
 use crate::status::Status;
 
 /// Which built-in endpoints a server answers. All on by default; one
@@ -77,8 +78,8 @@ pub(crate) struct EndpointState {
     health: Health,
     started: Instant,
     server: OnceLock<Weak<ServerShared>>,
-    /// The listener's methods: full name, typed or raw.
-    methods: OnceLock<Vec<(&'static str, bool)>>,
+    /// The listener's methods: full name, typed or raw, kind.
+    methods: OnceLock<Vec<(&'static str, bool, MethodKind)>>,
 }
 
 impl EndpointState {
@@ -153,7 +154,7 @@ impl EndpointState {
     fn info(&self, server: &ServerShared) -> Vec<u8> {
         let c = &server.config;
         let mut services = serde_json::Map::new();
-        for (name, typed) in self.methods.get().into_iter().flatten() {
+        for (name, typed, kind) in self.methods.get().into_iter().flatten() {
             let Some((service, method)) = name.strip_prefix('/').and_then(|n| n.split_once('/'))
             else {
                 continue;
@@ -164,7 +165,10 @@ impl EndpointState {
             let methods = services
                 .entry(service.to_owned())
                 .or_insert_with(|| serde_json::json!({}));
-            methods[method] = serde_json::Value::from(if *typed { "typed" } else { "raw" });
+            methods[method] = serde_json::json!({
+                "kind": kind.as_str(),
+                "body": if *typed { "typed" } else { "raw" },
+            });
         }
         let doc = serde_json::json!({
             "name": "syncrpc",

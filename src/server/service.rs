@@ -523,6 +523,8 @@ pub(crate) struct MethodEntry {
     /// Server filters, then service filters.
     pub filters: Box<[Arc<dyn Filter>]>,
     pub endpoint: Arc<dyn Endpoint>,
+    /// How it is called, as reflection says.
+    pub kind: MethodKind,
     /// How long its handler usually runs.
     pub pace: Pace,
 }
@@ -601,6 +603,7 @@ impl Registry {
                     timeout: min_timeout(def.timeout, svc.timeout),
                     filters: filters.clone(),
                     endpoint: (def.make)(limits),
+                    kind: def.shape.kind,
                     pace: Pace::new(),
                 };
                 methods.insert(Box::from(full_name), MethodId(entries.len()));
@@ -620,13 +623,14 @@ impl Registry {
         self.entries.iter().map(|e| e.full_name)
     }
 
-    /// Every method's full name and whether it takes MessagePack (typed)
-    /// or raw bytes, in [`MethodId`] order.
-    pub(crate) fn describe(&self) -> impl Iterator<Item = (&'static str, bool)> + '_ {
+    /// Every method's full name, whether it takes MessagePack (typed) or
+    /// raw bytes, and its kind, in [`MethodId`] order.
+    pub(crate) fn describe(&self) -> impl Iterator<Item = (&'static str, bool, MethodKind)> + '_ {
         self.entries.iter().map(|e| {
             (
                 e.full_name,
                 e.endpoint.encoding() == crate::codec::Encoding::MsgPack,
+                e.kind,
             )
         })
     }
