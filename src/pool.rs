@@ -615,6 +615,13 @@ impl<T: Task> WorkerPool<T> {
         self.shared.queued.load(Ordering::Relaxed) + TAKEN.with(Cell::get)
     }
 
+    /// True when every worker is running a task or tasks wait for one:
+    /// a task submitted now would wait.
+    pub fn is_saturated(&self) -> bool {
+        let s = &self.shared;
+        s.queued.load(Ordering::Relaxed) > 0 || s.busy.load(Ordering::Relaxed) >= s.workers
+    }
+
     /// The pool's counts.
     pub fn stats(&self) -> PoolStats {
         let s = &self.shared;

@@ -328,6 +328,15 @@ impl Dispatcher {
         }
     }
 
+    /// Whether every worker is busy or requests wait for one: then an
+    /// event loop runs a lone quick request itself.
+    pub fn workers_saturated(&self) -> bool {
+        self.server
+            .pool
+            .as_ref()
+            .is_some_and(WorkerPool::is_saturated)
+    }
+
     /// As [`Dispatcher::on_message`], but a request that a server without
     /// workers runs inline is handed back, for the driver to run once it
     /// has let go of `timers`.

@@ -31,6 +31,7 @@ use super::connection::{ConnShared, Flush, Wake};
 use super::deadline::DeadlineQueue;
 use super::dispatch::{self, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
+use super::task::RequestTask;
 use super::transport::TransportError;
 use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
@@ -518,6 +519,18 @@ impl EventLoop {
     /// buffer. Returns false if the connection was closed.
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
         let now = Instant::now();
+        // A read that brought one request alone, of a quick method, while
+        // every worker is busy: the loop runs it itself once the read is
+        // done, rather than queue it behind the others and pay a hand-off
+        // (in closed loop, each request would pay a wake-up). A second
+        // request in the read sends the first to the workers in its turn,
+        // so pipelined requests never wait behind a handler here.
+        let quick_here = self
+            .conns
+            .get(slot)
+            .is_some_and(|c| c.shared.dispatcher.workers_saturated());
+        let mut kept: Option<RequestTask> = None;
+        let mut requests = 0usize;
         let mut failed = None;
         let mut ended = false;
         loop {
@@ -535,7 +548,25 @@ impl EventLoop {
             let (shared, timers) = (&conn.shared, &mut self.timers);
             shared.room_after.store(false, Ordering::Relaxed);
             let dispatcher = &shared.dispatcher;
-            let mut dispatch = |msg: Message<'_>| dispatcher.on_message(shared, msg, now, timers);
+            let (kept, requests) = (&mut kept, &mut requests);
+            let mut dispatch = |msg: Message<'_>| {
+                if !matches!(msg, Message::Request { .. }) {
+                    dispatcher.on_message(shared, msg, now, timers);
+                    return;
+                }
+                *requests += 1;
+                if let Some(first) = kept.take() {
+                    dispatcher.submit(first);
+                }
+                let keep = quick_here && *requests == 1;
+                if let Some(task) = dispatcher.on_message_deferred(shared, msg, now, timers, keep) {
+                    if keep {
+                        *kept = Some(task);
+                    } else {
+                        task.run_inline();
+                    }
+                }
+            };
             match conn.decoder.decode(buf, shared, &mut dispatch) {
                 Ok(true) if conn.decoder.is_done() => {
                     ended = true;
@@ -550,6 +581,19 @@ impl EventLoop {
             }
             if !self.may_read_on(slot) {
                 break;
+            }
+        }
+        if let Some(task) = kept {
+            let more = self.conns.get(slot).is_some_and(|c| {
+                let buf = if from_arena { &self.arena } else { &c.partial };
+                !buf.is_empty()
+            });
+            if more || failed.is_some() || ended {
+                // Bytes of another request follow: no lone request.
+                let dispatcher = task.conn().dispatcher.clone();
+                dispatcher.submit(task);
+            } else {
+                task.run_here();
             }
         }
         let Some(conn) = self.conns.get_mut(slot) else {

@@ -354,6 +354,21 @@ impl RequestTask {
     }
 }
 
+impl RequestTask {
+    /// The connection the request came on.
+    pub(crate) fn conn(&self) -> &Arc<ConnShared> {
+        &self.conn
+    }
+
+    /// Runs the request on the thread that read it (an event loop, every
+    /// worker busy), timed every time like a connection thread's, so a
+    /// call that turns out long stops the next ones from being kept; its
+    /// answer is written before this returns.
+    pub(crate) fn run_here(self) {
+        self.run_on_connection_thread();
+    }
+}
+
 impl Task for RequestTask {
     fn run(self) {
         self.run_sampled(false);

@@ -1,0 +1,185 @@
+//! Event mode's short path: while every worker is busy, a read that
+//! brought one request alone, of a quick method, is run by the event loop
+//! itself instead of waiting for a worker. Each test checks a rule of
+//! that path: it is taken only then, pipelined requests still go to the
+//! workers, and a call that turns out long sends the next ones back to
+//! the workers.
+
+mod util;
+
+use std::thread;
+
+use crossbeam_channel::{Receiver, Sender};
+use syncrpc::codec::{FrameType, RequestMeta};
+use syncrpc::server::Mode;
+use syncrpc::{Context, Service, Status};
+use util::{encode, RawClient, WAIT};
+
+const QUICK: u32 = 0;
+const BLOCK: u32 = 1;
+/// Takes 50 ms: far past the pace's long call (10 ms).
+const SLOW: u32 = 2;
+
+/// `lone.Lone/Step`: answers the name of the thread it ran on; `BLOCK`
+/// first says it started and waits for a release, `SLOW` takes 50 ms.
+fn lone_service() -> (Service, Receiver<String>, Sender<()>) {
+    let (started_tx, started) = crossbeam_channel::unbounded();
+    let (release, release_rx) = crossbeam_channel::unbounded::<()>();
+    let svc = Service::new("lone.Lone").method("Step", move |_: &Context, what: u32| {
+        let me = thread::current().name().unwrap_or("").to_owned();
+        if what == BLOCK {
+            started_tx.send(me.clone()).unwrap();
+            release_rx
+                .recv_timeout(WAIT)
+                .map_err(|_| Status::aborted("never released"))?;
+        }
+        if what == SLOW {
+            thread::sleep(std::time::Duration::from_millis(50));
+        }
+        Ok::<_, Status>(me)
+    });
+    (svc, started, release)
+}
+
+fn event_mode(prefix: &str) -> syncrpc::ServerBuilder {
+    util::init_logging();
+    util::builder(Mode::Event)
+        .workers(1)
+        .event_loops(1)
+        .thread_name(prefix)
+}
+
+fn step(c: &mut RawClient, id: u32, what: u32) -> String {
+    c.call(id, "/lone.Lone/Step", &what);
+    c.response().decode::<String>()
+}
+
+/// A call with a 1 s deadline: the thread it ran on, or `None` if it
+/// waited for the blocked worker until its deadline.
+fn try_step(c: &mut RawClient, id: u32, what: u32) -> Option<String> {
+    let meta = RequestMeta {
+        timeout_ms: 1000,
+        ..RequestMeta::new("/lone.Lone/Step")
+    };
+    c.call_meta(id, &meta, Default::default(), &encode(&what));
+    let r = c.response();
+    (r.code == syncrpc::Code::OK).then(|| r.decode::<String>())
+}
+
+/// Quick calls with the worker free, so that the method's pace becomes
+/// known as quick. The first runs on the worker (the pace is unknown);
+/// later ones may run on the loop when one arrives before the worker
+/// has counted itself idle.
+fn learn_quick(c: &mut RawClient, prefix: &str) {
+    let first = step(c, 1, QUICK);
+    assert!(first.starts_with(&format!("{prefix}-worker")), "{first}");
+    for id in 2..=3 {
+        step(c, id, QUICK);
+    }
+}
+
+/// Blocks the only worker with a call on a connection of its own.
+fn block_the_worker(addr: std::net::SocketAddr, started: &Receiver<String>) -> RawClient {
+    let mut blocker = RawClient::connect(addr);
+    blocker.call(1, "/lone.Lone/Step", &BLOCK);
+    let on = started.recv_timeout(WAIT).unwrap();
+    assert!(on.contains("-worker"), "{on}");
+    blocker
+}
+
+/// Runs `check` with the method known as quick and the only worker
+/// blocked; `check` returns false when a call was timed long by the
+/// machine's load rather than by the handler (a descheduled thread), which
+/// marks the method slow: then the worker is released, the pace learned
+/// again, and `check` tried again, a few times at most.
+fn with_worker_blocked(
+    prefix: &str,
+    mut check: impl FnMut(&mut RawClient, &Sender<()>, &mut RawClient) -> bool,
+) {
+    let (svc, started, release) = lone_service();
+    let server = event_mode(prefix).service(svc).bind("127.0.0.1:0").unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    for _ in 0..5 {
+        learn_quick(&mut c, prefix);
+        let mut blocker = block_the_worker(server.local_addr(), &started);
+        let done = check(&mut c, &release, &mut blocker);
+        release.send(()).unwrap();
+        assert!(blocker.response().decode::<String>().contains("-worker"));
+        if done {
+            drop(c);
+            assert!(server.shutdown().is_clean());
+            return;
+        }
+        // Let the queued calls finish before learning again.
+        c.ping(77);
+        loop {
+            let f = c.frame();
+            if f.frame_type() == FrameType::Pong {
+                break;
+            }
+        }
+    }
+    panic!("every attempt saw a quick call timed long");
+}
+
+#[test]
+fn a_lone_quick_request_runs_on_the_loop_while_the_worker_is_busy() {
+    with_worker_blocked("loopq", |c, _, _| {
+        // The worker is held: a quick call is still answered, by the loop.
+        match try_step(c, 10, QUICK) {
+            Some(name) => {
+                assert!(name.starts_with("loopq-loop"), "{name}");
+                true
+            }
+            None => false,
+        }
+    });
+}
+
+#[test]
+fn pipelined_requests_wait_for_the_workers() {
+    with_worker_blocked("loopp", |c, release, blocker| {
+        // Two requests and a PING in one write: the requests are not a
+        // lone one, so they wait for the worker; the PING is answered
+        // first.
+        let meta = RequestMeta::new("/lone.Lone/Step");
+        c.push_request(20, &meta, Default::default(), &encode(&QUICK));
+        c.push_request(21, &meta, Default::default(), &encode(&QUICK));
+        c.enc.ping(syncrpc::codec::RequestId(9));
+        c.flush();
+        let f = c.frame();
+        assert_eq!(f.frame_type(), FrameType::Pong, "{f:?}");
+        release.send(()).unwrap();
+        assert!(blocker.response().decode::<String>().contains("-worker"));
+        for _ in 0..2 {
+            let name = c.response().decode::<String>();
+            assert!(name.starts_with("loopp-worker"), "{name}");
+        }
+        // The caller releases once more; a call blocks for it.
+        blocker.call(2, "/lone.Lone/Step", &BLOCK);
+        true
+    });
+}
+
+#[test]
+fn a_call_that_turns_long_on_the_loop_sends_the_next_to_the_workers() {
+    with_worker_blocked("loopl", |c, _, _| {
+        // The same method takes long this time, on the loop, which times
+        // it.
+        let Some(name) = try_step(c, 300, SLOW) else {
+            return false;
+        };
+        assert!(name.starts_with("loopl-loop"), "{name}");
+        // The method is slow now: its next lone call, with the worker
+        // still busy, waits for the worker instead of running on the
+        // loop, so it runs out its deadline unrun.
+        let meta = RequestMeta {
+            timeout_ms: 300,
+            ..RequestMeta::new("/lone.Lone/Step")
+        };
+        c.call_meta(301, &meta, Default::default(), &encode(&QUICK));
+        c.response()
+            .expect_code(syncrpc::Code::DEADLINE_EXCEEDED, "not run");
+        true
+    });
+}
