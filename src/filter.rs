@@ -30,8 +30,9 @@ pub struct Request {
     flags: Flags,
     body: Bytes,
     oneway: bool,
-    /// The stream a streaming method's request opened.
-    stream: Option<StreamIo>,
+    /// The stream a streaming method's request opened (boxed: a unary
+    /// request carries a null pointer, not the stream's fields).
+    stream: Option<Box<StreamIo>>,
 }
 
 impl Request {
@@ -59,7 +60,7 @@ impl Request {
 
     /// The request that opens `stream`: its body is empty, its messages
     /// come through the stream.
-    pub(crate) fn opening(flags: Flags, stream: StreamIo) -> Request {
+    pub(crate) fn opening(flags: Flags, stream: Box<StreamIo>) -> Request {
         Request {
             flags,
             body: Bytes::new(),
@@ -78,7 +79,7 @@ impl Request {
     }
 
     pub(crate) fn into_stream(self) -> Option<StreamIo> {
-        self.stream
+        self.stream.map(|s| *s)
     }
 
     /// The header flags of the request.

@@ -546,14 +546,16 @@ impl Dispatcher {
             if let Some(body) = stream_open.and_then(|o| o.preload) {
                 shared.preload(flags, body);
             }
-            StreamIo {
+            // Boxed: every task moves through the queue, and a unary one
+            // should not carry a stream's fields.
+            Box::new(StreamIo {
                 shared,
                 conn: conn.clone(),
                 id,
                 flags,
                 max_body: self.decode.frame.max_body,
                 max_depth: self.decode.max_body_depth,
-            }
+            })
         });
         let is_stream = io.is_some();
         let body = if is_stream { Bytes::new() } else { body };

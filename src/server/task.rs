@@ -130,7 +130,7 @@ pub(crate) struct RequestTask {
     pub(super) flags: Flags,
     pub(super) body: Bytes,
     /// The stream the request opened, for a streaming method.
-    pub(super) stream: Option<StreamIo>,
+    pub(super) stream: Option<Box<StreamIo>>,
     /// The request opened a stream (which then runs on a worker or a
     /// thread of its own, never on the thread that reads).
     pub(super) streaming: bool,
