@@ -40,6 +40,7 @@ mod retry;
 mod slot;
 mod stream;
 mod stream_call;
+mod stream_open;
 mod stream_state;
 
 use std::borrow::Cow;
