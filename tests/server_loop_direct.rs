@@ -1,9 +1,9 @@
-//! Event mode's short path: while every worker is busy, a read that
-//! brought one request alone, of a quick method, is run by the event loop
-//! itself instead of waiting for a worker. Each test checks a rule of
-//! that path: it is taken only then, pipelined requests still go to the
-//! workers, and a call that turns out long sends the next ones back to
-//! the workers.
+//! Event mode's short path: while every worker is busy, the requests of a
+//! read, of quick methods, are run by the event loop itself instead of
+//! waiting for a worker. Each test checks a rule of that path: it is
+//! taken only then, it runs the read's requests for a bounded time and
+//! sends the rest to the workers, and a call that turns out long sends the
+//! next ones back to the workers.
 
 mod util;
 
@@ -19,6 +19,9 @@ const QUICK: u32 = 0;
 const BLOCK: u32 = 1;
 /// Takes 50 ms: far past the pace's long call (10 ms).
 const SLOW: u32 = 2;
+/// Keeps its thread busy for 20 us: a quick call, but a read of many of
+/// them outlasts what the loop runs of one read (50 us).
+const WORK: u32 = 3;
 
 /// `lone.Lone/Step`: answers the name of the thread it ran on; `BLOCK`
 /// first says it started and waits for a release, `SLOW` takes 50 ms.
@@ -35,6 +38,12 @@ fn lone_service() -> (Service, Receiver<String>, Sender<()>) {
         }
         if what == SLOW {
             thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if what == WORK {
+            let until = std::time::Instant::now() + std::time::Duration::from_micros(20);
+            while std::time::Instant::now() < until {
+                std::hint::spin_loop();
+            }
         }
         Ok::<_, Status>(me)
     });
@@ -149,27 +158,106 @@ fn a_lone_quick_request_runs_on_the_loop_while_the_worker_is_busy() {
     });
 }
 
-#[test]
-fn pipelined_requests_wait_for_the_workers() {
-    with_worker_blocked("loopp", |c, release, blocker| {
-        // Two requests and a PING in one write: the requests are not a
-        // lone one, so they wait for the worker; the PING is answered
-        // first.
-        let meta = RequestMeta::new("/lone.Lone/Step");
-        c.push_request(20, &meta, Default::default(), &encode(&QUICK));
-        c.push_request(21, &meta, Default::default(), &encode(&QUICK));
-        c.enc.ping(syncrpc::codec::RequestId(9));
-        c.flush();
+/// Sends `n` calls doing `what` in one write. Returns the calls the loop
+/// ran (in the order answered) with the names of the threads they ran on,
+/// or `None` if none ran there (the method was timed slow on a loaded
+/// machine, so they waited for the worker until their deadline).
+///
+/// The loop writes the answers of what it ran together, once it is done
+/// with the read: after the first answer, a PING's PONG comes after all
+/// of them.
+fn pipelined(c: &mut RawClient, first: u32, n: u32, what: u32) -> Option<Vec<(u32, String)>> {
+    let meta = RequestMeta {
+        timeout_ms: 2000,
+        ..RequestMeta::new("/lone.Lone/Step")
+    };
+    for id in first..first + n {
+        c.push_request(id, &meta, Default::default(), &encode(&what));
+    }
+    c.flush();
+    let r = c.response();
+    if r.code != syncrpc::Code::OK {
+        return None;
+    }
+    let mut on_loop = vec![(r.id, r.decode::<String>())];
+    c.ping(99);
+    loop {
         let f = c.frame();
-        assert_eq!(f.frame_type(), FrameType::Pong, "{f:?}");
-        release.send(()).unwrap();
-        assert!(blocker.response().decode::<String>().contains("-worker"));
-        for _ in 0..2 {
-            let name = c.response().decode::<String>();
-            assert!(name.starts_with("loopp-worker"), "{name}");
+        match f.frame_type() {
+            FrameType::Pong => return Some(on_loop),
+            FrameType::Response => {
+                let r = util::to_resp(&f);
+                on_loop.push((r.id, r.decode::<String>()));
+            }
+            other => panic!("unexpected {other:?} frame"),
         }
-        // The caller releases once more; a call blocks for it.
-        blocker.call(2, "/lone.Lone/Step", &BLOCK);
+    }
+}
+
+/// The rest of `n` calls from `first`, answered by the worker once it is
+/// released, after the `done` answered before.
+fn rest_on_the_worker(
+    c: &mut RawClient,
+    first: u32,
+    n: u32,
+    done: &[(u32, String)],
+    release: &Sender<()>,
+    blocker: &mut RawClient,
+    prefix: &str,
+) {
+    release.send(()).unwrap();
+    assert!(blocker.response().decode::<String>().contains("-worker"));
+    let mut ids: Vec<u32> = done.iter().map(|(id, _)| *id).collect();
+    for _ in done.len()..n as usize {
+        let r = c.response();
+        let name = r.decode::<String>();
+        assert!(name.starts_with(&format!("{prefix}-worker")), "{name}");
+        ids.push(r.id);
+    }
+    ids.sort_unstable();
+    assert_eq!(ids, (first..first + n).collect::<Vec<_>>());
+    // The caller releases once more; a call blocks for it.
+    blocker.call(2, "/lone.Lone/Step", &BLOCK);
+}
+
+#[test]
+fn pipelined_quick_requests_run_on_the_loop_while_the_worker_is_busy() {
+    with_worker_blocked("loopp", |c, release, blocker| {
+        // Four quick calls in one read, with the worker held: the loop
+        // runs them, one after another.
+        let Some(on_loop) = pipelined(c, 20, 4, QUICK) else {
+            return false;
+        };
+        for (i, (id, name)) in on_loop.iter().enumerate() {
+            assert_eq!(*id, 20 + i as u32, "in the order read");
+            assert!(name.starts_with("loopp-loop"), "{name}");
+        }
+        // The first at least: a read of more than one request is not a
+        // lone one, yet it runs here. (A loaded machine can make the first
+        // outlast the loop's time for the read, sending the others to the
+        // worker.)
+        rest_on_the_worker(c, 20, 4, &on_loop, release, blocker, "loopp");
+        true
+    });
+}
+
+#[test]
+fn the_loop_runs_a_read_for_a_bounded_time_then_sends_the_rest_to_the_workers() {
+    with_worker_blocked("loopb", |c, release, blocker| {
+        // Sixteen quick calls of 20 us each: the loop runs what fits in
+        // its 50 us, the rest wait for the worker.
+        let Some(on_loop) = pipelined(c, 40, 16, WORK) else {
+            return false;
+        };
+        assert!(
+            on_loop.len() < 16,
+            "the loop ran the whole read: {on_loop:?}"
+        );
+        for (i, (id, name)) in on_loop.iter().enumerate() {
+            assert_eq!(*id, 40 + i as u32);
+            assert!(name.starts_with("loopb-loop"), "{name}");
+        }
+        rest_on_the_worker(c, 40, 16, &on_loop, release, blocker, "loopb");
         true
     });
 }

@@ -1,5 +1,6 @@
 //! Thread mode's short paths: a lone request of a quick method runs on its
-//! connection's thread, and answers are written by the thread that makes
+//! connection's thread (and so do the requests of a read while every
+//! worker is busy), and answers are written by the thread that makes
 //! them. Each test checks that a guarantee of the long path (reader, worker,
 //! writer) still holds on the short one.
 
@@ -286,4 +287,129 @@ fn a_shutdown_while_an_answer_is_half_written_sends_it_whole_then_goaway() {
     let report = stopper.join().unwrap();
     assert_eq!(report.cancelled, 1, "{report:?}");
     drop(server);
+}
+
+/// Holds the only worker: a BLOCK call and a quick one, in one write from
+/// a connection of their own, so that neither is a lone request (which
+/// would run on that connection's thread). Returns the connection, whose
+/// two answers come once `release` is sent.
+fn block_the_worker(addr: std::net::SocketAddr, started: &Receiver<String>) -> RawClient {
+    let mut blocker = RawClient::connect(addr);
+    let meta = RequestMeta::new("/lone.Lone/Step");
+    blocker.push_request(1, &meta, Flags::default(), &encode(&BLOCK));
+    blocker.push_request(2, &meta, Flags::default(), &encode(&QUICK));
+    blocker.flush();
+    let on = started.recv_timeout(WAIT).unwrap();
+    assert!(on.contains("-worker"), "{on}");
+    blocker
+}
+
+fn release_the_worker(blocker: &mut RawClient, release: &Sender<()>) {
+    release.send(()).unwrap();
+    for _ in 0..2 {
+        let name = blocker.response().decode::<String>();
+        assert!(name.contains("-worker"), "{name}");
+    }
+}
+
+#[test]
+fn pipelined_quick_requests_run_on_the_connection_thread_while_the_worker_is_busy() {
+    let (svc, started, release) = lone_service();
+    let server = thread_mode("pipeq")
+        .service(svc)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    for attempt in 0..5 {
+        let conn_thread = warm_up(&mut c, "pipeq");
+        let mut blocker = block_the_worker(server.local_addr(), &started);
+        // Four quick calls in one write, with the worker held: the
+        // connection's thread runs them itself, and writes their answers
+        // together once done with them; a PING sent after the first
+        // answer is answered after all of them.
+        let meta = RequestMeta {
+            timeout_ms: 2000,
+            ..RequestMeta::new("/lone.Lone/Step")
+        };
+        for id in 10..14 {
+            c.push_request(id, &meta, Flags::default(), &encode(&QUICK));
+        }
+        c.flush();
+        let first = c.response();
+        if first.code != Code::OK {
+            // Timed slow on a loaded machine: they waited for the worker.
+            release_the_worker(&mut blocker, &release);
+            let rest: Vec<Code> = (0..3).map(|_| c.response().code).collect();
+            assert!(
+                rest.iter().all(|&code| code == Code::DEADLINE_EXCEEDED),
+                "{rest:?}"
+            );
+            assert!(
+                attempt < 4,
+                "the calls never ran on the connection's thread"
+            );
+            continue;
+        }
+        assert_eq!(first.decode::<String>(), conn_thread);
+        c.ping(7);
+        let mut on_thread = vec![first];
+        on_thread.extend(until_pong(&mut c, 7));
+        for r in &on_thread {
+            assert_eq!(r.decode::<String>(), conn_thread);
+        }
+        release_the_worker(&mut blocker, &release);
+        // What did not fit in the thread's time went to the worker.
+        let mut ids: Vec<u32> = on_thread.iter().map(|r| r.id).collect();
+        while ids.len() < 4 {
+            let r = c.response();
+            assert!(r.decode::<String>().contains("-worker"));
+            ids.push(r.id);
+        }
+        ids.sort_unstable();
+        assert_eq!(ids, vec![10, 11, 12, 13]);
+        // The first at least: a read of more than one request is not a
+        // lone one, yet it runs here. (A loaded machine can make the first
+        // outlast the thread's time for the read, sending the others to
+        // the worker.)
+        break;
+    }
+    drop(c);
+    assert!(server.shutdown().is_clean());
+}
+
+#[test]
+fn requests_kept_behind_a_call_that_runs_long_go_to_the_workers() {
+    let (svc, started, release) = lone_service();
+    let server = thread_mode("keptl")
+        .service(svc)
+        .bind("127.0.0.1:0")
+        .unwrap();
+    let mut c = RawClient::connect(server.local_addr());
+    let conn_thread = warm_up(&mut c, "keptl");
+    let mut blocker = block_the_worker(server.local_addr(), &started);
+
+    // Two calls in one write, kept by the connection's thread since the
+    // worker is busy; the first runs until cancelled.
+    let meta = RequestMeta::new("/lone.Lone/Step");
+    c.push_request(50, &meta, Flags::default(), &encode(&UNTIL_CANCELLED));
+    c.push_request(51, &meta, Flags::default(), &encode(&QUICK));
+    c.flush();
+    assert_eq!(started.recv_timeout(WAIT).unwrap(), conn_thread);
+
+    // Once the worker is free, the call waiting behind the long one is
+    // taken from the connection's thread and answered by the worker,
+    // while the long one still runs.
+    release_the_worker(&mut blocker, &release);
+    let r = c.response();
+    assert_eq!(r.id, 51);
+    let name = r.decode::<String>();
+    assert!(name.starts_with("keptl-worker"), "{name}");
+
+    // The long one ends when cancelled, unanswered.
+    c.cancel(50);
+    c.ping(9);
+    assert!(until_pong(&mut c, 9).is_empty());
+    drop(c);
+    drop(blocker);
+    assert!(server.shutdown().is_clean());
 }

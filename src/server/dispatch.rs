@@ -291,19 +291,14 @@ impl Dispatcher {
     /// Counts the answer to a request for `method`, read at `read_at`,
     /// sent in `st`'s protocol.
     pub(crate) fn record(&self, st: &ConnState, method: MethodId, code: Code, read_at: Instant) {
-        self.record_in(st.protocol.index(), method, code, read_at);
+        self.record_in(st.protocol.index(), method, code, read_at.elapsed());
     }
 
-    /// [`Dispatcher::record`] for a protocol given by its index.
-    pub(crate) fn record_in(
-        &self,
-        protocol: usize,
-        method: MethodId,
-        code: Code,
-        read_at: Instant,
-    ) {
+    /// [`Dispatcher::record`] for a protocol given by its index, of a
+    /// request that `took` from its read to its answer.
+    pub(crate) fn record_in(&self, protocol: usize, method: MethodId, code: Code, took: Duration) {
         if let Some(m) = self.metrics.get(method.index()) {
-            m.record(protocol, code, read_at.elapsed());
+            m.record(protocol, code, took);
         }
     }
 

@@ -3,7 +3,7 @@
 //! written at once, later with the worker's other answers, or by the
 //! connection's driver.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -118,6 +118,49 @@ pub(crate) fn flush_unflushed() {
     });
 }
 
+/// How long the requests a reader kept may run on its thread, together,
+/// before the rest of them go to the workers: a reader that runs its
+/// read's requests itself is not reading meanwhile.
+pub(crate) const HERE_BUDGET: Duration = Duration::from_micros(50);
+
+thread_local! {
+    /// Set while this thread runs a batch of kept requests: their answers
+    /// are written together when the batch ends, not one by one.
+    static HOLDING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs the requests a connection's reader kept because every worker was
+/// busy (see [`Dispatcher::on_message_deferred`](super::dispatch::Dispatcher::on_message_deferred)),
+/// one after another on this thread, each timed, their answers written
+/// together at the end. Once they have run for [`HERE_BUDGET`] together,
+/// or a request's method is no longer quick (one before it turned slow),
+/// the rest go to the workers.
+///
+/// `next` hands out the requests; a thread that can be covered while a
+/// handler runs long (thread mode) keeps them where the covering thread
+/// can take them too.
+pub(crate) fn run_kept(mut next: impl FnMut() -> Option<RequestTask>) {
+    let Some(first) = next() else {
+        return;
+    };
+    let started = Instant::now();
+    let mut now = started;
+    let held = HOLDING.with(|h| h.replace(true));
+    let mut task = Some(first);
+    while let Some(t) = task.take().or_else(&mut next) {
+        if now.saturating_duration_since(started) >= HERE_BUDGET || !t.method().pace.is_quick() {
+            let dispatcher = t.conn.dispatcher.clone();
+            dispatcher.submit(t);
+            continue;
+        }
+        now = t.run_timed(now);
+    }
+    HOLDING.with(|h| h.set(held));
+    if !held {
+        flush_unflushed();
+    }
+}
+
 /// One request on its way through the worker pool.
 pub(crate) struct RequestTask {
     /// The connection, and the request's bytes in the shared budget.
@@ -164,6 +207,12 @@ impl RequestTask {
     /// `ran`: the reply is the handler's (not an expiry or refusal), so
     /// dropping it counts in [`ServerShared::dropped_responses`].
     pub(super) fn finish(self, reply: Reply, ran: bool) {
+        self.finish_at(reply, ran, None);
+    }
+
+    /// [`RequestTask::finish`], `now` being the time if the caller just
+    /// read the clock.
+    fn finish_at(self, reply: Reply, ran: bool, now: Option<Instant>) {
         if self.is_oneway() {
             let wake = {
                 let mut st = self.conn.lock();
@@ -205,11 +254,9 @@ impl RequestTask {
         let entry = st.in_flight.remove(&self.id);
         // A result that comes at or after the deadline is dropped even if
         // the timer has not fired yet: the answer is DEADLINE_EXCEEDED.
+        let now = now.unwrap_or_else(Instant::now);
         let late = match (&entry, self.ctx.deadline()) {
-            (Some(e), Some(d)) => {
-                let now = Instant::now();
-                (now >= d).then(|| deadline_status(e, ran, now))
-            }
+            (Some(e), Some(d)) => (now >= d).then(|| deadline_status(e, ran, now)),
             _ => None,
         };
         let server = self.conn.server();
@@ -263,9 +310,12 @@ impl RequestTask {
         drop(st);
         drop(entry);
         if let Some((protocol, code, read_at)) = counted {
-            self.conn
-                .dispatcher
-                .record_in(protocol, self.method, code, read_at);
+            self.conn.dispatcher.record_in(
+                protocol,
+                self.method,
+                code,
+                now.saturating_duration_since(read_at),
+            );
         }
         if let Some(p) = packed {
             buffer_pool::give(p);
@@ -285,7 +335,8 @@ impl RequestTask {
             if wake {
                 self.conn.wake();
             }
-        } else if server.pool.as_ref().map_or(0, WorkerPool::queued) > 0 {
+        } else if HOLDING.with(Cell::get) || server.pool.as_ref().map_or(0, WorkerPool::queued) > 0
+        {
             // More requests are waiting: get on with them, and write this
             // answer with the next ones (see `Task::idle`).
             flush_later(&self.conn);
@@ -359,19 +410,11 @@ impl RequestTask {
     pub(crate) fn conn(&self) -> &Arc<ConnShared> {
         &self.conn
     }
-
-    /// Runs the request on the thread that read it (an event loop, every
-    /// worker busy), timed every time like a connection thread's, so a
-    /// call that turns out long stops the next ones from being kept; its
-    /// answer is written before this returns.
-    pub(crate) fn run_here(self) {
-        self.run_on_connection_thread();
-    }
 }
 
 impl Task for RequestTask {
     fn run(self) {
-        self.run_sampled(false);
+        self.run_sampled(None);
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -402,36 +445,39 @@ impl Task for RequestTask {
 }
 
 impl RequestTask {
-    /// Runs the request on a connection's own thread, which took it
-    /// because its method is quick: timed every time, so that a call that
-    /// turns out long ([`LONG`]) stops the next ones from being taken, and
-    /// written from this thread before it returns.
-    pub fn run_on_connection_thread(self) {
-        let now = Instant::now();
+    /// Runs the request on the thread that read it, which kept it because
+    /// its method is quick (see [`run_kept`]): timed every time from `now`,
+    /// so that a call that turns out long ([`LONG`]) stops the next ones
+    /// from being kept. Returns when it ended.
+    fn run_timed(self, now: Instant) -> Instant {
         if self.ctx.deadline().is_some_and(|d| now >= d) {
             self.expire(Duration::ZERO);
-        } else if let Err(payload) =
-            panic::catch_unwind(AssertUnwindSafe(|| self.run_sampled(true)))
-        {
-            log::error!(
-                "request task panicked on {}: {}",
-                std::thread::current().name().unwrap_or("connection thread"),
-                panic_message(&*payload)
-            );
+            return now;
         }
-        flush_unflushed();
+        match panic::catch_unwind(AssertUnwindSafe(|| self.run_sampled(Some(now)))) {
+            Ok(ended) => ended.unwrap_or(now),
+            Err(payload) => {
+                log::error!(
+                    "request task panicked on {}: {}",
+                    std::thread::current().name().unwrap_or("connection thread"),
+                    panic_message(&*payload)
+                );
+                Instant::now()
+            }
+        }
     }
 
     /// Runs the request unless it is no longer wanted, timing the handler
-    /// if `always_time` or it is this call's turn to be sampled.
-    fn run_sampled(mut self, always_time: bool) {
+    /// from `started` if given (then returning when it ended), or if it is
+    /// this call's turn to be sampled.
+    fn run_sampled(mut self, started: Option<Instant>) -> Option<Instant> {
         if !self.claim() {
             if self.is_oneway() {
                 self.finish(Err(Status::cancelled("not run")), false);
             } else {
                 self.drop_result(Err(Status::cancelled("not run")), false);
             }
-            return;
+            return started;
         }
         // Answers held back for the next write must not wait for a
         // handler that may take long.
@@ -440,15 +486,18 @@ impl RequestTask {
         }
         let method = self.method();
         let sampled = method.pace.sample();
-        let started = (always_time || sampled).then(Instant::now);
+        let started = started.or_else(|| sampled.then(Instant::now));
         let reply = self.call();
-        if let Some(at) = started {
-            let took = at.elapsed();
+        let ended = started.map(|at| {
+            let now = Instant::now();
+            let took = now.saturating_duration_since(at);
             // An unsampled call still counts when it was long.
             if sampled || took >= LONG {
                 self.method().pace.record(took);
             }
-        }
-        self.finish(reply, true);
+            now
+        });
+        self.finish_at(reply, true, ended);
+        ended
     }
 }

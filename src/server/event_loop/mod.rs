@@ -33,7 +33,7 @@ use super::connection::{ConnShared, Flush, Wake};
 use super::deadline::DeadlineQueue;
 use super::dispatch::{self, Dispatcher, ServerShared};
 use super::protocol::{ConnDecoder, Message};
-use super::task::RequestTask;
+use super::task::{run_kept, RequestTask};
 use super::transport::TransportError;
 use crate::codec::{Encoder, ProtocolError};
 use crate::latch::LatchGuard;
@@ -131,6 +131,9 @@ pub(crate) struct EventLoop {
     timers: DeadlineQueue,
     read_buf: Vec<u8>,
     arena: BytesMut,
+    /// The requests of a read that the loop runs itself (see `decode`),
+    /// kept between reads so that keeping them allocates nothing.
+    kept: Vec<RequestTask>,
     ready: Vec<Arc<ConnShared>>,
     touched: Vec<usize>,
     accept_backoff: AcceptBackoff,
@@ -179,6 +182,7 @@ impl EventLoop {
             timers: DeadlineQueue::new(),
             read_buf: vec![0; READ_CHUNK],
             arena: BytesMut::with_capacity(ARENA_SIZE),
+            kept: Vec::new(),
             ready: Vec::new(),
             touched: Vec::new(),
             accept_backoff: AcceptBackoff::new(),
@@ -521,22 +525,20 @@ impl EventLoop {
     /// buffer. Returns false if the connection was closed.
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
         let now = Instant::now();
-        // A read that brought one request alone, of a quick method, while
-        // every worker is busy: the loop runs it itself once the read is
-        // done, rather than queue it behind the others and pay a hand-off
-        // (in closed loop, each request would pay a wake-up). A second
-        // request in the read sends the first to the workers in its turn,
-        // so pipelined requests never wait behind a handler here.
+        // While every worker is busy, the read's requests of quick methods
+        // are run by the loop itself once the read is decoded, rather than
+        // queued behind the others at the cost of a hand-off each (see
+        // `task::run_kept`, which bounds how long).
         let quick_here = self
             .conns
             .get(slot)
             .is_some_and(|c| c.shared.dispatcher.workers_saturated());
-        let mut kept: Option<RequestTask> = None;
-        let mut requests = 0usize;
+        let mut kept = std::mem::take(&mut self.kept);
         let mut failed = None;
         let mut ended = false;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
+                self.kept = kept;
                 return false;
             };
             let buf = if from_arena {
@@ -550,20 +552,17 @@ impl EventLoop {
             let (shared, timers) = (&conn.shared, &mut self.timers);
             shared.room_after.store(false, Ordering::Relaxed);
             let dispatcher = &shared.dispatcher;
-            let (kept, requests) = (&mut kept, &mut requests);
+            let kept = &mut kept;
             let mut dispatch = |msg: Message<'_>| {
                 if !matches!(msg, Message::Request { .. }) {
                     dispatcher.on_message(shared, msg, now, timers);
                     return;
                 }
-                *requests += 1;
-                if let Some(first) = kept.take() {
-                    dispatcher.submit(first);
-                }
-                let keep = quick_here && *requests == 1;
-                if let Some(task) = dispatcher.on_message_deferred(shared, msg, now, timers, keep) {
-                    if keep {
-                        *kept = Some(task);
+                if let Some(task) =
+                    dispatcher.on_message_deferred(shared, msg, now, timers, quick_here)
+                {
+                    if quick_here {
+                        kept.push(task);
                     } else {
                         task.run_inline();
                     }
@@ -585,19 +584,19 @@ impl EventLoop {
                 break;
             }
         }
-        if let Some(task) = kept {
-            let more = self.conns.get(slot).is_some_and(|c| {
-                let buf = if from_arena { &self.arena } else { &c.partial };
-                !buf.is_empty()
-            });
-            if more || failed.is_some() || ended {
-                // Bytes of another request follow: no lone request.
-                let dispatcher = task.conn().dispatcher.clone();
-                dispatcher.submit(task);
+        if !kept.is_empty() {
+            if failed.is_some() || ended {
+                // The connection is ending: its requests go to the workers.
+                for task in kept.drain(..) {
+                    let dispatcher = task.conn().dispatcher.clone();
+                    dispatcher.submit(task);
+                }
             } else {
-                task.run_here();
+                let mut tasks = kept.drain(..);
+                run_kept(|| tasks.next());
             }
         }
+        self.kept = kept;
         let Some(conn) = self.conns.get_mut(slot) else {
             return false;
         };

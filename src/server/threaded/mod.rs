@@ -62,7 +62,7 @@
 //! down the socket's reading side, so an idle connection never holds the
 //! shutdown up until its idle timeout.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener as StdListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -80,7 +80,7 @@ use super::deadline::DeadlineQueue;
 use super::dispatch::{self, Dispatcher, ServerShared};
 use super::event_loop::{DRAINING, RUNNING, STOPPING};
 use super::protocol::{ConnDecoder, Message, Protocol};
-use super::task::RequestTask;
+use super::task::{self, RequestTask};
 use crate::codec::{Encoder, ProtocolError};
 use crate::latch::{Latch, LatchGuard};
 use crate::status::Code;
@@ -226,6 +226,10 @@ struct Link {
     cover_wanted: AtomicBool,
     /// The connection's thread wants its reading side back.
     owner_back: AtomicBool,
+    /// Requests the connection's thread kept to run itself and has not
+    /// started: the writing thread sends them to the workers when it
+    /// covers.
+    kept: Mutex<VecDeque<RequestTask>>,
 }
 
 impl Link {
@@ -254,6 +258,11 @@ impl Link {
              its writing thread reads meanwhile",
             self.conn.id
         );
+        // The requests waiting behind that handler go to the workers.
+        let waiting: Vec<RequestTask> = lock(&self.kept).drain(..).collect();
+        for task in waiting {
+            self.conn.dispatcher.submit(task);
+        }
         let reader = reader.cover();
         *lock(&self.lent) = Some(reader);
         self.returned.notify_all();
@@ -582,6 +591,7 @@ impl Threaded {
             cover_asked: AtomicU64::new(0),
             cover_wanted: AtomicBool::new(false),
             owner_back: AtomicBool::new(false),
+            kept: Mutex::new(VecDeque::new()),
         });
         log::trace!("conn {id} from {peer}");
         lock(&self.links).insert(id, link.clone());

@@ -35,10 +35,9 @@ pub(super) struct Reader {
     /// How much the next read may take: [`READ_CHUNK`] while reads come
     /// back full, [`SMALL_READ`] after a short one.
     chunk: usize,
-    /// The first request of this read, when its method is quick: if it
-    /// stays the read's only message, this thread runs it (see
-    /// [`Reader::decode`]); otherwise it goes to the workers.
-    kept: Option<RequestTask>,
+    /// Requests of this read, of quick methods, that this thread runs
+    /// itself (see [`Reader::decode`]).
+    kept: Vec<RequestTask>,
     /// Reading is over: the peer closed, a timeout or an error ended the
     /// connection, or the server stops.
     ended: bool,
@@ -102,7 +101,7 @@ impl Reader {
             frame_started: link.conn.is_handshaking().then(Instant::now),
             armed: None,
             chunk: SMALL_READ,
-            kept: None,
+            kept: Vec::new(),
             ended: false,
         }
     }
@@ -121,14 +120,12 @@ impl Reader {
                 Next::End => {
                     // Answered by the workers, or dropped as the connection
                     // ends: never lost in between.
-                    if let Some(task) = self.kept.take() {
-                        self.dispatcher.submit(task);
-                    }
+                    self.submit_kept();
                     break;
                 }
             }
-            if let Some(task) = self.kept.take() {
-                self = self.run_kept(task);
+            if !self.kept.is_empty() {
+                self = self.run_kept();
                 if self.ended {
                     break;
                 }
@@ -143,26 +140,35 @@ impl Reader {
         self
     }
 
-    /// Runs `task`, a lone request of a quick method, on this thread. The
-    /// reading side is lent to the writing thread meanwhile: should the
-    /// handler run long after all, the acceptor's watch
-    /// ([`Threaded::watch_inline`]) has the writing thread read in this
-    /// thread's place, so that the connection's other requests, CANCEL
-    /// and PING are still read, and its deadlines still fire.
-    fn run_kept(self, task: RequestTask) -> Reader {
+    /// Runs the requests kept from the last read on this thread (see
+    /// [`task::run_kept`]). The reading side is lent to the writing thread
+    /// meanwhile: should a handler run long after all, the acceptor's
+    /// watch ([`Threaded::watch_inline`]) has the writing thread read in
+    /// this thread's place, so that the connection's other requests,
+    /// CANCEL and PING are still read, and its deadlines still fire; the
+    /// kept requests not started by then go to the workers.
+    fn run_kept(mut self) -> Reader {
         let link = self.link.clone();
         let t = self.t.clone();
+        lock(&link.kept).extend(self.kept.drain(..));
         link.inline_since.store(t.clock(), Ordering::SeqCst);
         t.note_inline();
         *lock(&link.lent) = Some(self);
-        task.run_on_connection_thread();
+        task::run_kept(|| lock(&link.kept).pop_front());
         link.inline_since.store(0, Ordering::SeqCst);
         link.take_back()
     }
 
+    /// Sends the requests kept to run here to the workers instead.
+    fn submit_kept(&mut self) {
+        for task in self.kept.drain(..) {
+            self.dispatcher.submit(task);
+        }
+    }
+
     /// Decodes and dispatches what the buffer holds, the requests of one
-    /// read in one batch. With `keep`, a lone quick request is left in
-    /// `kept`.
+    /// read in one batch. With `keep`, requests this thread runs itself
+    /// are left in `kept`.
     fn decode_step(&mut self, keep: bool) -> Next {
         let server = self.t.server.clone();
         let decoded = match &server.pool {
@@ -304,13 +310,17 @@ impl Reader {
     /// A read that brought one request alone, of a quick method, leaves it
     /// in `kept`, for this thread to run once the batch is sent: handing
     /// it to a worker would cost a thread wake-up for no gain, since this
-    /// thread has nothing else to do until the next read. Anything else
-    /// (a second request, bytes of another frame) sends it to the workers
-    /// in its turn, so no request read waits behind a handler here.
+    /// thread has nothing else to do until the next read. A read of more
+    /// requests sends them to the workers, so that none waits behind a
+    /// handler here, unless every worker is busy: then they would wait in
+    /// the queue anyway, and this thread runs those of quick methods
+    /// itself, saving a hand-off each (for a bounded time, see
+    /// [`task::run_kept`]).
     fn decode(&mut self, keep: bool) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
         let inline_all = self.t.server.pool.is_none();
+        let saturated = keep && !inline_all && self.dispatcher.workers_saturated();
         let mut requests = 0usize;
         loop {
             if self.buf.is_empty() && !self.decoder.is_mid_message(&self.buf) {
@@ -327,16 +337,18 @@ impl Reader {
                 let is_request = matches!(msg, Message::Request { .. });
                 if is_request {
                     *requests += 1;
-                    if let Some(first) = kept.take() {
-                        dispatcher.submit(first);
+                    if *requests == 2 && !saturated {
+                        for first in kept.drain(..) {
+                            dispatcher.submit(first);
+                        }
                     }
                 }
-                let keep = keep && is_request && *requests == 1 && !inline_all;
+                let keep = keep && is_request && !inline_all && (*requests == 1 || saturated);
                 if let Some(task) = dispatch(link, dispatcher, msg, now, keep) {
                     if inline_all {
                         task.run_inline();
                     } else {
-                        *kept = Some(task);
+                        kept.push(task);
                     }
                 }
             };
@@ -356,12 +368,11 @@ impl Reader {
                 }
             }
         }
-        // Only a lone request stays for this thread: not one followed by
-        // more bytes, nor one before the connection's end or a limit.
-        if !self.buf.is_empty() || !matches!(result, Decode::NeedBytes) {
-            if let Some(first) = self.kept.take() {
-                self.dispatcher.submit(first);
-            }
+        // Only a lone request stays for this thread (or the requests of a
+        // read while the workers are busy): not one followed by more
+        // bytes, nor any before the connection's end or a limit.
+        if (!self.buf.is_empty() && !saturated) || !matches!(result, Decode::NeedBytes) {
+            self.submit_kept();
         }
         self.account(now);
         // Errors, PONGs and refusals went straight into the output, and
