@@ -30,10 +30,10 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use super::body::with_body_buf;
 use super::options::Response;
 use super::stream_call::{no_response, DecodeFn, EncodeFn, Recv, StreamCall};
 use super::stream_state::Failure;
-use super::with_body_buf;
 use crate::error::{Error, ErrorKind, Execution};
 use crate::metadata::Metadata;
 use crate::status::Status;

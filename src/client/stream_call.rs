@@ -15,12 +15,13 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::body::{encode_request, inflate, peer_error};
 use super::builder::ClientProtocol;
+use super::call_plan::{check_live, timeout_ms, too_large, Plan};
 use super::connection::{Connection, Outgoing};
 use super::retry::RetryBudget;
 use super::stream_state::{Failure, Next, Outcome, Reserve, StreamState};
-use super::{check_live, encode_request, inflate, peer_error, timeout_ms, too_large};
-use super::{CallOptions, Client, Plan};
+use super::{CallOptions, Client};
 use crate::codec::{self, Encoding, Flags, FrameType, RequestId};
 use crate::context::{CancelGuard, CancelReason, Context};
 use crate::error::{Error, ErrorKind, Execution};

@@ -6,9 +6,10 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use super::body::with_body_buf;
 use super::stream::{ClientStream, ServerStream, StreamReceiver, StreamSender};
 use super::stream_call::{decode_msgpack, decode_raw, encode_msgpack, encode_raw, StreamCall};
-use super::{with_body_buf, CallOptions, Client};
+use super::{CallOptions, Client};
 use crate::codec::Encoding;
 use crate::context::Context;
 use crate::error::Error;

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 
-use super::builder::Limits;
+use super::config::Limits;
 use super::dispatch::{Dispatcher, ServerShared};
 use super::protocol::{Protocol, StreamSupport, NATIVE};
 use super::service::MethodId;

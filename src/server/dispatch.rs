@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use super::builder::ServerConfig;
+use super::config::ServerConfig;
 use super::connection::{ConnShared, ConnState, InFlight};
 use super::deadline::DeadlineQueue;
 use super::protocol::{ConnDecoder, DecodeConfig, Message, Protocols, RequestHead};

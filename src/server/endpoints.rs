@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::builder::Mode;
+use super::config::Mode;
 use super::dispatch::ServerShared;
 use super::health::{Health, ServingStatus};
 use super::protocol::ENDPOINT_SERVICE;

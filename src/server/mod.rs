@@ -114,6 +114,7 @@
 mod accept;
 mod buffer_pool;
 mod builder;
+mod config;
 mod connection;
 mod deadline;
 mod dispatch;
@@ -121,6 +122,7 @@ mod endpoints;
 mod event_loop;
 mod handler;
 mod health;
+mod listener_spec;
 mod pace;
 pub(crate) mod protocol;
 pub mod reflection;
@@ -140,7 +142,8 @@ use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-pub use builder::{Limits, Mode, ServerBuilder, ServerConfig, Timeouts};
+pub use builder::ServerBuilder;
+pub use config::{Limits, Mode, ServerConfig, Timeouts};
 pub use endpoints::Endpoints;
 pub use handler::{RawHandler, UnaryHandler};
 pub use health::{
@@ -157,11 +160,12 @@ pub use stream::{
 
 pub use crate::shutdown::{ShutdownHandle, ShutdownReport};
 
-use self::builder::{LifecycleSetup, ListenerSpec};
+use self::builder::LifecycleSetup;
 use self::dispatch::{Dispatcher, ServerShared};
 use self::endpoints::EndpointState;
 use self::event_loop::{EventLoop, ListenerEntry, LoopShared, DRAINING, STOPPING};
 use self::handler::BodyLimits;
+use self::listener_spec::ListenerSpec;
 use self::protocol::DecodeConfig;
 use self::reflection::{Catalog, Reflection as _};
 use self::service::Registry;

@@ -18,7 +18,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use super::builder::Mode;
+use super::config::Mode;
 use super::dispatch::ServerShared;
 use super::protocol::ALL;
 use crate::status::Code;

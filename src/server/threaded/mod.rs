@@ -74,7 +74,7 @@ use bytes::BytesMut;
 use mio::{Events, Interest, Poll, Token, Waker};
 
 use super::accept::{AcceptBackoff, AcceptError};
-use super::builder::{Limits, Timeouts};
+use super::config::{Limits, Timeouts};
 use super::connection::{ConnShared, ConnState, Flush, Received, Wake, SEND_NOW};
 use super::deadline::DeadlineQueue;
 use super::dispatch::{self, Dispatcher, ServerShared};
