@@ -105,9 +105,12 @@
 //! - [`server`]: services of typed or raw handlers, a [`Filter`] chain,
 //!   and two I/O modes that share everything but the sockets: *event mode*
 //!   (a few mio loops; many connections, few threads) and *thread mode*
-//!   (blocking reads and writes, two threads per connection; a
-//!   connection's thread runs a lone request of a quick method itself,
-//!   and answers are written by whichever thread makes them). Per-request
+//!   (blocking reads and writes, two threads per connection). The thread
+//!   that reads a request runs it itself when that saves a hand-off
+//!   without making anything wait: a lone request of a quick method on a
+//!   connection's thread, or a read's quick requests while the workers
+//!   are behind, for a bounded time. Answers are written by whichever thread
+//!   makes them. Per-request
 //!   work lives in one mode-independent dispatcher, so limits, status codes
 //!   and deadlines are identical in both. The dispatcher is also
 //!   protocol-independent: each wire protocol (native, MessagePack-RPC,

@@ -255,6 +255,11 @@ struct Shared<T> {
     /// moment [`WorkerPool::try_submit`] accepts it; a batch's tasks count
     /// once the batch is sent (see [`WorkerPool::stage`]).
     queued: AtomicUsize,
+    /// When the queue last went from empty to not, in nanoseconds since
+    /// `epoch` (plus one); 0 once it is empty and no worker holds tasks
+    /// of a batch it took and has not started. See [`WorkerPool::is_behind`].
+    backlog_since: AtomicU64,
+    epoch: Instant,
     capacity: usize,
     /// More than one CPU ([`PoolConfig::cpus`]): long batches are sent
     /// before they end, and a worker shares a batch with idle ones. On one
@@ -339,6 +344,8 @@ impl<T: Task> WorkerPool<T> {
                 sender: RwLock::new(Some(tx)),
                 receiver: rx,
                 queued: AtomicUsize::new(0),
+                backlog_since: AtomicU64::new(0),
+                epoch: Instant::now(),
                 capacity,
                 parallel: config.cpus > 1,
                 closed: AtomicBool::new(false),
@@ -407,16 +414,16 @@ impl<T: Task> WorkerPool<T> {
             Staged::Full(task) => return Err(SubmitError::Full(task)),
             Staged::NoBatch(task) => task,
         };
-        if sh.queued.fetch_add(1, Ordering::AcqRel) >= sh.capacity {
+        let before = sh.queued.fetch_add(1, Ordering::AcqRel);
+        if before >= sh.capacity {
             sh.queued.fetch_sub(1, Ordering::AcqRel);
             return Err(SubmitError::Full(task));
         }
+        let at = Instant::now();
+        sh.note_queued(before, at);
         let mut tasks = self.spare_list();
         tasks.push_back(task);
-        self.send(Queued {
-            tasks,
-            at: Instant::now(),
-        });
+        self.send(Queued { tasks, at });
         Ok(())
     }
 
@@ -469,7 +476,8 @@ impl<T: Task> WorkerPool<T> {
             (!tasks.is_empty()).then(|| (std::mem::take(tasks), at))
         });
         if let Some((tasks, at)) = taken {
-            self.shared.queued.fetch_add(tasks.len(), Ordering::AcqRel);
+            let before = self.shared.queued.fetch_add(tasks.len(), Ordering::AcqRel);
+            self.shared.note_queued(before, at);
             self.send(Queued { tasks, at });
         }
     }
@@ -615,6 +623,18 @@ impl<T: Task> WorkerPool<T> {
         self.shared.queued.load(Ordering::Relaxed) + TAKEN.with(Cell::get)
     }
 
+    /// True when tasks have waited to start since `by` before `now` at
+    /// least, in the queue or in the hands of a worker busy with an
+    /// earlier one of their batch: the workers are behind (on a machine
+    /// where they get a CPU of their own, they start what is queued within
+    /// microseconds), and a task submitted now would wait for those too.
+    /// An estimate, for choosing where to run a task.
+    pub fn is_behind(&self, now: Instant, by: Duration) -> bool {
+        let sh = &self.shared;
+        let since = sh.backlog_since.load(Ordering::Relaxed);
+        since != 0 && sh.nanos(now).saturating_sub(since) >= by.as_nanos() as u64
+    }
+
     /// True when every worker is running a task or tasks wait for one:
     /// a task submitted now would wait.
     pub fn is_saturated(&self) -> bool {
@@ -673,7 +693,8 @@ impl<T: Task> WorkerPool<T> {
             // Out of time: whatever is still queued will not run.
             while let Ok(q) = self.shared.receiver.try_recv() {
                 let n = q.tasks.len();
-                self.shared.queued.fetch_sub(n, Ordering::AcqRel);
+                self.shared
+                    .note_taken(self.shared.queued.fetch_sub(n, Ordering::AcqRel), n);
                 report.abandoned += n;
                 for task in q.tasks {
                     task.abandon();
@@ -735,9 +756,36 @@ fn next_batch<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
     }
 }
 
+impl<T> Shared<T> {
+    /// `at` in the units of `backlog_since`.
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+
+    /// Tasks queued at `at`, onto `before` already queued.
+    fn note_queued(&self, before: usize, at: Instant) {
+        if before == 0 {
+            self.backlog_since.store(self.nanos(at), Ordering::Relaxed);
+        }
+    }
+
+    /// `n` tasks taken off the queue, which held `before`.
+    fn note_taken(&self, before: usize, n: usize) {
+        if before == n {
+            self.backlog_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
     while let Some(mut q) = next_batch(shared) {
-        shared.queued.fetch_sub(q.tasks.len(), Ordering::AcqRel);
+        let n = q.tasks.len();
+        let before = shared.queued.fetch_sub(n, Ordering::AcqRel);
+        if n == 1 {
+            // The rest of a batch wait in this worker's hands: the backlog
+            // lasts until it is done with them (below).
+            shared.note_taken(before, n);
+        }
         if shared.room_waiters.load(Ordering::SeqCst) > 0 {
             drop(shared.room_lock.lock());
             shared.room.notify_all();
@@ -767,6 +815,9 @@ fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
             }
         }
         TAKEN.with(|t| t.set(0));
+        if n > 1 && shared.queued.load(Ordering::Relaxed) == 0 {
+            shared.backlog_since.store(0, Ordering::Relaxed);
+        }
         shared.busy.fetch_sub(1, Ordering::Relaxed);
         shared.completed.fetch_add(completed, Ordering::Relaxed);
         let _ = shared.spare.0.try_send(q.tasks);
@@ -796,14 +847,15 @@ fn share<T: Task>(shared: &Shared<T>, next: &T, rest: &mut Queued<T>) {
     };
     let mut tasks = shared.spare.1.try_recv().unwrap_or_default();
     tasks.extend(rest.tasks.drain(left - n..));
-    shared.queued.fetch_add(n, Ordering::AcqRel);
+    let before = shared.queued.fetch_add(n, Ordering::AcqRel);
+    shared.note_queued(before, rest.at);
     match tx.try_send(Queued { tasks, at: rest.at }) {
         Ok(()) => {
             drop(sender);
             wake_one(shared);
         }
         Err(e) => {
-            shared.queued.fetch_sub(n, Ordering::AcqRel);
+            shared.note_taken(shared.queued.fetch_sub(n, Ordering::AcqRel), n);
             rest.tasks.extend(e.into_inner().tasks);
         }
     }
@@ -876,6 +928,36 @@ mod tests {
         block_tx.send(()).unwrap();
         assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
         assert_eq!(p.stats().completed, 2);
+    }
+
+    #[test]
+    fn behind_while_tasks_wait_to_start_longer_than_asked() {
+        let p: WorkerPool<Step> = pool(1, 16);
+        let by = Duration::from_micros(20);
+        let later = || Instant::now() + Duration::from_millis(1);
+        assert!(!p.is_behind(later(), by), "nothing queued");
+        let (done_tx, done_rx) = unbounded();
+        let (gate_tx, gate_rx) = unbounded();
+        let queued_at = Instant::now();
+        // A batch of two quick tasks: the worker takes both, and the
+        // second waits in its hands while the first waits for its gate.
+        submit_waiting_pair(&p, true, gate_rx, &done_tx);
+        let until = Instant::now() + Duration::from_secs(10);
+        while p.stats().queued > 0 || p.stats().busy == 0 {
+            assert!(Instant::now() < until, "the worker never took the batch");
+            thread::yield_now();
+        }
+        assert!(p.is_behind(later(), by));
+        assert!(
+            !p.is_behind(queued_at + by / 2, by),
+            "not yet for that long"
+        );
+        gate_tx.send(()).unwrap();
+        for _ in 0..2 {
+            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        }
+        assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
+        assert!(!p.is_behind(later(), by), "all done");
     }
 
     struct Timed {

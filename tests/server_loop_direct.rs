@@ -1,9 +1,11 @@
-//! Event mode's short path: while every worker is busy, the requests of a
-//! read, of quick methods, are run by the event loop itself instead of
-//! waiting for a worker. Each test checks a rule of that path: it is
-//! taken only then, it runs the read's requests for a bounded time and
-//! sends the rest to the workers, and a call that turns out long sends the
-//! next ones back to the workers.
+//! Event mode's short paths: while every worker is busy, a read that
+//! brought one request alone, of a quick method, is run by the event loop
+//! itself instead of waiting for a worker; while the workers are behind
+//! (requests wait in the queue, untaken), so are the quick requests of a
+//! pipelined read. Each test checks a rule of those paths: they are taken
+//! only then, the loop runs a read's requests for a bounded time and
+//! sends the rest to the workers, and a call that turns out long sends
+//! the next ones back to the workers.
 
 mod util;
 
@@ -87,16 +89,31 @@ fn learn_quick(c: &mut RawClient, prefix: &str) {
     }
 }
 
-/// Blocks the only worker with a call on a connection of its own. The
-/// call may run on the loop instead, if it comes while the worker still
-/// counts itself busy with the last one: then it is released and sent
-/// again, a bounded number of times.
+/// Blocks the only worker with a call on a connection of its own, and with
+/// `queued`, queues a quick call behind it (sent with it, in one write, so
+/// that neither is a lone request), which leaves the workers behind. A
+/// lone call may run on the loop instead, if it comes while the worker
+/// still counts itself busy with the last one: then it is released and
+/// sent again, a bounded number of times.
 fn block_the_worker(
     addr: std::net::SocketAddr,
     started: &Receiver<String>,
     release: &Sender<()>,
+    queued: bool,
 ) -> RawClient {
     let mut blocker = RawClient::connect(addr);
+    if queued {
+        let meta = RequestMeta::new("/lone.Lone/Step");
+        blocker.push_request(1, &meta, Default::default(), &encode(&BLOCK));
+        blocker.push_request(2, &meta, Default::default(), &encode(&QUICK));
+        blocker.flush();
+        let on = started.recv_timeout(WAIT).unwrap();
+        assert!(on.contains("-worker"), "{on}");
+        // The quick call has waited for the worker longer than makes the
+        // workers count as behind (20 us) once this returns.
+        thread::sleep(std::time::Duration::from_millis(1));
+        return blocker;
+    }
     for id in 1..=20 {
         blocker.call(id, "/lone.Lone/Step", &BLOCK);
         let on = started.recv_timeout(WAIT).unwrap();
@@ -109,36 +126,40 @@ fn block_the_worker(
     panic!("the blocking call never ran on the worker");
 }
 
+/// Releases the worker blocked by [`block_the_worker`] and reads the
+/// blocker's answers.
+fn release_the_worker(blocker: &mut RawClient, release: &Sender<()>, queued: bool) {
+    release.send(()).unwrap();
+    for _ in 0..1 + usize::from(queued) {
+        blocker.response().decode::<String>();
+    }
+}
+
 /// Runs `check` with the method known as quick and the only worker
-/// blocked; `check` returns false when a call was timed long by the
+/// blocked (with `queued`, a call queued behind it); `check` returns false when a call was timed long by the
 /// machine's load rather than by the handler (a descheduled thread), which
 /// marks the method slow: then the worker is released, the pace learned
 /// again, and `check` tried again, a few times at most.
 fn with_worker_blocked(
     prefix: &str,
+    queued: bool,
     mut check: impl FnMut(&mut RawClient, &Sender<()>, &mut RawClient) -> bool,
 ) {
-    let (svc, started, release) = lone_service();
-    let server = event_mode(prefix).service(svc).bind("127.0.0.1:0").unwrap();
-    let mut c = RawClient::connect(server.local_addr());
+    // Each attempt on a server of its own, whose method's pace is learned
+    // afresh.
     for _ in 0..5 {
+        let (svc, started, release) = lone_service();
+        let server = event_mode(prefix).service(svc).bind("127.0.0.1:0").unwrap();
+        let mut c = RawClient::connect(server.local_addr());
         learn_quick(&mut c, prefix);
-        let mut blocker = block_the_worker(server.local_addr(), &started, &release);
+        let mut blocker = block_the_worker(server.local_addr(), &started, &release, queued);
         let done = check(&mut c, &release, &mut blocker);
-        release.send(()).unwrap();
-        blocker.response().decode::<String>();
+        release_the_worker(&mut blocker, &release, queued);
+        drop((c, blocker));
+        let report = server.shutdown();
         if done {
-            drop(c);
-            assert!(server.shutdown().is_clean());
+            assert!(report.is_clean());
             return;
-        }
-        // Let the queued calls finish before learning again.
-        c.ping(77);
-        loop {
-            let f = c.frame();
-            if f.frame_type() == FrameType::Pong {
-                break;
-            }
         }
     }
     panic!("every attempt saw a quick call timed long");
@@ -146,7 +167,7 @@ fn with_worker_blocked(
 
 #[test]
 fn a_lone_quick_request_runs_on_the_loop_while_the_worker_is_busy() {
-    with_worker_blocked("loopq", |c, _, _| {
+    with_worker_blocked("loopq", false, |c, _, _| {
         // The worker is held: a quick call is still answered, by the loop.
         match try_step(c, 10, QUICK) {
             Some(name) => {
@@ -205,8 +226,7 @@ fn rest_on_the_worker(
     blocker: &mut RawClient,
     prefix: &str,
 ) {
-    release.send(()).unwrap();
-    assert!(blocker.response().decode::<String>().contains("-worker"));
+    release_the_worker(blocker, release, true);
     let mut ids: Vec<u32> = done.iter().map(|(id, _)| *id).collect();
     for _ in done.len()..n as usize {
         let r = c.response();
@@ -216,15 +236,44 @@ fn rest_on_the_worker(
     }
     ids.sort_unstable();
     assert_eq!(ids, (first..first + n).collect::<Vec<_>>());
-    // The caller releases once more; a call blocks for it.
-    blocker.call(2, "/lone.Lone/Step", &BLOCK);
+    // The caller releases once more; calls block and wait for it.
+    let meta = RequestMeta::new("/lone.Lone/Step");
+    blocker.push_request(3, &meta, Default::default(), &encode(&BLOCK));
+    blocker.push_request(4, &meta, Default::default(), &encode(&QUICK));
+    blocker.flush();
 }
 
 #[test]
-fn pipelined_quick_requests_run_on_the_loop_while_the_worker_is_busy() {
-    with_worker_blocked("loopp", |c, release, blocker| {
-        // Four quick calls in one read, with the worker held: the loop
-        // runs them, one after another.
+fn pipelined_requests_wait_for_the_workers_while_they_keep_up() {
+    with_worker_blocked("loopw", false, |c, release, blocker| {
+        // Two requests and a PING in one write, with the worker busy but
+        // nothing queued: the requests are not a lone one, and the workers
+        // are not behind, so they wait for the worker; the PING is
+        // answered first.
+        let meta = RequestMeta::new("/lone.Lone/Step");
+        c.push_request(20, &meta, Default::default(), &encode(&QUICK));
+        c.push_request(21, &meta, Default::default(), &encode(&QUICK));
+        c.enc.ping(syncrpc::codec::RequestId(9));
+        c.flush();
+        let f = c.frame();
+        assert_eq!(f.frame_type(), FrameType::Pong, "{f:?}");
+        release.send(()).unwrap();
+        assert!(blocker.response().decode::<String>().contains("-worker"));
+        for _ in 0..2 {
+            let name = c.response().decode::<String>();
+            assert!(name.starts_with("loopw-worker"), "{name}");
+        }
+        // The caller releases once more; a call blocks for it.
+        blocker.call(2, "/lone.Lone/Step", &BLOCK);
+        true
+    });
+}
+
+#[test]
+fn pipelined_quick_requests_run_on_the_loop_while_the_workers_are_behind() {
+    with_worker_blocked("loopp", true, |c, release, blocker| {
+        // Four quick calls in one read, with the worker held and a call
+        // queued for it: the loop runs them, one after another.
         let Some(on_loop) = pipelined(c, 20, 4, QUICK) else {
             return false;
         };
@@ -243,7 +292,7 @@ fn pipelined_quick_requests_run_on_the_loop_while_the_worker_is_busy() {
 
 #[test]
 fn the_loop_runs_a_read_for_a_bounded_time_then_sends_the_rest_to_the_workers() {
-    with_worker_blocked("loopb", |c, release, blocker| {
+    with_worker_blocked("loopb", true, |c, release, blocker| {
         // Sixteen quick calls of 20 us each: the loop runs what fits in
         // its 50 us, the rest wait for the worker.
         let Some(on_loop) = pipelined(c, 40, 16, WORK) else {
@@ -264,7 +313,7 @@ fn the_loop_runs_a_read_for_a_bounded_time_then_sends_the_rest_to_the_workers() 
 
 #[test]
 fn a_call_that_turns_long_on_the_loop_sends_the_next_to_the_workers() {
-    with_worker_blocked("loopl", |c, _, _| {
+    with_worker_blocked("loopl", false, |c, _, _| {
         // The same method takes long this time, on the loop, which times
         // it.
         let Some(name) = try_step(c, 300, SLOW) else {

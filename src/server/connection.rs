@@ -480,23 +480,35 @@ impl ConnShared {
     /// for room on a blocking socket (thread mode's writing thread, within
     /// the socket's write timeout). Any other thread's write never waits.
     pub fn flush(&self, writable: bool) -> Flush {
+        self.flush_locked(writable).0
+    }
+
+    /// [`ConnShared::flush`] from a thread that is not the connection's
+    /// driver; true if the driver must be woken (see
+    /// [`ConnState::should_wake`]), decided under the flush's last lock.
+    pub fn flush_for_driver(&self) -> bool {
+        self.flush_locked(false).1.should_wake()
+    }
+
+    /// [`ConnShared::flush`], handing back the lock it ends with.
+    fn flush_locked(&self, writable: bool) -> (Flush, MutexGuard<'_, ConnState>) {
         let mut st = self.lock();
         if st.closed || st.write_failed {
-            return Flush::Failed;
+            return (Flush::Failed, st);
         }
         if st.writer_active {
             st.retry_write |= writable;
-            return Flush::Done;
+            return (Flush::Done, st);
         }
         if st.write_blocked_since.is_some() && !writable {
-            return Flush::Blocked;
+            return (Flush::Blocked, st);
         }
         loop {
             let (chunk, sealed) = if st.unsent.is_empty() {
                 if st.out.is_empty() && !st.transport_output {
                     st.write_blocked_since = None;
                     st.out.shrink_if_idle(KEEP_OUTPUT);
-                    return Flush::Done;
+                    return (Flush::Done, st);
                 }
                 st.transport_output = false;
                 (st.out.split(), false)
@@ -544,16 +556,16 @@ impl ConnShared {
                     if progressed || st.write_blocked_since.is_none() {
                         st.write_blocked_since = Some(Instant::now());
                     }
-                    return Flush::Blocked;
+                    return (Flush::Blocked, st);
                 }
                 Err(e) => {
                     log::debug!("conn {}: write failed: {e}", self.id);
                     st.write_failed = true;
-                    return Flush::Failed;
+                    return (Flush::Failed, st);
                 }
             }
             if st.closed {
-                return Flush::Failed;
+                return (Flush::Failed, st);
             }
         }
     }

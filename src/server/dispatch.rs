@@ -38,6 +38,12 @@ use crate::pool::{SubmitError, WorkerPool};
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
 
+/// How long requests wait in the queue, untaken by any worker, before the
+/// workers count as behind ([`Dispatcher::workers_behind`]): longer than a
+/// worker with a CPU of its own takes to look, shorter than a reader
+/// spends on the reads of one poll.
+const BEHIND: Duration = Duration::from_micros(20);
+
 /// State every connection and worker of one server shares.
 pub(crate) struct ServerShared {
     pub config: ServerConfig,
@@ -330,6 +336,19 @@ impl Dispatcher {
             .pool
             .as_ref()
             .is_some_and(WorkerPool::is_saturated)
+    }
+
+    /// Whether the workers are behind at `now`: requests have waited
+    /// [`BEHIND`] in the queue, untaken. Then a reader runs the quick
+    /// requests of its read itself (see `task::run_kept`). Where workers
+    /// get CPUs of their own, they take what is queued at once and the
+    /// reader's requests go to them, to run beside its reading; where they
+    /// share the reader's CPU, what it queued waits until it steps aside.
+    pub fn workers_behind(&self, now: Instant) -> bool {
+        self.server
+            .pool
+            .as_ref()
+            .is_some_and(|pool| pool.is_behind(now, BEHIND))
     }
 
     /// As [`Dispatcher::on_message`], but a request that a server without
@@ -765,9 +784,7 @@ pub(crate) fn end_for_shutdown(conn: &ConnShared, server: &ServerShared) {
 /// Writes a connection's output from this thread (the driver takes over if
 /// the socket is full), and wakes the driver if it must act.
 pub(crate) fn flush(conn: &Arc<ConnShared>) {
-    conn.flush(false);
-    let wake = conn.lock().should_wake();
-    if wake {
+    if conn.flush_for_driver() {
         conn.wake();
     }
 }

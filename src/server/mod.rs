@@ -18,6 +18,13 @@
 //! except that a connection's thread runs a lone request of a quick method
 //! itself (see `threaded`).
 //!
+//! In both modes, while the workers are behind (requests wait in the queue
+//! that no worker has taken), the thread that read a batch of requests
+//! (the event loop, the connection's thread) runs those of quick methods
+//! itself, for at most 50 us of handler time, and sends the rest to the
+//! workers: queued, they would wait anyway, and each would pay a hand-off
+//! (`task::run_kept`).
+//!
 //! In either mode, handlers that never block can instead run inline on the
 //! thread that read their request, the event loop or the connection's
 //! reading thread ([`ServerConfig::inline_handlers`]): no hand-off, at the

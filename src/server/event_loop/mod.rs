@@ -525,15 +525,21 @@ impl EventLoop {
     /// buffer. Returns false if the connection was closed.
     fn decode(&mut self, slot: usize, from_arena: bool) -> bool {
         let now = Instant::now();
-        // While every worker is busy, the read's requests of quick methods
-        // are run by the loop itself once the read is decoded, rather than
+        // A read that brought one request alone, of a quick method, while
+        // every worker is busy, or the quick requests of a read while the
+        // workers are behind (requests wait that no worker has taken), are
+        // run by the loop itself once the read is decoded, rather than
         // queued behind the others at the cost of a hand-off each (see
-        // `task::run_kept`, which bounds how long).
-        let quick_here = self
-            .conns
-            .get(slot)
-            .is_some_and(|c| c.shared.dispatcher.workers_saturated());
+        // `task::run_kept`, which bounds how long). Otherwise a second
+        // request sends the first to the workers in its turn, so that
+        // pipelined requests do not wait behind a handler here.
+        let (quick_here, behind) = self.conns.get(slot).map_or((false, false), |c| {
+            let d = &c.shared.dispatcher;
+            let behind = d.workers_behind(now);
+            (behind || d.workers_saturated(), behind)
+        });
         let mut kept = std::mem::take(&mut self.kept);
+        let mut requests = 0usize;
         let mut failed = None;
         let mut ended = false;
         loop {
@@ -552,16 +558,23 @@ impl EventLoop {
             let (shared, timers) = (&conn.shared, &mut self.timers);
             shared.room_after.store(false, Ordering::Relaxed);
             let dispatcher = &shared.dispatcher;
-            let kept = &mut kept;
+            let (kept, requests) = (&mut kept, &mut requests);
             let mut dispatch = |msg: Message<'_>| {
                 if !matches!(msg, Message::Request { .. }) {
                     dispatcher.on_message(shared, msg, now, timers);
                     return;
                 }
-                if let Some(task) =
-                    dispatcher.on_message_deferred(shared, msg, now, timers, quick_here)
-                {
-                    if quick_here {
+                *requests += 1;
+                if *requests == 2 && !behind {
+                    // Not a lone request, and the workers keep up: they
+                    // take the read's requests.
+                    for first in kept.drain(..) {
+                        dispatcher.submit(first);
+                    }
+                }
+                let keep = quick_here && (*requests == 1 || behind);
+                if let Some(task) = dispatcher.on_message_deferred(shared, msg, now, timers, keep) {
+                    if keep {
                         kept.push(task);
                     } else {
                         task.run_inline();
@@ -585,8 +598,13 @@ impl EventLoop {
             }
         }
         if !kept.is_empty() {
-            if failed.is_some() || ended {
-                // The connection is ending: its requests go to the workers.
+            let more = self.conns.get(slot).is_some_and(|c| {
+                let buf = if from_arena { &self.arena } else { &c.partial };
+                !buf.is_empty()
+            });
+            if failed.is_some() || ended || (more && !behind) {
+                // The connection is ending, or bytes of another request
+                // follow while the workers keep up: the workers take them.
                 for task in kept.drain(..) {
                     let dispatcher = task.conn().dispatcher.clone();
                     dispatcher.submit(task);

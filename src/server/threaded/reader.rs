@@ -41,6 +41,8 @@ pub(super) struct Reader {
     /// Reading is over: the peer closed, a timeout or an error ended the
     /// connection, or the server stops.
     ended: bool,
+    /// The connection was closed when the last decode looked.
+    closed: bool,
 }
 
 /// What [`Reader::decode_step`] leaves to do.
@@ -103,6 +105,7 @@ impl Reader {
             chunk: SMALL_READ,
             kept: Vec::new(),
             ended: false,
+            closed: false,
         }
     }
 
@@ -150,11 +153,22 @@ impl Reader {
     fn run_kept(mut self) -> Reader {
         let link = self.link.clone();
         let t = self.t.clone();
-        lock(&link.kept).extend(self.kept.drain(..));
+        // A lone request has nothing waiting behind it for the writing
+        // thread to take.
+        let lone = (self.kept.len() == 1).then(|| self.kept.pop()).flatten();
+        if lone.is_none() {
+            lock(&link.kept).extend(self.kept.drain(..));
+        }
         link.inline_since.store(t.clock(), Ordering::SeqCst);
         t.note_inline();
         *lock(&link.lent) = Some(self);
-        task::run_kept(|| lock(&link.kept).pop_front());
+        match lone {
+            Some(task) => {
+                let mut lone = Some(task);
+                task::run_kept(|| lone.take());
+            }
+            None => task::run_kept(|| lock(&link.kept).pop_front()),
+        }
         link.inline_since.store(0, Ordering::SeqCst);
         link.take_back()
     }
@@ -189,7 +203,7 @@ impl Reader {
                 return Next::End;
             }
         }
-        if self.t.phase() == STOPPING || self.link.conn.lock().closed {
+        if self.t.phase() == STOPPING || self.closed {
             return Next::End;
         }
         Next::Read
@@ -299,9 +313,12 @@ impl Reader {
         self
     }
 
-    /// Whether another request may be read now.
+    /// Whether another request may be read now: as the dispatch of the
+    /// last request found it, if that was a request, else under the lock.
     fn has_room(&self) -> bool {
-        !self.link.conn.lock().is_full(&self.limits) && self.t.server.has_read_budget()
+        let conn = &self.link.conn;
+        (conn.room_after.load(Ordering::Relaxed) || !conn.lock().is_full(&self.limits))
+            && self.t.server.has_read_budget()
     }
 
     /// Cuts messages off the buffer and dispatches them until more bytes
@@ -312,15 +329,15 @@ impl Reader {
     /// it to a worker would cost a thread wake-up for no gain, since this
     /// thread has nothing else to do until the next read. A read of more
     /// requests sends them to the workers, so that none waits behind a
-    /// handler here, unless every worker is busy: then they would wait in
-    /// the queue anyway, and this thread runs those of quick methods
-    /// itself, saving a hand-off each (for a bounded time, see
-    /// [`task::run_kept`]).
+    /// handler here, unless the workers are behind (requests wait in the
+    /// queue that no worker has taken): then they would wait anyway, and
+    /// this thread runs those of quick methods itself, saving a hand-off
+    /// each (for a bounded time, see [`task::run_kept`]).
     fn decode(&mut self, keep: bool) -> Decode {
         let now = Instant::now();
         let mut result = Decode::NeedBytes;
         let inline_all = self.t.server.pool.is_none();
-        let saturated = keep && !inline_all && self.dispatcher.workers_saturated();
+        let behind = keep && !inline_all && self.dispatcher.workers_behind(now);
         let mut requests = 0usize;
         loop {
             if self.buf.is_empty() && !self.decoder.is_mid_message(&self.buf) {
@@ -331,19 +348,20 @@ impl Reader {
                 break;
             }
             let (link, dispatcher) = (&*self.link, &*self.dispatcher);
+            link.conn.room_after.store(false, Ordering::Relaxed);
             let kept = &mut self.kept;
             let requests = &mut requests;
             let mut dispatch = |msg: Message<'_>| {
                 let is_request = matches!(msg, Message::Request { .. });
                 if is_request {
                     *requests += 1;
-                    if *requests == 2 && !saturated {
+                    if *requests == 2 && !behind {
                         for first in kept.drain(..) {
                             dispatcher.submit(first);
                         }
                     }
                 }
-                let keep = keep && is_request && !inline_all && (*requests == 1 || saturated);
+                let keep = keep && is_request && !inline_all && (*requests == 1 || behind);
                 if let Some(task) = dispatch(link, dispatcher, msg, now, keep) {
                     if inline_all {
                         task.run_inline();
@@ -369,15 +387,20 @@ impl Reader {
             }
         }
         // Only a lone request stays for this thread (or the requests of a
-        // read while the workers are busy): not one followed by more
+        // read while the workers are behind): not one followed by more
         // bytes, nor any before the connection's end or a limit.
-        if (!self.buf.is_empty() && !saturated) || !matches!(result, Decode::NeedBytes) {
+        if (!self.buf.is_empty() && !behind) || !matches!(result, Decode::NeedBytes) {
             self.submit_kept();
         }
         self.account(now);
         // Errors, PONGs and refusals went straight into the output, and
         // the transport may have something to send (a TLS handshake).
-        if !self.link.conn.lock().is_flushed() {
+        let (flushed, closed) = {
+            let st = self.link.conn.lock();
+            (st.is_flushed(), st.closed)
+        };
+        self.closed = closed;
+        if !flushed {
             self.link.flush();
         }
         result
