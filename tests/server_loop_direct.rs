@@ -259,9 +259,17 @@ fn pipelined_requests_wait_for_the_workers_while_they_keep_up() {
         assert_eq!(f.frame_type(), FrameType::Pong, "{f:?}");
         release.send(()).unwrap();
         assert!(blocker.response().decode::<String>().contains("-worker"));
+        // On one CPU a busy worker runs only once the loop steps aside, so
+        // the workers count as behind and the loop runs them.
+        let one_cpu = thread::available_parallelism().map_or(1, |n| n.get()) == 1;
+        let ran_on = if one_cpu {
+            "loopw-loop"
+        } else {
+            "loopw-worker"
+        };
         for _ in 0..2 {
             let name = c.response().decode::<String>();
-            assert!(name.starts_with("loopw-worker"), "{name}");
+            assert!(name.starts_with(ran_on), "{name}");
         }
         // The caller releases once more; a call blocks for it.
         blocker.call(2, "/lone.Lone/Step", &BLOCK);

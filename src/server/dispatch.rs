@@ -338,12 +338,13 @@ impl Dispatcher {
             .is_some_and(WorkerPool::is_saturated)
     }
 
-    /// Whether the workers are behind at `now`: requests have waited
-    /// [`BEHIND`] in the queue, untaken. Then a reader runs the quick
-    /// requests of its read itself (see `task::run_kept`). Where workers
-    /// get CPUs of their own, they take what is queued at once and the
-    /// reader's requests go to them, to run beside its reading; where they
-    /// share the reader's CPU, what it queued waits until it steps aside.
+    /// Whether the workers are behind at `now` ([`WorkerPool::is_behind`]:
+    /// requests have waited [`BEHIND`] to start, or on one CPU every worker
+    /// is busy). Then a reader runs the quick requests of its read itself
+    /// (see `task::run_kept`). Where workers get CPUs of their own, they
+    /// start what is queued at once and the reader's requests go to them,
+    /// to run beside its reading; where they share the reader's CPU, what
+    /// it queued waits until it steps aside.
     pub fn workers_behind(&self, now: Instant) -> bool {
         self.server
             .pool

@@ -12,6 +12,7 @@
 //! meanwhile in one `write`. When a socket's buffer is full the loop
 //! finishes the write once the socket is writable again.
 
+mod closing;
 mod timeouts;
 
 use std::io::{self, Read, Write};
@@ -649,89 +650,6 @@ impl EventLoop {
         true
     }
 
-    fn protocol_error(&mut self, slot: usize, e: ProtocolError) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        log::debug!(
-            "{}: conn {} ({:?}) protocol error: {e}",
-            self.name,
-            conn.shared.id,
-            conn.shared.peer
-        );
-        conn.read_open = false;
-        self.goaway(slot, Code::INTERNAL, &e.to_string());
-        self.start_closing(slot);
-    }
-
-    /// The transport failed (a TLS handshake or record error, plaintext on
-    /// a TLS-only listener): nothing more is read; what the transport has
-    /// left to say (a TLS alert) is written, then the connection closes.
-    fn transport_failed(&mut self, slot: usize, e: TransportError) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        log::debug!(
-            "{}: conn {} ({:?}): {e}",
-            self.name,
-            conn.shared.id,
-            conn.shared.peer
-        );
-        conn.read_open = false;
-        self.start_closing(slot);
-    }
-
-    fn peer_closed(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get_mut(slot) else {
-            return;
-        };
-        conn.read_open = false;
-        if let Err(e) = conn.decoder.finish(&conn.partial, &conn.shared) {
-            log::debug!("{}: conn {}: {e}", self.name, conn.shared.id);
-            self.goaway(slot, Code::INTERNAL, &e.to_string());
-        }
-        // Every request read is still answered; then the connection closes.
-        self.start_closing(slot);
-    }
-
-    fn goaway(&mut self, slot: usize, code: Code, message: &str) {
-        if let Some(conn) = self.conns.get(slot) {
-            let mut st = conn.shared.lock();
-            if !st.closed {
-                let protocol = st.protocol;
-                protocol.write_goaway(&mut st.out, code, message);
-            }
-        }
-    }
-
-    fn goaway_draining(&mut self, slot: usize) {
-        let Some(conn) = self.conns.get(slot) else {
-            return;
-        };
-        let protocol = {
-            let mut st = conn.shared.lock();
-            st.draining = true;
-            st.protocol
-        };
-        if protocol.has_goaway() {
-            self.goaway(slot, Code::UNAVAILABLE, "server shutting down");
-            self.flush(slot);
-        } else {
-            // No GOAWAY to tell the client: close once nothing is in
-            // flight, answering what comes meanwhile "server shutting down".
-            self.start_closing(slot);
-        }
-    }
-
-    fn start_closing(&mut self, slot: usize) {
-        if let Some(conn) = self.conns.get_mut(slot) {
-            conn.closing = true;
-            conn.closing_since.get_or_insert_with(Instant::now);
-            conn.shared.lock().closing = true;
-        }
-        self.flush(slot);
-    }
-
     /// Writes what the connection has to write, until the socket would
     /// block; closes it if it is closing and done.
     fn flush(&mut self, slot: usize) {
@@ -766,31 +684,6 @@ impl EventLoop {
         };
         if can && self.may_read(slot) {
             self.on_readable(slot, true);
-        }
-    }
-
-    fn close(&mut self, slot: usize) {
-        let Some(conn) = self.conns.try_remove(slot) else {
-            return;
-        };
-        let fd = conn.shared.stream.as_raw_fd();
-        let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
-        let cancelled = conn.shared.close();
-        if cancelled > 0 {
-            log::debug!(
-                "{}: conn {} closed with {cancelled} requests in flight",
-                self.name,
-                conn.shared.id
-            );
-        }
-        self.server
-            .buffered
-            .fetch_sub(conn.counted, Ordering::Relaxed);
-        self.server.connections.fetch_sub(1, Ordering::SeqCst);
-        drop(conn);
-        // A file descriptor may come free: accepting may work again.
-        if self.accept_resume.is_some() {
-            self.resume_accepting();
         }
     }
 

@@ -12,15 +12,18 @@ use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::fmt;
 use std::io;
-use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError};
+use crossbeam_channel::{bounded, Receiver, Sender};
 
 use crate::latch::Latch;
+
+mod worker;
+
+use worker::{wake_one, worker_loop};
 
 /// Work a [`WorkerPool`] runs.
 ///
@@ -623,16 +626,38 @@ impl<T: Task> WorkerPool<T> {
         self.shared.queued.load(Ordering::Relaxed) + TAKEN.with(Cell::get)
     }
 
-    /// True when tasks have waited to start since `by` before `now` at
-    /// least, in the queue or in the hands of a worker busy with an
-    /// earlier one of their batch: the workers are behind (on a machine
-    /// where they get a CPU of their own, they start what is queued within
-    /// microseconds), and a task submitted now would wait for those too.
-    /// An estimate, for choosing where to run a task.
+    /// True when a task submitted now would wait for the workers to catch
+    /// up: tasks have waited to start since `by` before `now` at least (in
+    /// the queue, in the hands of a worker busy with an earlier one of
+    /// their batch, or in the [batch](WorkerPool::batch) open on this
+    /// thread), or, on one CPU ([`PoolConfig::cpus`]), every worker is
+    /// busy, since a busy worker there runs only once the caller steps
+    /// aside. Where workers get CPUs of their own they start what is
+    /// queued within microseconds, and this stays false. An estimate, for
+    /// choosing where to run a task.
     pub fn is_behind(&self, now: Instant, by: Duration) -> bool {
         let sh = &self.shared;
+        if !sh.parallel && self.is_saturated() {
+            return true;
+        }
         let since = sh.backlog_since.load(Ordering::Relaxed);
-        since != 0 && sh.nanos(now).saturating_sub(since) >= by.as_nanos() as u64
+        if since != 0 && sh.nanos(now).saturating_sub(since) >= by.as_nanos() as u64 {
+            return true;
+        }
+        // What this thread's batch holds waits for the batch to end (on one
+        // CPU, a whole poll's worth).
+        STAGE.with(|stage| {
+            let stage = stage.borrow();
+            stage.pool == self.id()
+                && stage
+                    .started
+                    .is_some_and(|at| now.saturating_duration_since(at) >= by)
+                && stage
+                    .tasks
+                    .as_ref()
+                    .and_then(|t| t.downcast_ref::<VecDeque<T>>())
+                    .is_some_and(|q| !q.is_empty())
+        })
     }
 
     /// True when every worker is running a task or tasks wait for one:
@@ -725,163 +750,6 @@ impl<T: Task> fmt::Debug for WorkerPool<T> {
     }
 }
 
-/// The next tasks, sleeping while there are none; `None` once the pool is
-/// shut down and the queue is empty.
-fn next_batch<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
-    loop {
-        match shared.receiver.try_recv() {
-            Ok(q) => return Some(q),
-            Err(TryRecvError::Disconnected) => {
-                T::idle();
-                return None;
-            }
-            Err(TryRecvError::Empty) => T::idle(),
-        }
-        let mut idle = shared.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
-        idle.sleepers += 1;
-        shared.unwoken.fetch_add(1, Ordering::SeqCst);
-        // Announced before this check: a submit that did not see us
-        // queued its task before it looked, so the check sees the task.
-        while !idle.closed && idle.wakeups == 0 && shared.receiver.is_empty() {
-            idle = shared.idle.wait(idle).unwrap_or_else(|e| e.into_inner());
-        }
-        idle.sleepers -= 1;
-        // Keep `unwoken == sleepers - wakeups`: leaving takes a wake-up if
-        // one is pending, or else stops counting as unwoken.
-        if idle.wakeups > 0 {
-            idle.wakeups -= 1;
-        } else {
-            shared.unwoken.fetch_sub(1, Ordering::SeqCst);
-        }
-    }
-}
-
-impl<T> Shared<T> {
-    /// `at` in the units of `backlog_since`.
-    fn nanos(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
-    }
-
-    /// Tasks queued at `at`, onto `before` already queued.
-    fn note_queued(&self, before: usize, at: Instant) {
-        if before == 0 {
-            self.backlog_since.store(self.nanos(at), Ordering::Relaxed);
-        }
-    }
-
-    /// `n` tasks taken off the queue, which held `before`.
-    fn note_taken(&self, before: usize, n: usize) {
-        if before == n {
-            self.backlog_since.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
-fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
-    while let Some(mut q) = next_batch(shared) {
-        let n = q.tasks.len();
-        let before = shared.queued.fetch_sub(n, Ordering::AcqRel);
-        if n == 1 {
-            // The rest of a batch wait in this worker's hands: the backlog
-            // lasts until it is done with them (below).
-            shared.note_taken(before, n);
-        }
-        if shared.room_waiters.load(Ordering::SeqCst) > 0 {
-            drop(shared.room_lock.lock());
-            shared.room.notify_all();
-        }
-        shared.busy.fetch_add(1, Ordering::Relaxed);
-        let mut completed = 0;
-        while let Some(task) = q.tasks.pop_front() {
-            share(shared, &task, &mut q);
-            TAKEN.with(|t| t.set(q.tasks.len()));
-            if let Some(deadline) = task.deadline() {
-                let now = Instant::now();
-                if now >= deadline {
-                    shared.expired.fetch_add(1, Ordering::Relaxed);
-                    task.expire(now - q.at);
-                    continue;
-                }
-            }
-            let result = panic::catch_unwind(AssertUnwindSafe(|| task.run()));
-            completed += 1;
-            if let Err(payload) = result {
-                shared.panicked.fetch_add(1, Ordering::Relaxed);
-                log::error!(
-                    "task panicked on {}: {}",
-                    thread::current().name().unwrap_or("worker"),
-                    panic_message(&*payload)
-                );
-            }
-        }
-        TAKEN.with(|t| t.set(0));
-        if n > 1 && shared.queued.load(Ordering::Relaxed) == 0 {
-            shared.backlog_since.store(0, Ordering::Relaxed);
-        }
-        shared.busy.fetch_sub(1, Ordering::Relaxed);
-        shared.completed.fetch_add(completed, Ordering::Relaxed);
-        let _ = shared.spare.0.try_send(q.tasks);
-    }
-}
-
-/// Before `next` runs, hands tasks taken with it back to the queue when
-/// others could run them sooner: all of them if `next` is not quick, half
-/// of them if a worker sleeps and another CPU could run it (so a batch
-/// spreads over the idle workers).
-fn share<T: Task>(shared: &Shared<T>, next: &T, rest: &mut Queued<T>) {
-    let left = rest.tasks.len();
-    if left == 0 {
-        return;
-    }
-    let n = if !next.is_quick() {
-        left
-    } else if shared.parallel && shared.unwoken.load(Ordering::SeqCst) > 0 {
-        left.div_ceil(2)
-    } else {
-        return;
-    };
-    let sender = shared.sender.read().unwrap_or_else(|e| e.into_inner());
-    let Some(tx) = sender.as_ref() else {
-        // Shutting down: this worker runs them itself.
-        return;
-    };
-    let mut tasks = shared.spare.1.try_recv().unwrap_or_default();
-    tasks.extend(rest.tasks.drain(left - n..));
-    let before = shared.queued.fetch_add(n, Ordering::AcqRel);
-    shared.note_queued(before, rest.at);
-    match tx.try_send(Queued { tasks, at: rest.at }) {
-        Ok(()) => {
-            drop(sender);
-            wake_one(shared);
-        }
-        Err(e) => {
-            shared.note_taken(shared.queued.fetch_sub(n, Ordering::AcqRel), n);
-            rest.tasks.extend(e.into_inner().tasks);
-        }
-    }
-}
-
-/// Wakes a sleeping worker, if one is not already being woken, for tasks
-/// just queued. False if every sleeper was already being woken.
-fn wake_one<T>(sh: &Shared<T>) -> bool {
-    // Pairs with the worker's announce-then-check in `next_batch`: either
-    // the worker sees the task, or this sees the worker.
-    if sh.unwoken.load(Ordering::SeqCst) > 0 {
-        let mut idle = sh.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.sleepers > idle.wakeups {
-            idle.wakeups += 1;
-            sh.unwoken.fetch_sub(1, Ordering::SeqCst);
-            // Notify after unlocking: a sleeper woken while the lock is
-            // held would wake only to block on it again, which on a
-            // busy core costs two more context switches.
-            drop(idle);
-            sh.idle.notify_one();
-            return true;
-        }
-    }
-    false
-}
-
 /// The text of a panic payload, for logs and INTERNAL statuses.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -894,425 +762,4 @@ pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> &str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crossbeam_channel::unbounded;
-
-    fn pool<T: Task>(workers: usize, queue: usize) -> WorkerPool<T> {
-        WorkerPool::new(PoolConfig {
-            workers,
-            queue_capacity: queue,
-            thread_name: "test-worker".into(),
-            stack_size: None,
-            cpus: 2,
-        })
-        .unwrap()
-    }
-
-    #[test]
-    fn full_queue_hands_the_task_back_at_once() {
-        let p: WorkerPool<Job> = pool(1, 1);
-        let (block_tx, block_rx) = unbounded::<()>();
-        let (started_tx, started_rx) = unbounded::<()>();
-        p.try_submit(Box::new(move || {
-            started_tx.send(()).unwrap();
-            block_rx.recv().unwrap();
-        }))
-        .unwrap();
-        started_rx.recv().unwrap();
-        p.try_submit(Box::new(|| {})).unwrap(); // fills the queue
-        let err = p.try_submit(Box::new(|| {})).unwrap_err();
-        assert!(err.is_full());
-        assert_eq!(p.stats().busy, 1);
-        assert_eq!(p.stats().queued, 1);
-        block_tx.send(()).unwrap();
-        assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
-        assert_eq!(p.stats().completed, 2);
-    }
-
-    #[test]
-    fn behind_while_tasks_wait_to_start_longer_than_asked() {
-        let p: WorkerPool<Step> = pool(1, 16);
-        let by = Duration::from_micros(20);
-        let later = || Instant::now() + Duration::from_millis(1);
-        assert!(!p.is_behind(later(), by), "nothing queued");
-        let (done_tx, done_rx) = unbounded();
-        let (gate_tx, gate_rx) = unbounded();
-        let queued_at = Instant::now();
-        // A batch of two quick tasks: the worker takes both, and the
-        // second waits in its hands while the first waits for its gate.
-        submit_waiting_pair(&p, true, gate_rx, &done_tx);
-        let until = Instant::now() + Duration::from_secs(10);
-        while p.stats().queued > 0 || p.stats().busy == 0 {
-            assert!(Instant::now() < until, "the worker never took the batch");
-            thread::yield_now();
-        }
-        assert!(p.is_behind(later(), by));
-        assert!(
-            !p.is_behind(queued_at + by / 2, by),
-            "not yet for that long"
-        );
-        gate_tx.send(()).unwrap();
-        for _ in 0..2 {
-            done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        }
-        assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
-        assert!(!p.is_behind(later(), by), "all done");
-    }
-
-    struct Timed {
-        deadline: Instant,
-        out: crossbeam_channel::Sender<Result<(), Duration>>,
-    }
-
-    impl Task for Timed {
-        fn run(self) {
-            self.out.send(Ok(())).unwrap();
-        }
-        fn deadline(&self) -> Option<Instant> {
-            Some(self.deadline)
-        }
-        fn expire(self, waited: Duration) {
-            self.out.send(Err(waited)).unwrap();
-        }
-    }
-
-    #[test]
-    fn a_task_expired_in_the_queue_is_not_run() {
-        let p: WorkerPool<Timed> = pool(1, 8);
-        let (tx, rx) = unbounded();
-        p.try_submit(Timed {
-            deadline: Instant::now() - Duration::from_millis(1),
-            out: tx.clone(),
-        })
-        .unwrap();
-        p.try_submit(Timed {
-            deadline: Instant::now() + Duration::from_secs(60),
-            out: tx,
-        })
-        .unwrap();
-        assert!(rx.recv().unwrap().is_err());
-        assert!(rx.recv().unwrap().is_ok());
-        p.shutdown(Duration::from_secs(10));
-        assert_eq!(p.stats().expired, 1);
-    }
-
-    #[test]
-    fn a_panic_is_caught_and_the_worker_goes_on() {
-        let p: WorkerPool<Job> = pool(1, 8);
-        let (tx, rx) = unbounded();
-        p.try_submit(Box::new(|| panic!("boom"))).unwrap();
-        p.try_submit(Box::new(move || tx.send(()).unwrap()))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        p.shutdown(Duration::from_secs(10));
-        assert_eq!(p.stats().panicked, 1);
-    }
-
-    /// Waits until the pool's only worker has gone to sleep, so that what
-    /// the test queues next runs only if something wakes it.
-    fn wait_asleep<T: Task>(p: &WorkerPool<T>) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while p.shared.unwoken.load(Ordering::SeqCst) == 0 {
-            assert!(Instant::now() < until, "the worker never went to sleep");
-            thread::yield_now();
-        }
-        // It announces itself and checks the queue under this lock, and
-        // lets go of it only inside the wait.
-        drop(p.shared.idle_lock.lock().unwrap());
-    }
-
-    #[test]
-    fn a_batch_wakes_for_what_it_queued_even_when_it_panics() {
-        let p: WorkerPool<Job> = pool(1, 2);
-        let (tx, rx) = unbounded();
-        wait_asleep(&p);
-        let refused = p.batch(|| {
-            (0..3)
-                .filter(|_| {
-                    let tx = tx.clone();
-                    p.try_submit(Box::new(move || tx.send(()).unwrap()))
-                        .is_err()
-                })
-                .count()
-        });
-        // The queue holds two, and the worker sleeps until the batch ends.
-        assert_eq!(refused, 1);
-        for _ in 0..2 {
-            rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        }
-        wait_asleep(&p);
-        let tx2 = tx.clone();
-        let panicked = panic::catch_unwind(AssertUnwindSafe(|| {
-            p.batch(|| {
-                p.try_submit(Box::new(move || tx2.send(()).unwrap()))
-                    .unwrap();
-                panic!("the batch's caller fails");
-            })
-        }));
-        assert!(panicked.is_err());
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        // The batch is over: a plain submit wakes the worker itself.
-        wait_asleep(&p);
-        p.try_submit(Box::new(move || tx.send(()).unwrap()))
-            .unwrap();
-        rx.recv_timeout(Duration::from_secs(10)).unwrap();
-        p.shutdown(Duration::from_secs(10));
-    }
-
-    #[test]
-    fn a_long_batch_wakes_workers_before_it_ends() {
-        let p: WorkerPool<Job> = pool(1, 2 * WAKE_EVERY);
-        let (tx, rx) = unbounded();
-        wait_asleep(&p);
-        p.batch(|| {
-            for _ in 0..WAKE_EVERY {
-                let tx = tx.clone();
-                p.try_submit(Box::new(move || tx.send(()).unwrap()))
-                    .unwrap();
-            }
-            // Still inside the batch: only the early wake-up runs these.
-            for _ in 0..WAKE_EVERY {
-                rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            }
-        });
-        p.shutdown(Duration::from_secs(10));
-    }
-
-    #[test]
-    fn on_one_cpu_a_batch_goes_out_late() {
-        let p: WorkerPool<Job> = WorkerPool::new(PoolConfig {
-            workers: 1,
-            queue_capacity: 2 * ONE_CPU_BATCH,
-            cpus: 1,
-            ..PoolConfig::default()
-        })
-        .unwrap();
-        let (tx, rx) = unbounded();
-        let submit = || {
-            let tx = tx.clone();
-            p.try_submit(Box::new(move || tx.send(()).unwrap()))
-                .unwrap();
-        };
-        p.batch(|| {
-            // Not after WAKE_EVERY tasks, as on more CPUs...
-            (0..2 * WAKE_EVERY).for_each(|_| submit());
-            assert!(p.shared.receiver.is_empty(), "sent early");
-            // ...but after ONE_CPU_BATCH: still inside the batch, only
-            // that lets these run.
-            (2 * WAKE_EVERY..ONE_CPU_BATCH).for_each(|_| submit());
-            for _ in 0..ONE_CPU_BATCH {
-                rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            }
-        });
-        p.shutdown(Duration::from_secs(10));
-    }
-
-    /// A task that waits on `gate` (if any) and then reports `id`.
-    struct Step {
-        quick: bool,
-        gate: Option<Receiver<()>>,
-        done: crossbeam_channel::Sender<u32>,
-        id: u32,
-    }
-
-    impl Task for Step {
-        fn run(self) {
-            if let Some(gate) = self.gate {
-                gate.recv_timeout(Duration::from_secs(10))
-                    .expect("the task it waits for never ran");
-            }
-            self.done.send(self.id).unwrap();
-        }
-        fn is_quick(&self) -> bool {
-            self.quick
-        }
-    }
-
-    /// Waits until `n` workers sleep with no wake-up on its way.
-    fn wait_unwoken<T: Task>(p: &WorkerPool<T>, n: usize) {
-        let until = Instant::now() + Duration::from_secs(10);
-        while p.shared.unwoken.load(Ordering::SeqCst) < n {
-            assert!(Instant::now() < until, "the workers never went to sleep");
-            thread::yield_now();
-        }
-        drop(p.shared.idle_lock.lock().unwrap());
-    }
-
-    #[test]
-    fn quick_tasks_are_shared_with_a_sleeping_worker_only_on_more_cpus() {
-        for (cpus, kept) in [(1, 2), (2, 1)] {
-            let p: WorkerPool<Step> = WorkerPool::new(PoolConfig {
-                workers: 1,
-                queue_capacity: 8,
-                cpus,
-                ..PoolConfig::default()
-            })
-            .unwrap();
-            wait_unwoken(&p, 1);
-            let (done_tx, done_rx) = unbounded();
-            let step = |id| Step {
-                quick: true,
-                gate: None,
-                done: done_tx.clone(),
-                id,
-            };
-            let mut rest = Queued {
-                tasks: VecDeque::from([step(2), step(3)]),
-                at: Instant::now(),
-            };
-            share(&p.shared, &step(1), &mut rest);
-            assert_eq!(rest.tasks.len(), kept, "{cpus} CPUs");
-            // What was handed back runs on the sleeping worker.
-            for _ in kept..2 {
-                done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-            }
-            p.shutdown(Duration::from_secs(10));
-        }
-    }
-
-    /// Submits, in one batch, task 1 (`quick` or not), which waits for
-    /// `gate`, and task 2, quick, which does not wait.
-    fn submit_waiting_pair(
-        p: &WorkerPool<Step>,
-        quick: bool,
-        gate: Receiver<()>,
-        done: &crossbeam_channel::Sender<u32>,
-    ) {
-        p.batch(|| {
-            for (id, quick, gate) in [(1, quick, Some(gate)), (2, true, None)] {
-                p.try_submit(Step {
-                    quick,
-                    gate,
-                    done: done.clone(),
-                    id,
-                })
-                .unwrap();
-            }
-        });
-    }
-
-    #[test]
-    fn a_batch_spreads_over_sleeping_workers() {
-        // Both tasks are quick, but the first waits for the second: only
-        // another worker taking half of the batch lets it finish.
-        let p: WorkerPool<Step> = pool(2, 8);
-        wait_unwoken(&p, 2);
-        let (done_tx, done_rx) = unbounded();
-        let (gate_tx, gate_rx) = unbounded();
-        submit_waiting_pair(&p, true, gate_rx, &done_tx);
-        // Well within the 10 s the first task waits for its gate.
-        assert_eq!(done_rx.recv_timeout(Duration::from_secs(5)), Ok(2));
-        gate_tx.send(()).unwrap();
-        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(1));
-        p.shutdown(Duration::from_secs(10));
-    }
-
-    #[test]
-    fn no_task_waits_behind_one_that_is_not_quick() {
-        let p: WorkerPool<Step> = pool(2, 8);
-        let (done_tx, done_rx) = unbounded();
-        // Keep one worker busy, so no worker sleeps when the batch arrives.
-        let (hold_tx, hold_rx) = unbounded();
-        p.try_submit(Step {
-            quick: true,
-            gate: Some(hold_rx),
-            done: done_tx.clone(),
-            id: 0,
-        })
-        .unwrap();
-        wait_unwoken(&p, 1);
-        let (gate_tx, gate_rx) = unbounded();
-        submit_waiting_pair(&p, false, gate_rx, &done_tx);
-        // The worker that took the batch runs task 1, which waits for 2:
-        // 2 went back to the queue, and runs once the other worker is free.
-        hold_tx.send(()).unwrap();
-        let mut first: Vec<u32> = (0..2)
-            .map(|_| done_rx.recv_timeout(Duration::from_secs(5)).unwrap())
-            .collect();
-        first.sort_unstable();
-        assert_eq!(first, [0, 2]);
-        gate_tx.send(()).unwrap();
-        assert_eq!(done_rx.recv_timeout(Duration::from_secs(10)), Ok(1));
-        p.shutdown(Duration::from_secs(10));
-    }
-
-    #[test]
-    fn submit_waits_for_room_and_fails_after_shutdown() {
-        let p: WorkerPool<Job> = pool(1, 1);
-        let (block_tx, block_rx) = unbounded::<()>();
-        let (started_tx, started_rx) = unbounded::<()>();
-        p.submit(Box::new(move || {
-            started_tx.send(()).unwrap();
-            block_rx.recv().unwrap();
-        }))
-        .unwrap();
-        started_rx.recv().unwrap();
-        let (ran_tx, ran_rx) = unbounded::<u32>();
-        let tx = ran_tx.clone();
-        p.submit(Box::new(move || tx.send(1).unwrap())).unwrap(); // fills the queue
-        thread::scope(|s| {
-            let waiter = s.spawn(|| {
-                let tx = ran_tx.clone();
-                p.submit(Box::new(move || tx.send(2).unwrap())).is_ok()
-            });
-            block_tx.send(()).unwrap();
-            assert!(waiter.join().unwrap());
-        });
-        let mut ran: Vec<u32> = ran_rx.iter().take(2).collect();
-        ran.sort_unstable();
-        assert_eq!(ran, [1, 2]);
-        p.shutdown(Duration::from_secs(10));
-        assert!(matches!(
-            p.submit(Box::new(|| {})),
-            Err(SubmitError::Closed(_))
-        ));
-    }
-
-    struct Counted {
-        started: crossbeam_channel::Sender<()>,
-        abandoned: crossbeam_channel::Sender<()>,
-        gate: Receiver<()>,
-    }
-
-    impl Task for Counted {
-        fn run(self) {
-            self.started.send(()).unwrap();
-            let _ = self.gate.recv();
-        }
-        fn abandon(self) {
-            self.abandoned.send(()).unwrap();
-        }
-    }
-
-    #[test]
-    fn shutdown_abandons_the_queue_and_names_stuck_workers() {
-        let p: WorkerPool<Counted> = pool(1, 8);
-        let (ab_tx, ab_rx) = unbounded();
-        let (gate_tx, gate_rx) = unbounded();
-        let (started_tx, started_rx) = unbounded();
-        for _ in 0..3 {
-            p.try_submit(Counted {
-                started: started_tx.clone(),
-                abandoned: ab_tx.clone(),
-                gate: gate_rx.clone(),
-            })
-            .unwrap();
-        }
-        started_rx.recv().unwrap(); // one running, two queued
-        let report = p.shutdown(Duration::from_millis(50));
-        assert_eq!(report.abandoned, 2);
-        assert_eq!(report.stuck, vec!["test-worker-0".to_string()]);
-        assert_eq!(ab_rx.try_iter().count(), 2);
-        drop(gate_tx); // lets the stuck worker finish
-        assert!(p.shared.alive.wait_timeout(Duration::from_secs(10)));
-        assert!(matches!(
-            p.try_submit(Counted {
-                started: started_tx,
-                abandoned: ab_tx,
-                gate: gate_rx
-            }),
-            Err(SubmitError::Closed(_))
-        ));
-    }
-}
+mod tests;
