@@ -303,8 +303,8 @@ fn block_the_worker(addr: std::net::SocketAddr, started: &Receiver<String>) -> R
     let on = started.recv_timeout(WAIT).unwrap();
     assert!(on.contains("-worker"), "{on}");
     // The quick call has waited for the worker longer than makes the
-    // workers count as behind (20 us) once this returns.
-    thread::sleep(Duration::from_millis(1));
+    // workers count as behind (1 ms) once this returns.
+    thread::sleep(Duration::from_millis(2));
     blocker
 }
 

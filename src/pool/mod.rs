@@ -627,21 +627,21 @@ impl<T: Task> WorkerPool<T> {
     }
 
     /// True when a task submitted now would wait for the workers to catch
-    /// up: tasks have waited to start since `by` before `now` at least (in
-    /// the queue, in the hands of a worker busy with an earlier one of
-    /// their batch, or in the [batch](WorkerPool::batch) open on this
-    /// thread), or, on one CPU ([`PoolConfig::cpus`]), every worker is
-    /// busy, since a busy worker there runs only once the caller steps
-    /// aside. Where workers get CPUs of their own they start what is
-    /// queued within microseconds, and this stays false. An estimate, for
-    /// choosing where to run a task.
-    pub fn is_behind(&self, now: Instant, by: Duration) -> bool {
+    /// up: tasks have waited to start for `queued` before `now` at least
+    /// (in the queue, or in the hands of a worker busy with an earlier one
+    /// of their batch), the [batch](WorkerPool::batch) open on this thread
+    /// has held tasks for `batched`, or, on one CPU ([`PoolConfig::cpus`]),
+    /// every worker is busy, since a busy worker there runs only once the
+    /// caller steps aside. Where workers get CPUs of their own they start
+    /// what is queued within microseconds, and this stays false unless
+    /// they are swamped. An estimate, for choosing where to run a task.
+    pub fn is_behind(&self, now: Instant, queued: Duration, batched: Duration) -> bool {
         let sh = &self.shared;
         if !sh.parallel && self.is_saturated() {
             return true;
         }
         let since = sh.backlog_since.load(Ordering::Relaxed);
-        if since != 0 && sh.nanos(now).saturating_sub(since) >= by.as_nanos() as u64 {
+        if since != 0 && sh.nanos(now).saturating_sub(since) >= queued.as_nanos() as u64 {
             return true;
         }
         // What this thread's batch holds waits for the batch to end (on one
@@ -651,7 +651,7 @@ impl<T: Task> WorkerPool<T> {
             stage.pool == self.id()
                 && stage
                     .started
-                    .is_some_and(|at| now.saturating_duration_since(at) >= by)
+                    .is_some_and(|at| now.saturating_duration_since(at) >= batched)
                 && stage
                     .tasks
                     .as_ref()

@@ -44,7 +44,7 @@ fn behind_while_tasks_wait_to_start_longer_than_asked() {
     let p: WorkerPool<Step> = pool(1, 16);
     let by = Duration::from_micros(20);
     let later = || Instant::now() + Duration::from_millis(1);
-    assert!(!p.is_behind(later(), by), "nothing queued");
+    assert!(!p.is_behind(later(), by, by), "nothing queued");
     let (done_tx, done_rx) = unbounded();
     let (gate_tx, gate_rx) = unbounded();
     let queued_at = Instant::now();
@@ -56,9 +56,9 @@ fn behind_while_tasks_wait_to_start_longer_than_asked() {
         assert!(Instant::now() < until, "the worker never took the batch");
         thread::yield_now();
     }
-    assert!(p.is_behind(later(), by));
+    assert!(p.is_behind(later(), by, by));
     assert!(
-        !p.is_behind(queued_at + by / 2, by),
+        !p.is_behind(queued_at + by / 2, by, by),
         "not yet for that long"
     );
     gate_tx.send(()).unwrap();
@@ -66,7 +66,7 @@ fn behind_while_tasks_wait_to_start_longer_than_asked() {
         done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     }
     assert!(p.shutdown(Duration::from_secs(10)).stuck.is_empty());
-    assert!(!p.is_behind(later(), by), "all done");
+    assert!(!p.is_behind(later(), by, by), "all done");
 }
 
 #[test]
@@ -76,15 +76,18 @@ fn behind_while_this_threads_batch_holds_tasks_longer_than_asked() {
     let (done_tx, done_rx) = unbounded::<()>();
     p.batch(|| {
         let opened = Instant::now();
-        assert!(!p.is_behind(opened + by * 2, by), "an empty batch");
+        assert!(!p.is_behind(opened + by * 2, by, by), "an empty batch");
         p.try_submit(Box::new(move || done_tx.send(()).unwrap()))
             .unwrap();
         // The batch's clock was read before `opened`.
-        assert!(p.is_behind(opened + by, by));
-        assert!(!p.is_behind(opened - by, by), "not yet for that long");
+        assert!(p.is_behind(opened + by, Duration::MAX, by));
+        assert!(!p.is_behind(opened - by, by, by), "not yet for that long");
     });
     done_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert!(!p.is_behind(Instant::now() + by * 2, by), "sent and run");
+    assert!(
+        !p.is_behind(Instant::now() + by * 2, by, by),
+        "sent and run"
+    );
     p.shutdown(Duration::from_secs(10));
 }
 

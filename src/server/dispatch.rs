@@ -38,11 +38,17 @@ use crate::pool::{SubmitError, WorkerPool};
 use crate::status::{Code, Status};
 use crate::trace::TraceId;
 
-/// How long requests wait in the queue, untaken by any worker, before the
-/// workers count as behind ([`Dispatcher::workers_behind`]): longer than a
-/// worker with a CPU of its own takes to look, shorter than a reader
-/// spends on the reads of one poll.
-const BEHIND: Duration = Duration::from_micros(20);
+/// How long requests wait to start before the workers count as behind
+/// ([`Dispatcher::workers_behind`]): far longer than a worker with a CPU of
+/// its own takes to start one, even on a loaded machine where it waits for
+/// that CPU; only workers that are swamped leave requests waiting this long.
+const BEHIND_QUEUED: Duration = Duration::from_millis(1);
+
+/// How long the batch a reader is filling may hold requests before the
+/// workers count as behind: they go out when the batch ends, which on one
+/// CPU is once the whole poll is read, and a reader spends longer than this
+/// on the reads of one poll.
+const BEHIND_BATCHED: Duration = Duration::from_micros(20);
 
 /// State every connection and worker of one server shares.
 pub(crate) struct ServerShared {
@@ -339,7 +345,8 @@ impl Dispatcher {
     }
 
     /// Whether the workers are behind at `now` ([`WorkerPool::is_behind`]:
-    /// requests have waited [`BEHIND`] to start, or on one CPU every worker
+    /// requests have waited [`BEHIND_QUEUED`] to start, or the reader's own
+    /// batch has held them [`BEHIND_BATCHED`], or on one CPU every worker
     /// is busy). Then a reader runs the quick requests of its read itself
     /// (see `task::run_kept`). Where workers get CPUs of their own, they
     /// start what is queued at once and the reader's requests go to them,
@@ -349,7 +356,7 @@ impl Dispatcher {
         self.server
             .pool
             .as_ref()
-            .is_some_and(|pool| pool.is_behind(now, BEHIND))
+            .is_some_and(|pool| pool.is_behind(now, BEHIND_QUEUED, BEHIND_BATCHED))
     }
 
     /// As [`Dispatcher::on_message`], but a request that a server without
