@@ -46,8 +46,10 @@ pub enum Execution {
     /// refused, or the server answered `UNAVAILABLE` without running it.
     /// Retrying is safe.
     NotRun,
-    /// The request may have run (the connection broke after it was sent, or
-    /// the deadline passed while waiting). Retry only idempotent calls.
+    /// The request may have run (the connection broke after it was sent,
+    /// the deadline passed while waiting, or the server answered that a
+    /// deadline or a cancellation ended the call). Retry only idempotent
+    /// calls.
     MayHaveRun,
     /// The server ran the request and answered.
     Ran,
@@ -215,12 +217,25 @@ impl StdError for Error {
 impl From<Status> for Error {
     /// A status answered by the remote end: the request ran, unless the
     /// code is `UNAVAILABLE`, which the protocol reserves for requests the
-    /// server did not run.
+    /// server did not run, or `DEADLINE_EXCEEDED` or `CANCELLED`, which the
+    /// server answers when a deadline or a cancellation ended the call
+    /// before or while its handler ran: the request may have run.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use syncrpc::{Error, Execution, Status};
+    ///
+    /// let late = Error::from(Status::deadline_exceeded("the handler did not finish"));
+    /// assert_eq!(late.execution(), Execution::MayHaveRun);
+    /// let refused = Error::from(Status::unavailable("shutting down"));
+    /// assert_eq!(refused.execution(), Execution::NotRun);
+    /// ```
     fn from(status: Status) -> Error {
-        let execution = if status.code() == Code::UNAVAILABLE {
-            Execution::NotRun
-        } else {
-            Execution::Ran
+        let execution = match status.code() {
+            Code::UNAVAILABLE => Execution::NotRun,
+            Code::DEADLINE_EXCEEDED | Code::CANCELLED => Execution::MayHaveRun,
+            _ => Execution::Ran,
         };
         Error::new(ErrorKind::Status, status).with_execution(execution)
     }
