@@ -129,8 +129,10 @@ thread_local! {
     static HOLDING: Cell<bool> = const { Cell::new(false) };
 }
 
-/// Runs the requests a connection's reader kept because every worker was
-/// busy (see [`Dispatcher::on_message_deferred`](super::dispatch::Dispatcher::on_message_deferred)),
+/// Runs the requests a connection's reader kept rather than queue them
+/// behind busy workers (a lone quick request while every worker is busy,
+/// or a read's quick requests while the workers are behind: see
+/// [`Dispatcher::workers_behind`](super::dispatch::Dispatcher::workers_behind)),
 /// one after another on this thread, each timed, their answers written
 /// together at the end. Once they have run for [`HERE_BUDGET`] together,
 /// or a request's method is no longer quick (one before it turned slow),
