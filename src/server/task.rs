@@ -207,7 +207,7 @@ impl RequestTask {
     /// Delivers the outcome: appends the RESPONSE if the request is still
     /// in flight, and wakes the driver if it needs to know.
     /// `ran`: the reply is the handler's (not an expiry or refusal), so
-    /// dropping it counts in [`ServerShared::dropped_responses`].
+    /// dropping it counts in [`ServerShared::dropped_responses`](super::dispatch::ServerShared::dropped_responses).
     pub(super) fn finish(self, reply: Reply, ran: bool) {
         self.finish_at(reply, ran, None);
     }
