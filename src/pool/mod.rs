@@ -296,6 +296,27 @@ struct Shared<T> {
     threads: Mutex<Vec<(String, JoinHandle<()>)>>,
 }
 
+impl<T> Shared<T> {
+    /// `at` in the units of `backlog_since`.
+    fn nanos(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
+    }
+
+    /// Tasks queued at `at`, onto `before` already queued.
+    fn note_queued(&self, before: usize, at: Instant) {
+        if before == 0 {
+            self.backlog_since.store(self.nanos(at), Ordering::Relaxed);
+        }
+    }
+
+    /// `n` tasks taken off the queue, which held `before`.
+    fn note_taken(&self, before: usize, n: usize) {
+        if before == n {
+            self.backlog_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A fixed set of worker threads running [`Task`]s from a bounded queue.
 ///
 /// Clones share the pool. Dropping the last clone does not stop the

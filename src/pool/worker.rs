@@ -41,27 +41,8 @@ pub(super) fn next_batch<T: Task>(shared: &Shared<T>) -> Option<Queued<T>> {
     }
 }
 
-impl<T> Shared<T> {
-    /// `at` in the units of `backlog_since`.
-    pub(super) fn nanos(&self, at: Instant) -> u64 {
-        at.saturating_duration_since(self.epoch).as_nanos() as u64 + 1
-    }
-
-    /// Tasks queued at `at`, onto `before` already queued.
-    pub(super) fn note_queued(&self, before: usize, at: Instant) {
-        if before == 0 {
-            self.backlog_since.store(self.nanos(at), Ordering::Relaxed);
-        }
-    }
-
-    /// `n` tasks taken off the queue, which held `before`.
-    pub(super) fn note_taken(&self, before: usize, n: usize) {
-        if before == n {
-            self.backlog_since.store(0, Ordering::Relaxed);
-        }
-    }
-}
-
+/// A worker: runs batches of tasks until the pool shuts down, keeping the
+/// pool's counts (queued, busy, completed, and the backlog's start).
 pub(super) fn worker_loop<T: Task>(shared: &Shared<T>, _alive: crate::latch::LatchGuard) {
     while let Some(mut q) = next_batch(shared) {
         let n = q.tasks.len();

@@ -147,6 +147,14 @@ pub(crate) struct EventLoop {
     conn_latch: crate::latch::Latch,
 }
 
+/// Sends requests a read kept for the loop to the workers instead.
+fn submit_all(kept: &mut Vec<RequestTask>) {
+    for task in kept.drain(..) {
+        let dispatcher = task.conn().dispatcher.clone();
+        dispatcher.submit(task);
+    }
+}
+
 impl EventLoop {
     pub fn new(
         name: String,
@@ -545,6 +553,9 @@ impl EventLoop {
         let mut ended = false;
         loop {
             let Some(conn) = self.conns.get_mut(slot) else {
+                // Nothing closes a connection mid-decode, but what it kept
+                // must not wait for another connection's read.
+                submit_all(&mut kept);
                 self.kept = kept;
                 return false;
             };
@@ -606,10 +617,7 @@ impl EventLoop {
             if failed.is_some() || ended || (more && !behind) {
                 // The connection is ending, or bytes of another request
                 // follow while the workers keep up: the workers take them.
-                for task in kept.drain(..) {
-                    let dispatcher = task.conn().dispatcher.clone();
-                    dispatcher.submit(task);
-                }
+                submit_all(&mut kept);
             } else {
                 let mut tasks = kept.drain(..);
                 run_kept(|| tasks.next());
